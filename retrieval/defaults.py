@@ -1,0 +1,44 @@
+"""Every default in one place, with the reason for each."""
+
+from __future__ import annotations
+
+import os
+
+#: Where an index lives when neither --index nor $RETRIEVAL_INDEX is given.
+INDEX_ENV = "RETRIEVAL_INDEX"
+INDEX_DIR = os.path.join("indexes", "default")
+
+#: A timm model with pooled features; resnet50 is the product's reference backbone.
+MODEL = "resnet50"
+#: Seed for --no-pretrained, so that a query is embedded by the very same untrained network.
+UNTRAINED_SEED = 0
+
+#: Lower-case file extensions indexed by default (the check is case-insensitive).
+EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
+#: Added when a decoder for them is present (Pillow's AVIF support, pillow-heif).
+OPTIONAL_EXTENSIONS = {".avif": "AVIF", ".heic": "HEIF", ".heif": "HEIF"}
+
+#: Refuse images above this many megapixels (decompression bombs, RAM); --max-megapixels.
+MAX_MEGAPIXELS = 100.0
+
+#: Images per model forward pass and per database transaction.
+BATCH_SIZE = 32
+#: Neighbours returned per query.
+TOP_K = 10
+
+#: Background used when compositing transparent images (RGBA, LA, P with transparency).
+ALPHA_BACKGROUND = (255, 255, 255)
+
+#: SQLite waits this long for a lock held by another connection before failing.
+BUSY_TIMEOUT_MS = 30_000
+
+#: Names of the files inside an index directory.
+CATALOG_FILE = "catalog.sqlite"
+MANIFEST_FILE = "manifest.json"
+VECTORS_FILE = "vectors.faiss"
+LOCK_FILE = "writer.lock"
+
+
+def default_index_dir() -> str:
+    """The index directory used when the user names none: $RETRIEVAL_INDEX or indexes/default."""
+    return os.environ.get(INDEX_ENV) or INDEX_DIR

@@ -1,0 +1,118 @@
+"""The one exception hierarchy of `retrieval`.
+
+Every error a user can cause is a `RetrievalError`; its message says what went wrong and what
+to do instead. The CLI prints `error: <message>` and exits 1; nothing else reaches the user.
+
+    RetrievalError
+    +-- UsageError               a bad argument or option value
+    +-- IndexNotFound            no index at the given directory
+    +-- IndexBusy                another process is writing to the index
+    +-- IndexIncompatible        model / weights / dim differ from the index's manifest
+    +-- CatalogCorrupt           the SQLite catalogue cannot be read
+    +-- StorageError             a write to disk failed (disk full, I/O error, read-only)
+    +-- ModelError               the backbone cannot be created
+    |   +-- WeightsUnavailable   pretrained weights are neither cached nor downloadable
+    |   +-- WeightsMismatch      a weights file does not fit the architecture
+    +-- BadImage                 an image file cannot be decoded (a per-file failure)
+    +-- QueryImageError          a query image cannot be read or decoded
+    +-- ImportFormatError        an embeddings file to import is not in the expected form
+    +-- Interrupted              the user pressed Ctrl-C; finished work was kept
+"""
+
+from __future__ import annotations
+
+import os
+
+
+class RetrievalError(Exception):
+    """Base class: anything the user can fix."""
+
+
+class UsageError(RetrievalError):
+    """A bad argument or option value."""
+
+
+class IndexNotFound(RetrievalError):
+    """No index exists at the given directory."""
+
+    def __init__(self, directory: str | os.PathLike[str]) -> None:
+        self.directory = os.fspath(directory)
+        super().__init__(
+            f"no index at {self.directory}: build one with "
+            f"`retrieval index --index {self.directory} FOLDER`"
+        )
+
+
+class IndexBusy(RetrievalError):
+    """Another process holds the index's writer lock."""
+
+    def __init__(self, directory: str, holder: str) -> None:
+        self.directory = directory
+        self.holder = holder
+        super().__init__(
+            f"another retrieval process ({holder}) is writing to {directory}; "
+            "wait for it to finish, or pass --wait to queue behind it"
+        )
+
+
+class IndexIncompatible(RetrievalError):
+    """The request does not match how the index was built."""
+
+
+class CatalogCorrupt(RetrievalError):
+    """The SQLite catalogue is damaged or not a database."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        directory = os.path.dirname(path)
+        super().__init__(
+            f"the catalogue {path} is damaged ({reason}); restore it from a backup, or move "
+            f"the index away and rebuild it: `retrieval index --index {directory} FOLDER...`"
+        )
+
+
+class StorageError(RetrievalError):
+    """Writing to disk failed; the previous state of the index is intact."""
+
+
+class ModelError(RetrievalError):
+    """The backbone could not be created."""
+
+
+class WeightsUnavailable(ModelError):
+    """Pretrained weights are not cached and cannot be downloaded."""
+
+    def __init__(self, model: str, reason: str) -> None:
+        self.model = model
+        self.reason = reason
+        super().__init__(
+            f"pretrained weights for {model} are not in the Hugging Face cache and could not "
+            f"be downloaded ({reason}); connect to the network once to cache them, pass "
+            "--weights FILE to use a local weights file, or pass --no-pretrained to build an "
+            "untrained backbone"
+        )
+
+
+class WeightsMismatch(ModelError):
+    """A weights file does not fit the chosen architecture."""
+
+
+class QueryImageError(RetrievalError):
+    """A query image could not be read."""
+
+
+class ImportFormatError(RetrievalError):
+    """A file given to import is not an embeddings export."""
+
+
+class Interrupted(RetrievalError):
+    """The user interrupted a run; every finished batch was kept."""
+
+    def __init__(self, message: str, report: object | None = None) -> None:
+        self.report = report
+        super().__init__(message)
+
+
+class BadImage(RetrievalError):
+    """An image file cannot be turned into pixels (recorded as a per-file failure)."""

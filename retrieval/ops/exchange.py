@@ -1,0 +1,156 @@
+"""Embeddings out of (and into) an index: .npy + sidecar, or one parquet file.
+
+npy:     OUT.npy, an (N, dim) float32 matrix, and OUT.rows.json beside it:
+         {"manifest": {...}, "model": str, "dim": int, "rows": [{"id", "path"}, ...]}
+         where rows[i] describes matrix row i.
+parquet: columns id, path, path_bytes, embedding (fixed-size list of float32), size,
+         mtime_ns, width, height, format, content_hash; the manifest, model and dim in the
+         schema metadata.
+Both are written to temporary files and renamed into place.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from typing import Any, BinaryIO
+
+import numpy as np
+
+from ..errors import StorageError, UsageError
+from ..pathnames import display, to_str
+from ..store.files import atomic_write, describe_os_error, fsync_dir, temp_name
+from ..store.index_dir import IndexDir
+
+FORMATS = ("npy", "parquet")
+
+
+@dataclass(frozen=True)
+class ExportReport:
+    """What an export wrote: rows, dim, and the files."""
+
+    rows: int
+    dim: int
+    files: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"rows": self.rows, "dim": self.dim, "files": list(self.files)}
+
+
+def sidecar_path(npy_path: str) -> str:
+    base = npy_path[:-4] if npy_path.endswith(".npy") else npy_path
+    return base + ".rows.json"
+
+
+def export(index_dir: IndexDir, out: str, fmt: str) -> ExportReport:
+    """Write every stored vector to `out` in format `fmt` ('npy' or 'parquet')."""
+    if fmt not in FORMATS:
+        raise UsageError(f"unknown export format {fmt!r}; use one of {', '.join(FORMATS)}")
+    out = os.path.abspath(out)
+    folder = os.path.dirname(out)
+    if not os.path.isdir(folder):
+        raise UsageError(f"the folder {folder} does not exist; create it or choose another -o")
+    if fmt == "npy":
+        return _export_npy(index_dir, out)
+    return _export_parquet(index_dir, out)
+
+
+def _export_npy(index_dir: IndexDir, out: str) -> ExportReport:
+    manifest = index_dir.require_manifest()
+    dim = manifest.dim
+    catalog = index_dir.catalog
+    tmp = temp_name(out)
+    rows: list[dict[str, Any]] = []
+    try:
+        with catalog.read() as conn:
+            n = catalog.counts(conn)["ok"]
+            matrix = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, dim))
+            for ids, xb in catalog.iter_vectors(conn, dim):
+                matrix[len(rows) : len(rows) + len(ids)] = xb
+                paths = catalog.paths(conn, ids.tolist())
+                rows.extend({"id": int(i), "path": to_str(paths[int(i)])} for i in ids)
+            matrix.flush()
+            del matrix
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, out)
+        fsync_dir(os.path.dirname(out))
+    except OSError as exc:
+        _discard(tmp)
+        raise StorageError(f"could not write {out}: {describe_os_error(exc)}") from None
+    except BaseException:
+        _discard(tmp)
+        raise
+    sidecar = {
+        "manifest": manifest.to_dict(),
+        "model": manifest.model.name,
+        "dim": dim,
+        "rows": rows,
+    }
+    text = json.dumps(sidecar).encode("utf-8")
+    side = sidecar_path(out)
+    atomic_write(side, lambda fh: fh.write(text), "row mapping")
+    return ExportReport(len(rows), dim, (out, side))
+
+
+def _export_parquet(index_dir: IndexDir, out: str) -> ExportReport:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    manifest = index_dir.require_manifest()
+    dim = manifest.dim
+    schema = pa.schema(
+        [
+            ("id", pa.int64()),
+            ("path", pa.string()),
+            ("path_bytes", pa.binary()),
+            ("embedding", pa.list_(pa.float32(), dim)),
+            ("size", pa.int64()),
+            ("mtime_ns", pa.int64()),
+            ("width", pa.int32()),
+            ("height", pa.int32()),
+            ("format", pa.string()),
+            ("content_hash", pa.binary()),
+        ],
+        metadata={
+            "retrieval.manifest": json.dumps(manifest.to_dict()),
+            "model": manifest.model.name,
+            "dim": str(dim),
+        },
+    )
+    written = 0
+
+    def _write(fh: BinaryIO) -> None:
+        nonlocal written
+        with pq.ParquetWriter(fh, schema) as writer, index_dir.catalog.read() as conn:
+            for rows in index_dir.catalog.metadata_rows(conn):
+                vectors = index_dir.catalog.decode([r.vector for r in rows], dim)
+                embedding = pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), dim)
+                table = pa.table(
+                    {
+                        "id": [r.id for r in rows],
+                        "path": [display(r.path) for r in rows],
+                        "path_bytes": [r.path for r in rows],
+                        "embedding": embedding,
+                        "size": [r.size for r in rows],
+                        "mtime_ns": [r.mtime_ns for r in rows],
+                        "width": [r.width for r in rows],
+                        "height": [r.height for r in rows],
+                        "format": [r.format for r in rows],
+                        "content_hash": [r.content_hash for r in rows],
+                    },
+                    schema=schema,
+                )
+                writer.write_table(table)
+                written += len(rows)
+
+    atomic_write(out, _write, "parquet export")
+    return ExportReport(written, dim, (out,))
+
+
+def _discard(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass

@@ -1,0 +1,254 @@
+"""Indexing folders: scan, compare with the catalogue, re-point moves, embed the rest.
+
+Incremental rules: a stored 'ok' file with the same size and mtime is skipped unread; a
+changed or previously failed file is decoded again; a stored file no longer found under a
+scanned root is removed (unless its folder could not be read this time); a new file whose
+content hash equals that of a removed file is a move, re-pointed without re-embedding.
+Every batch is one transaction: an interruption loses at most the batch in progress.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from .. import defaults
+from ..errors import BadImage, Interrupted
+from ..pathnames import display, to_str
+from ..sources.decode import FileResult, hash_bytes, read_file
+from ..sources.scan import FileEntry, ScanResult, scan
+from ..specs import Preprocess
+from ..store.catalog import NewRow, RowState
+from ..store.index_dir import IndexDir
+from .pipeline import decode_stream, default_workers
+
+Progress = Callable[[int, int], None]
+
+
+class Embeds(Protocol):
+    """What indexing needs from a model: its preprocessing and a batch -> vectors call."""
+
+    @property
+    def preprocess(self) -> Preprocess: ...
+
+    def embed(self, pixels: np.ndarray) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class IndexOptions:
+    """Knobs of one indexing run (defaults in `retrieval.defaults`)."""
+
+    exclude: tuple[str, ...] = ()
+    follow_symlinks: bool = False
+    max_megapixels: float = defaults.MAX_MEGAPIXELS
+    batch_size: int = defaults.BATCH_SIZE
+    workers: int | None = None  # None: `pipeline.default_workers()`
+
+
+@dataclass
+class IndexReport:
+    """What a run did. `failed` holds (path bytes, reason) for this run's failures."""
+
+    added: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    moved: int = 0
+    removed: int = 0
+    failed: list[tuple[bytes, str]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "added": self.added,
+            "updated": self.updated,
+            "unchanged": self.unchanged,
+            "moved": self.moved,
+            "removed": self.removed,
+            "failed": [{"path": to_str(p), "error": e} for p, e in self.failed],
+            "seconds": round(self.seconds, 3),
+        }
+
+    def summary(self) -> str:
+        return (
+            f"{self.added} added, {self.updated} updated, {self.unchanged} unchanged, "
+            f"{self.moved} moved, {self.removed} removed, {len(self.failed)} failed "
+            f"in {self.seconds:.1f} s"
+        )
+
+
+@dataclass
+class _Plan:
+    todo: list[FileEntry]
+    known: dict[bytes, RowState]
+    unchanged: int
+    missing: list[RowState]
+    moves: list[tuple[int, bytes, int, int]]
+
+
+def index_paths(
+    index_dir: IndexDir,
+    model: Embeds,
+    roots: Sequence[str | os.PathLike[str]],
+    options: IndexOptions = IndexOptions(),
+    progress: Progress | None = None,
+) -> IndexReport:
+    """Bring the index up to date with `roots` (folders or files). See the module docstring.
+
+    Raises Interrupted (with the partial report) on Ctrl-C, after keeping finished batches.
+    """
+    started = time.monotonic()
+    report = IndexReport()
+    found = scan(roots, exclude=options.exclude, follow_symlinks=options.follow_symlinks)
+    report.failed.extend((p.path, p.error) for p in found.problems)
+    plan = _plan(index_dir, roots, found)
+    report.unchanged = plan.unchanged
+    if plan.moves:
+        index_dir.catalog.repoint(plan.moves)
+        report.moved = len(plan.moves)
+    if plan.missing:
+        index_dir.catalog.remove([r.id for r in plan.missing])
+        report.removed = len(plan.missing)
+    try:
+        _embed_all(index_dir, model, plan, options, report, progress)
+    except KeyboardInterrupt:
+        report.seconds = time.monotonic() - started
+        kept = report.added + report.updated
+        raise Interrupted(
+            f"interrupted: kept {kept} newly embedded images from finished batches; "
+            "run the same command again to resume",
+            report,
+        ) from None
+    index_dir.sync_vectors()
+    report.seconds = time.monotonic() - started
+    return report
+
+
+def _plan(index_dir: IndexDir, roots: Sequence[Any], found: ScanResult) -> _Plan:
+    folders = [os.fsencode(os.path.abspath(r)) for r in roots if os.path.isdir(r)]
+    files = [os.fsencode(os.path.abspath(r)) for r in roots if not os.path.isdir(r)]
+    stored = index_dir.catalog.rows_under(folders, files)
+    known = {row.path: row for row in stored}
+    seen = {entry.path for entry in found.files}
+    blind = [d.rstrip(b"/") + b"/" for d in found.unreadable_dirs()]
+    missing = [
+        r for r in stored if r.path not in seen and not any(r.path.startswith(d) for d in blind)
+    ]
+    todo, unchanged = [], 0
+    for entry in found.files:
+        row = known.get(entry.path)
+        if row and row.status == "ok" and (row.size, row.mtime_ns) == (entry.size, entry.mtime_ns):
+            unchanged += 1
+        else:
+            todo.append(entry)
+    moves = _find_moves(todo, known, missing)
+    moved_paths = {m[1] for m in moves}
+    moved_ids = {m[0] for m in moves}
+    return _Plan(
+        todo=[e for e in todo if e.path not in moved_paths],
+        known=known,
+        unchanged=unchanged,
+        missing=[r for r in missing if r.id not in moved_ids],
+        moves=moves,
+    )
+
+
+def _find_moves(
+    todo: list[FileEntry], known: dict[bytes, RowState], missing: list[RowState]
+) -> list[tuple[int, bytes, int, int]]:
+    """New files whose bytes equal a vanished file's: (row id, new path, size, mtime_ns)."""
+    vanished: dict[tuple[int, bytes], list[RowState]] = {}
+    sizes = set()
+    for row in missing:
+        if row.status == "ok" and row.content_hash:
+            vanished.setdefault((row.size, row.content_hash), []).append(row)
+            sizes.add(row.size)
+    moves = []
+    for entry in todo:
+        if entry.path in known or entry.size not in sizes:
+            continue
+        try:
+            data, st = read_file(entry.path)
+        except BadImage:
+            continue
+        rows = vanished.get((st.st_size, hash_bytes(data)))
+        if rows:
+            moves.append((rows.pop().id, entry.path, st.st_size, st.st_mtime_ns))
+    return moves
+
+
+def _embed_all(
+    index_dir: IndexDir,
+    model: Embeds,
+    plan: _Plan,
+    options: IndexOptions,
+    report: IndexReport,
+    progress: Progress | None,
+) -> None:
+    workers = default_workers() if options.workers is None else options.workers
+    total = len(plan.todo)
+    if progress:
+        progress(0, total)
+    stream = decode_stream(
+        [e.path for e in plan.todo], model.preprocess, options.max_megapixels, workers
+    )
+    batch: list[FileResult] = []
+    done = 0
+    for result in stream:
+        batch.append(result)
+        if sum(r.pixels is not None for r in batch) >= options.batch_size:
+            done += _flush(index_dir, model, batch, plan.known, report)
+            batch = []
+            if progress:
+                progress(done, total)
+    if batch:
+        done += _flush(index_dir, model, batch, plan.known, report)
+        if progress:
+            progress(done, total)
+
+
+def _flush(
+    index_dir: IndexDir,
+    model: Embeds,
+    batch: list[FileResult],
+    known: dict[bytes, RowState],
+    report: IndexReport,
+) -> int:
+    """Embed and store one batch in one transaction; returns how many files it held."""
+    decoded = [r for r in batch if r.pixels is not None]
+    vectors = model.embed(np.stack([r.pixels for r in decoded])) if decoded else None
+    by_path = dict(
+        zip((r.path for r in decoded), vectors if vectors is not None else [], strict=True)
+    )
+    rows = [_row(r, by_path.get(r.path)) for r in batch]
+    index_dir.catalog.store(rows, {r.path: known[r.path].id for r in batch if r.path in known})
+    for r in batch:
+        if r.pixels is None:
+            report.failed.append((r.path, r.error or "unknown error"))
+        elif r.path in known:
+            report.updated += 1
+        else:
+            report.added += 1
+    return len(batch)
+
+
+def _row(result: FileResult, vector: np.ndarray | None) -> NewRow:
+    return NewRow(
+        path=result.path,
+        size=result.size,
+        mtime_ns=result.mtime_ns,
+        content_hash=result.content_hash,
+        width=result.width,
+        height=result.height,
+        format=result.format,
+        vector=vector,
+        error=result.error,
+    )
+
+
+def describe_failure(path: bytes, error: str) -> str:
+    return f"{display(path)}: {error}"

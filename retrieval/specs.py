@@ -1,0 +1,78 @@
+"""The small frozen records that travel between layers (and into the manifest).
+
+Torch-free, FAISS-free and SQL-free, so every layer may import them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How pixels are prepared for the model (from timm's data config).
+
+    The shorter side is resized to `resize` pixels with `interpolation`, then the centre
+    `height` x `width` is cropped; `mean`/`std` (0..1 scale, RGB) normalise in the model.
+    """
+
+    height: int
+    width: int
+    resize: int
+    interpolation: str
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Preprocess:
+        return cls(
+            int(data["height"]),
+            int(data["width"]),
+            int(data["resize"]),
+            str(data["interpolation"]),
+            tuple(data["mean"]),  # type: ignore[arg-type]
+            tuple(data["std"]),  # type: ignore[arg-type]
+        )
+
+
+@dataclass(frozen=True)
+class WeightsSpec:
+    """Where a backbone's weights come from; `identity` pins them exactly.
+
+    `source` is "pretrained" (identity: hub id @ snapshot revision), "file" (`path`,
+    identity: SHA-256) or "untrained" (identity: the seed).
+    """
+
+    source: str
+    path: str | None = None
+    identity: str | None = None
+
+    def describe(self) -> str:
+        """One line for people, e.g. 'pretrained (timm/resnet50.a1_in1k@abc123)'."""
+        if self.source == "file":
+            return f"file {self.path} (sha256 {str(self.identity)[:12]})"
+        if self.source == "untrained":
+            return f"untrained (seed {self.identity})"
+        return f"pretrained ({self.identity or 'timm default tag'})"
+
+    @property
+    def pretrained(self) -> bool:
+        return self.source != "untrained"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> WeightsSpec:
+        return cls(str(data["source"]), data.get("path"), data.get("identity"))
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """A backbone as the manifest records it: name, exact weights, preprocessing, dim."""
+
+    name: str
+    weights: WeightsSpec
+    preprocess: Preprocess
+    dim: int

@@ -1,0 +1,454 @@
+"""The catalogue: one SQLite database (through SQLAlchemy 2.x) that is the source of truth.
+
+Tables:
+  images    one row per file: path (raw bytes), size, mtime_ns, content_hash, width, height,
+            format, status ('ok' | 'failed'), error, vector (BLOB), gen, indexed_at
+  removals  ids deleted from `images`, with the generation that deleted them
+  meta      key/value: 'generation', 'manifest' (JSON)
+
+Every write transaction bumps `generation` and stamps the rows it touches with it, so a
+vector-index file built at generation G can be brought up to date from the rows with
+gen > G and the removals with gen > G. Ids come from AUTOINCREMENT and are never reused:
+they are the FAISS ids.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Connection,
+    Engine,
+    Float,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    and_,
+    create_engine,
+    delete,
+    event,
+    func,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.exc import DatabaseError, OperationalError
+from sqlalchemy.pool import NullPool
+
+from .. import defaults
+from ..errors import CatalogCorrupt, StorageError
+from ..pathnames import prefix_bounds
+
+SCHEMA_VERSION = 1
+
+metadata = MetaData()
+
+images = Table(
+    "images",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("path", LargeBinary, nullable=False, unique=True),
+    Column("size", BigInteger, nullable=False),
+    Column("mtime_ns", BigInteger, nullable=False),
+    Column("content_hash", LargeBinary, index=True),
+    Column("width", Integer),
+    Column("height", Integer),
+    Column("format", String(16)),
+    Column("status", String(8), nullable=False),
+    Column("error", Text),
+    Column("vector", LargeBinary),
+    Column("gen", BigInteger, nullable=False, index=True),
+    Column("indexed_at", Float, nullable=False),
+    sqlite_autoincrement=True,
+)
+
+removals = Table(
+    "removals",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("gen", BigInteger, nullable=False, index=True),
+)
+
+meta = Table(
+    "meta",
+    metadata,
+    Column("key", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
+)
+
+
+@dataclass(frozen=True)
+class RowState:
+    """What incremental indexing needs to know about a stored file."""
+
+    id: int
+    path: bytes
+    size: int
+    mtime_ns: int
+    status: str
+    content_hash: bytes | None
+
+
+@dataclass(frozen=True)
+class NewRow:
+    """A file's outcome to store: a vector (status 'ok') or an error (status 'failed')."""
+
+    path: bytes
+    size: int
+    mtime_ns: int
+    content_hash: bytes | None
+    width: int | None
+    height: int | None
+    format: str | None
+    vector: np.ndarray | None
+    error: str | None
+
+
+@dataclass(frozen=True)
+class Delta:
+    """How the catalogue moved on since generation `since`.
+
+    `stale` (int64) are ids whose vector in an index built at `since` is gone or outdated;
+    `ids` (int64, n) / `vectors` (float32, n x d) are the current vectors of changed rows.
+    """
+
+    since: int
+    generation: int
+    stale: np.ndarray
+    ids: np.ndarray
+    vectors: np.ndarray
+
+
+class Catalog:
+    """The SQLite catalogue of one index. `writer=True` opens writes with BEGIN IMMEDIATE."""
+
+    def __init__(self, path: str, *, writer: bool, vector_dtype: str = "float32") -> None:
+        self.path = path
+        self.writer = writer
+        self.vector_dtype = np.dtype(vector_dtype)
+        self.engine = _make_engine(path, writer)
+        with self._guard("open"):
+            if writer:
+                metadata.create_all(self.engine)
+            with self.engine.connect() as conn:
+                conn.exec_driver_sql("SELECT count(*) FROM sqlite_master").scalar()
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- transactions -------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[Connection]:
+        """A read transaction: one consistent snapshot while writers go on."""
+        with self._guard("read"), self.engine.connect() as conn, conn.begin():
+            yield conn
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[tuple[Connection, int]]:
+        """A write transaction that bumps the generation; yields (connection, new gen)."""
+        with self._guard("write"), self.engine.connect() as conn, conn.begin():
+            gen = _get_int(conn, "generation", 0) + 1
+            _set(conn, "generation", str(gen))
+            yield conn, gen
+
+    @contextlib.contextmanager
+    def _guard(self, action: str) -> Iterator[None]:
+        try:
+            yield
+        except OperationalError as exc:
+            text = str(exc.orig)
+            if "full" in text or "I/O" in text or "readonly" in text or "unable to open" in text:
+                raise StorageError(
+                    f"could not {action} the catalogue {self.path}: {text}; "
+                    "the index is unchanged since its last finished batch"
+                ) from None
+            if "locked" in text or "busy" in text:
+                raise StorageError(
+                    f"the catalogue {self.path} stayed locked by another process; try again"
+                ) from None
+            raise CatalogCorrupt(self.path, text) from None
+        except DatabaseError as exc:
+            raise CatalogCorrupt(self.path, str(exc.orig)) from None
+
+    # -- meta -----------------------------------------------------------------------------
+
+    def generation(self, conn: Connection | None = None) -> int:
+        if conn is not None:
+            return _get_int(conn, "generation", 0)
+        with self.read() as c:
+            return _get_int(c, "generation", 0)
+
+    def manifest(self) -> dict[str, Any] | None:
+        with self.read() as conn:
+            raw = conn.execute(select(meta.c.value).where(meta.c.key == "manifest")).scalar()
+        return json.loads(raw) if raw else None
+
+    def set_manifest(self, manifest: dict[str, Any]) -> None:
+        with self.write() as (conn, _):
+            _set(conn, "manifest", json.dumps(manifest, sort_keys=True))
+
+    def get_meta(self, key: str) -> str | None:
+        with self.read() as conn:
+            return conn.execute(select(meta.c.value).where(meta.c.key == key)).scalar()
+
+    def set_meta(self, key: str, value: str) -> None:
+        """Set a bookkeeping value without bumping the generation."""
+        with self._guard("write"), self.engine.connect() as conn, conn.begin():
+            _set(conn, key, value)
+
+    # -- incremental indexing -------------------------------------------------------------
+
+    def rows_under(self, folders: Iterable[bytes], files: Iterable[bytes]) -> list[RowState]:
+        """Stored rows whose path is one of `files` or lies under one of `folders`."""
+        cols = [images.c[n] for n in ("id", "path", "size", "mtime_ns", "status", "content_hash")]
+        found: dict[int, RowState] = {}
+        with self.read() as conn:
+            for folder in folders:
+                low, high = prefix_bounds(folder)
+                cond = and_(images.c.path >= low, images.c.path < high)
+                for row in conn.execute(select(*cols).where(cond)):
+                    found[row.id] = RowState(*row)
+            for chunk in _chunks(list(files), 500):
+                for row in conn.execute(select(*cols).where(images.c.path.in_(chunk))):
+                    found[row.id] = RowState(*row)
+        return sorted(found.values(), key=lambda r: r.path)
+
+    def store(self, rows: Sequence[NewRow], existing: dict[bytes, int]) -> int:
+        """Insert or update `rows` in one transaction; `existing` maps path -> id.
+
+        Returns the new generation.
+        """
+        now = time.time()
+        with self.write() as (conn, gen):
+            for row in rows:
+                values = self._values(row, gen, now)
+                row_id = existing.get(row.path)
+                if row_id is None:
+                    row_id = conn.execute(
+                        select(images.c.id).where(images.c.path == row.path)
+                    ).scalar()
+                if row_id is None:
+                    conn.execute(insert(images).values(path=row.path, **values))
+                else:
+                    conn.execute(update(images).where(images.c.id == row_id).values(**values))
+        return gen
+
+    def _values(self, row: NewRow, gen: int, now: float) -> dict[str, Any]:
+        ok = row.vector is not None
+        return {
+            "size": row.size,
+            "mtime_ns": row.mtime_ns,
+            "content_hash": row.content_hash,
+            "width": row.width,
+            "height": row.height,
+            "format": row.format,
+            "status": "ok" if ok else "failed",
+            "error": None if ok else row.error,
+            "vector": self.encode(row.vector) if ok else None,
+            "gen": gen,
+            "indexed_at": now,
+        }
+
+    def repoint(self, moves: Sequence[tuple[int, bytes, int, int]]) -> int:
+        """Give rows new paths (renamed files): (id, path, size, mtime_ns). Keeps vectors."""
+        with self.write() as (conn, gen):
+            for row_id, path, size, mtime_ns in moves:
+                conn.execute(
+                    update(images)
+                    .where(images.c.id == row_id)
+                    .values(path=path, size=size, mtime_ns=mtime_ns)
+                )
+        return gen
+
+    def remove(self, ids: Sequence[int]) -> int:
+        """Delete rows, logging their ids in `removals` so readers can drop them."""
+        with self.write() as (conn, gen):
+            for chunk in _chunks(list(ids), 500):
+                conn.execute(delete(images).where(images.c.id.in_(chunk)))
+                conn.execute(insert(removals), [{"id": i, "gen": gen} for i in chunk])
+        return gen
+
+    def find_by_hash(self, digests: Iterable[bytes]) -> dict[bytes, list[RowState]]:
+        """Stored 'ok' rows with these content hashes."""
+        cols = [images.c[n] for n in ("id", "path", "size", "mtime_ns", "status", "content_hash")]
+        out: dict[bytes, list[RowState]] = {}
+        with self.read() as conn:
+            for chunk in _chunks(list(digests), 500):
+                cond = and_(images.c.content_hash.in_(chunk), images.c.status == "ok")
+                for row in conn.execute(select(*cols).where(cond)):
+                    out.setdefault(row.content_hash, []).append(RowState(*row))
+        return out
+
+    # -- vectors -------------------------------------------------------------------------
+
+    def encode(self, vector: np.ndarray) -> bytes:
+        return np.asarray(vector, dtype=self.vector_dtype).tobytes()
+
+    def decode(self, blobs: Sequence[bytes], dim: int) -> np.ndarray:
+        """BLOBs -> (n, dim) float32."""
+        if not blobs:
+            return np.zeros((0, dim), dtype=np.float32)
+        flat = np.frombuffer(b"".join(blobs), dtype=self.vector_dtype)
+        return flat.reshape(len(blobs), dim).astype(np.float32)
+
+    def iter_vectors(
+        self, conn: Connection, dim: int, batch: int = 65536, since: int | None = None
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(ids int64 (n,), vectors float32 (n, dim)) for 'ok' rows, in id order."""
+        cond = images.c.status == "ok"
+        if since is not None:
+            cond = and_(cond, images.c.gen > since)
+        last = -1
+        while True:
+            rows = conn.execute(
+                select(images.c.id, images.c.vector)
+                .where(and_(cond, images.c.id > last))
+                .order_by(images.c.id)
+                .limit(batch)
+            ).all()
+            if not rows:
+                return
+            last = rows[-1][0]
+            yield (
+                np.array([r[0] for r in rows], dtype=np.int64),
+                self.decode([r[1] for r in rows], dim),
+            )
+
+    def all_vectors(self, conn: Connection, dim: int) -> tuple[np.ndarray, np.ndarray]:
+        """Every stored vector: (ids int64 (n,), vectors float32 (n, dim))."""
+        parts = list(self.iter_vectors(conn, dim))
+        if not parts:
+            return np.zeros(0, np.int64), np.zeros((0, dim), np.float32)
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+    def delta(self, conn: Connection, since: int, dim: int) -> Delta:
+        """What changed after generation `since` (see `Delta`), inside `conn`'s snapshot."""
+        generation = self.generation(conn)
+        changed = conn.execute(select(images.c.id).where(images.c.gen > since)).scalars().all()
+        removed = conn.execute(select(removals.c.id).where(removals.c.gen > since)).scalars()
+        stale = np.array(sorted(set(changed) | set(removed)), dtype=np.int64)
+        parts = list(self.iter_vectors(conn, dim, since=since))
+        if parts:
+            ids = np.concatenate([p[0] for p in parts])
+            vectors = np.concatenate([p[1] for p in parts])
+        else:
+            ids, vectors = np.zeros(0, np.int64), np.zeros((0, dim), np.float32)
+        return Delta(since, generation, stale, ids, vectors)
+
+    def vectors_for(self, conn: Connection, ids: Sequence[int], dim: int) -> dict[int, np.ndarray]:
+        out: dict[int, np.ndarray] = {}
+        for chunk in _chunks(list(ids), 500):
+            cond = and_(images.c.id.in_(chunk), images.c.status == "ok")
+            for row_id, blob in conn.execute(select(images.c.id, images.c.vector).where(cond)):
+                out[row_id] = self.decode([blob], dim)[0]
+        return out
+
+    # -- lookups for search, export and info -----------------------------------------------
+
+    def paths(self, conn: Connection, ids: Iterable[int]) -> dict[int, bytes]:
+        out: dict[int, bytes] = {}
+        for chunk in _chunks(sorted(set(ids)), 500):
+            stmt = select(images.c.id, images.c.path).where(images.c.id.in_(chunk))
+            out.update({row.id: row.path for row in conn.execute(stmt)})
+        return out
+
+    def ids_for_paths(self, conn: Connection, paths: Sequence[bytes]) -> dict[bytes, int]:
+        out: dict[bytes, int] = {}
+        for chunk in _chunks(list(paths), 500):
+            cond = and_(images.c.path.in_(chunk), images.c.status == "ok")
+            out.update(
+                {
+                    row.path: row.id
+                    for row in conn.execute(select(images.c.id, images.c.path).where(cond))
+                }
+            )
+        return out
+
+    def counts(self, conn: Connection) -> dict[str, int]:
+        """{'ok': n, 'failed': m}."""
+        rows = conn.execute(select(images.c.status, func.count()).group_by(images.c.status))
+        found = {status: n for status, n in rows}
+        return {"ok": found.get("ok", 0), "failed": found.get("failed", 0)}
+
+    def failures(self, conn: Connection, limit: int | None = None) -> list[tuple[bytes, str]]:
+        stmt = (
+            select(images.c.path, images.c.error)
+            .where(images.c.status == "failed")
+            .order_by(images.c.path)
+        )
+        if limit is not None:
+            stmt = stmt.limit(limit)
+        return [(row.path, row.error or "") for row in conn.execute(stmt)]
+
+    def metadata_rows(self, conn: Connection, batch: int = 65536) -> Iterator[list[Any]]:
+        """'ok' rows with every column, in id order, `batch` at a time."""
+        last = -1
+        while True:
+            rows = conn.execute(
+                select(images)
+                .where(and_(images.c.status == "ok", images.c.id > last))
+                .order_by(images.c.id)
+                .limit(batch)
+            ).all()
+            if not rows:
+                return
+            last = rows[-1].id
+            yield list(rows)
+
+    def integrity_check(self) -> list[str]:
+        """SQLite's own `PRAGMA integrity_check`: [] when the file is sound."""
+        with self.read() as conn:
+            result = [r[0] for r in conn.exec_driver_sql("PRAGMA integrity_check")]
+        return [] if result == ["ok"] else result
+
+
+def _make_engine(path: str, writer: bool) -> Engine:
+    if not writer and not os.path.exists(path):
+        raise FileNotFoundError(path)
+    engine = create_engine(f"sqlite:///{path}", poolclass=NullPool)
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None  # we issue BEGIN ourselves (see "begin" below)
+        cursor = dbapi_conn.cursor()
+        cursor.execute(f"PRAGMA busy_timeout={defaults.BUSY_TIMEOUT_MS}")
+        if writer:
+            cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        # BEGIN IMMEDIATE takes the write lock up front, so two writers never deadlock.
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if writer else "BEGIN")
+
+    return engine
+
+
+def _get_int(conn: Connection, key: str, default: int) -> int:
+    raw = conn.execute(select(meta.c.value).where(meta.c.key == key)).scalar()
+    return int(raw) if raw is not None else default
+
+
+def _set(conn: Connection, key: str, value: str) -> None:
+    updated = conn.execute(update(meta).where(meta.c.key == key).values(value=value)).rowcount
+    if not updated:
+        conn.execute(insert(meta).values(key=key, value=value))
+
+
+def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]

@@ -1,0 +1,129 @@
+"""Crash-safe file primitives: atomic replacement and the writer lock.
+
+An atomic write goes to a temporary file in the destination's directory, is fsynced, renamed
+over the destination and the directory is fsynced: a reader sees the old file or the new
+one, never half of either.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import socket
+import time
+from collections.abc import Callable, Iterator
+from typing import BinaryIO
+
+from ..errors import IndexBusy, StorageError
+
+TEMP_MARK = ".tmp-"
+
+
+def temp_name(path: str) -> str:
+    """A temporary sibling of `path`, recognisable by `is_temp`."""
+    folder, name = os.path.split(path)
+    return os.path.join(folder, f".{name}{TEMP_MARK}{os.getpid()}-{time.monotonic_ns()}")
+
+
+def is_temp(name: str) -> bool:
+    return name.startswith(".") and TEMP_MARK in name
+
+
+def remove_stale_temps(folder: str) -> list[str]:
+    """Delete temporary files a killed writer left in `folder`; returns their names.
+
+    Only call while holding the writer lock: then no live writer owns any of them.
+    """
+    removed = []
+    for name in os.listdir(folder):
+        if is_temp(name):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(folder, name))
+                removed.append(name)
+    return removed
+
+
+def atomic_write(path: str, write: Callable[[BinaryIO], None], what: str) -> None:
+    """Write `path` atomically by calling `write(fh)` on a temporary file.
+
+    Raises StorageError naming `what` if any step fails; `path` is then untouched.
+    """
+    tmp = temp_name(path)
+    try:
+        with open(tmp, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        fsync_dir(os.path.dirname(path) or ".")
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise StorageError(f"could not write {what} {path}: {describe_os_error(exc)}") from None
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def fsync_dir(folder: str) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def describe_os_error(exc: OSError) -> str:
+    """A short reason plus what to do, for the common write failures."""
+    if exc.errno == errno.ENOSPC:
+        return "no space left on the device; free some space and run again"
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return "permission denied or read-only file system; choose a writable --index"
+    if exc.errno == errno.EIO:
+        return "I/O error from the device; check the disk and run again"
+    return exc.strerror or str(exc)
+
+
+class WriterLock:
+    """An exclusive, advisory lock on `folder/name`; released by the OS if the process dies."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._fd: int | None = None
+
+    def acquire(self, wait: bool = False) -> None:
+        """Take the lock; if another process holds it, wait (wait=True) or raise IndexBusy."""
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            holder = _read_holder(fd)
+            os.close(fd)
+            raise IndexBusy(os.path.dirname(self.path), holder) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    @contextlib.contextmanager
+    def held(self, wait: bool = False) -> Iterator[None]:
+        self.acquire(wait)
+        try:
+            yield
+        finally:
+            self.release()
+
+
+def _read_holder(fd: int) -> str:
+    try:
+        return os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "unknown pid"
+    except OSError:
+        return "unknown pid"

@@ -1,0 +1,343 @@
+"""An index directory: the catalogue, the manifest and the vector-index cache, kept consistent.
+
+    DIR/catalog.sqlite   rows and vectors (source of truth, SQLite WAL)
+    DIR/manifest.json    mirror of the manifest stored in the catalogue
+    DIR/vectors.faiss    FAISS cache of the vectors, stamped with a catalogue generation
+    DIR/writer.lock      held by the one process allowed to write
+
+Readers take no lock. They load `vectors.faiss` (generation G), then open a read snapshot of
+the catalogue (generation S >= G, because a writer commits before it rewrites the cache) and
+search the cache minus the ids changed since G plus those changed rows, so every search sees
+exactly snapshot S, even while a writer is running or after it was killed.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .. import defaults
+from ..errors import IndexNotFound, RetrievalError, StorageError
+from . import vectors
+from .catalog import Catalog, Delta
+from .files import WriterLock, atomic_write, describe_os_error, remove_stale_temps
+from .manifest import Manifest
+
+#: Index types whose FAISS structure can drop ids in place (HNSW is rebuilt instead).
+_PATCHABLE = ("flat", "ivf", "ivfpq")
+
+
+@dataclass(frozen=True)
+class Neighbour:
+    """One search result: catalogue id, raw path bytes, cosine score."""
+
+    id: int
+    path: bytes
+    score: float
+
+
+class IndexDir:
+    """One index directory, opened for reading (`open`) or writing (`open_writer`)."""
+
+    def __init__(self, directory: str, catalog: Catalog, lock: WriterLock | None) -> None:
+        self.directory = directory
+        self.catalog = catalog
+        self.lock = lock
+        self.notices: list[str] = []
+        self._manifest: Manifest | None = None
+        self._base: vectors.Built | None = None
+
+    # -- opening ----------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, directory: str | os.PathLike[str]) -> IndexDir:
+        """Open an existing index for reading; raises IndexNotFound."""
+        directory = os.path.abspath(os.fspath(directory))
+        path = os.path.join(directory, defaults.CATALOG_FILE)
+        if not os.path.isfile(path):
+            raise IndexNotFound(directory)
+        opened = cls(directory, Catalog(path, writer=False), None)
+        if opened.manifest is None:
+            opened.close()
+            raise IndexNotFound(directory)
+        opened._sync_manifest_file()
+        return opened
+
+    @classmethod
+    def open_writer(cls, directory: str | os.PathLike[str], wait: bool = False) -> IndexDir:
+        """Open (creating if needed) an index for writing, holding its writer lock."""
+        directory = os.path.abspath(os.fspath(directory))
+        try:
+            os.makedirs(directory, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(
+                f"cannot create the index directory {directory}: {describe_os_error(exc)}"
+            ) from None
+        lock = WriterLock(os.path.join(directory, defaults.LOCK_FILE))
+        try:
+            lock.acquire(wait)
+        except PermissionError:
+            raise StorageError(
+                f"cannot write to {directory}: permission denied; choose a writable --index"
+            ) from None
+        try:
+            remove_stale_temps(directory)
+            catalog = Catalog(os.path.join(directory, defaults.CATALOG_FILE), writer=True)
+        except BaseException:
+            lock.release()
+            raise
+        opened = cls(directory, catalog, lock)
+        if opened.manifest is not None:
+            opened._sync_manifest_file()
+        return opened
+
+    def close(self) -> None:
+        self.catalog.close()
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+
+    def __enter__(self) -> IndexDir:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- manifest ---------------------------------------------------------------------------
+
+    @property
+    def manifest(self) -> Manifest | None:
+        if self._manifest is None:
+            raw = self.catalog.manifest()
+            self._manifest = Manifest.from_dict(raw) if raw else None
+        return self._manifest
+
+    def require_manifest(self) -> Manifest:
+        if self.manifest is None:
+            raise IndexNotFound(self.directory)
+        return self.manifest
+
+    def set_manifest(self, manifest: Manifest) -> None:
+        self.catalog.set_manifest(manifest.to_dict())
+        self._manifest = manifest
+        self._write_manifest_file()
+
+    def _sync_manifest_file(self) -> None:
+        path = os.path.join(self.directory, defaults.MANIFEST_FILE)
+        expected = self.require_manifest().to_json()
+        try:
+            with open(path, encoding="utf-8") as fh:
+                if fh.read() == expected:
+                    return
+            problem = "did not match the catalogue"
+        except FileNotFoundError:
+            problem = "was missing"
+        except (OSError, UnicodeDecodeError):
+            problem = "was unreadable"
+        try:
+            self._write_manifest_file()
+            self.notices.append(f"{path} {problem}; rewrote it from the catalogue")
+        except StorageError as exc:
+            self.notices.append(f"{path} {problem} and could not be rewritten: {exc}")
+
+    def _write_manifest_file(self) -> None:
+        text = self.require_manifest().to_json().encode("utf-8")
+        path = os.path.join(self.directory, defaults.MANIFEST_FILE)
+        atomic_write(path, lambda fh: fh.write(text), "manifest")
+
+    # -- vectors ----------------------------------------------------------------------------
+
+    @property
+    def vectors_path(self) -> str:
+        return os.path.join(self.directory, defaults.VECTORS_FILE)
+
+    def base(self) -> vectors.Built:
+        """The vector-index cache as loaded (or rebuilt, if it was damaged) from disk."""
+        if self._base is None:
+            try:
+                self._base = vectors.read(self.vectors_path)
+                if self._base.index.d != self.require_manifest().dim:
+                    raise vectors.VectorsDamaged("its dimension differs from the manifest's")
+            except vectors.VectorsDamaged as exc:
+                self._base = self._rebuild(str(exc))
+        return self._base
+
+    def _rebuild(self, reason: str) -> vectors.Built:
+        manifest = self.require_manifest()
+        with self.catalog.read() as conn:
+            generation = self.catalog.generation(conn)
+            ids, xb = self.catalog.all_vectors(conn, manifest.dim)
+        built = vectors.Built(
+            vectors.build(xb, ids, manifest.index_type, manifest.index_params), generation
+        )
+        if reason != "missing" or self.catalog.get_meta("vectors_written"):
+            self.notices.append(
+                f"{self.vectors_path} was {reason}; rebuilt it from the catalogue "
+                f"({len(ids)} vectors)"
+            )
+        self._persist(built)
+        return built
+
+    def _persist(self, built: vectors.Built) -> None:
+        """Write the cache if this process may write (holds or can take the lock)."""
+        lock = self.lock
+        temporary = None
+        if lock is None:
+            temporary = WriterLock(os.path.join(self.directory, defaults.LOCK_FILE))
+            try:
+                temporary.acquire(wait=False)
+            except (RetrievalError, OSError):
+                return  # a writer is running; it will write the cache itself
+        try:
+            self._write_vectors(built)
+        except StorageError as exc:
+            self.notices.append(f"could not save the rebuilt vector index: {exc}")
+        finally:
+            if temporary is not None:
+                temporary.release()
+
+    def sync_vectors(self) -> int:
+        """Bring the cache file up to the catalogue's generation; returns that generation."""
+        manifest = self.require_manifest()
+        base = self.base()
+        with self.catalog.read() as conn:
+            delta = self.catalog.delta(conn, base.generation, manifest.dim)
+            if delta.generation == base.generation:
+                return base.generation
+            if manifest.index_type in _PATCHABLE:
+                index = base.index
+                if len(delta.stale):
+                    index.remove_ids(np.ascontiguousarray(delta.stale, dtype=np.int64))
+                if len(delta.ids):
+                    index.add_with_ids(delta.vectors, delta.ids)
+            else:
+                ids, xb = self.catalog.all_vectors(conn, manifest.dim)
+                index = vectors.build(xb, ids, manifest.index_type, manifest.index_params)
+        self._base = vectors.Built(index, delta.generation)
+        self._write_vectors(self._base)
+        return delta.generation
+
+    def _write_vectors(self, built: vectors.Built) -> None:
+        vectors.write(self.vectors_path, built.index, built.generation)
+        if not self.catalog.get_meta("vectors_written"):
+            self.catalog.set_meta("vectors_written", "1")
+
+    def rebuild_vectors(self) -> int:
+        """Rebuild the cache from every stored vector (after an index-type change, repair)."""
+        self._base = self._rebuild("rebuilt on request")
+        return self._base.generation
+
+    # -- search -----------------------------------------------------------------------------
+
+    def search(
+        self, xq: np.ndarray, k: int, allow: np.ndarray | None = None
+    ) -> list[list[Neighbour]]:
+        """Top-k neighbours of each query row of `xq` (nq, d) float32, best first.
+
+        `allow` (int64 ids) restricts results to those ids. Sees one catalogue snapshot.
+        """
+        manifest = self.require_manifest()
+        base = self.base()  # before the snapshot: its generation <= the snapshot's
+        with self.catalog.read() as conn:
+            delta = self.catalog.delta(conn, base.generation, manifest.dim)
+            D, I = vectors.search(base.index, xq, k, exclude=delta.stale, allow=allow)
+            D, I = _merge(D, I, *_search_delta(delta, xq, k, allow))
+            paths = self.catalog.paths(conn, I[I >= 0].tolist())
+        return [
+            [
+                Neighbour(int(i), paths[int(i)], float(s))
+                for s, i in zip(d_row, i_row, strict=True)
+                if i >= 0
+            ]
+            for d_row, i_row in zip(D, I, strict=True)
+        ]
+
+    def effective_ids(self) -> tuple[np.ndarray, np.ndarray]:
+        """(ids in the cache file, ids the catalogue holds), both sorted int64, for checks."""
+        manifest = self.require_manifest()
+        base = self.base()
+        with self.catalog.read() as conn:
+            delta = self.catalog.delta(conn, base.generation, manifest.dim)
+            stored = np.sort(self.catalog.all_vectors(conn, manifest.dim)[0])
+        cached = vectors.stored_ids(base.index)
+        cached = np.sort(np.concatenate([cached[~np.isin(cached, delta.stale)], delta.ids]))
+        return cached, stored
+
+    def disk_bytes(self) -> int:
+        total = 0
+        for name in os.listdir(self.directory):
+            try:
+                total += os.path.getsize(os.path.join(self.directory, name))
+            except OSError:
+                pass
+        return total
+
+
+def _search_delta(
+    delta: Delta, xq: np.ndarray, k: int, allow: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact inner-product top-k over the rows changed since the cache was written."""
+    ids, xb = delta.ids, delta.vectors
+    if allow is not None and len(ids):
+        keep = np.isin(ids, allow)
+        ids, xb = ids[keep], xb[keep]
+    return exact_search(xb, ids, xq, k)
+
+
+def exact_search(
+    xb: np.ndarray, ids: np.ndarray, xq: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Brute-force top-k by inner product: D (nq, k) float32, I (nq, k) int64, -1 = none."""
+    nq = len(xq)
+    D = np.full((nq, k), -np.inf, np.float32)
+    I = np.full((nq, k), -1, np.int64)
+    if len(ids) == 0 or k == 0:
+        return D, I
+    scores = xq.astype(np.float32) @ xb.T
+    take = min(k, len(ids))
+    top = np.argpartition(-scores, take - 1, axis=1)[:, :take]
+    order = np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1, kind="stable")
+    top = np.take_along_axis(top, order, axis=1)
+    D[:, :take] = np.take_along_axis(scores, top, axis=1)
+    I[:, :take] = ids[top]
+    return D, I
+
+
+def _merge(
+    D1: np.ndarray, I1: np.ndarray, D2: np.ndarray, I2: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Merge two top-k result sets row by row, best scores first."""
+    k = D1.shape[1]
+    D = np.concatenate([D1, D2], axis=1)
+    I = np.concatenate([I1, I2], axis=1)
+    order = np.argsort(-D, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(D, order, axis=1), np.take_along_axis(I, order, axis=1)
+
+
+def index_summary(index_dir: IndexDir) -> dict[str, Any]:
+    """Facts about an opened index for `info`."""
+    manifest = index_dir.require_manifest()
+    with index_dir.catalog.read() as conn:
+        counts = index_dir.catalog.counts(conn)
+        generation = index_dir.catalog.generation(conn)
+    base = index_dir.base()
+    return {
+        "index": index_dir.directory,
+        "images": counts["ok"],
+        "failed": counts["failed"],
+        "dim": manifest.dim,
+        "model": manifest.model.name,
+        "weights": manifest.model.weights.describe(),
+        "pretrained": manifest.model.weights.pretrained,
+        "precision": manifest.precision,
+        "metric": manifest.metric,
+        "vector_dtype": manifest.vector_dtype,
+        "index_type": manifest.index_type,
+        "index_params": vectors.describe(base.index),
+        "generation": generation,
+        "vectors_generation": base.generation,
+        "bytes_on_disk": index_dir.disk_bytes(),
+    }
