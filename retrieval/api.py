@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from . import __version__, defaults
-from .errors import IndexIncompatible
+from .errors import IndexIncompatible, IndexNotFound
 from .ops import exchange, indexing, searching
 from .ops.indexing import IndexOptions, IndexReport, Progress
 from .ops.searching import QueryResult
@@ -59,25 +59,29 @@ class Index:
         """
         from .embedding.embedder import load_embedder
 
+        # The model is loaded before anything is written, so a model error leaves no
+        # half-made index behind.
+        manifest = self._existing_manifest()
+        if manifest is not None:
+            check_model(manifest, model, weights, self.directory)
+            embedder = load_embedder(manifest.model.name, manifest.model.weights, device, precision)
+            self._check_same_weights(manifest, embedder.info.weights)
+        else:
+            embedder = load_embedder(
+                model or defaults.MODEL, weights or WeightsSpec("pretrained"), device, precision
+            )
         with IndexDir.open_writer(self.directory, wait=wait) as index_dir:
             self._flush_notices(index_dir)
-            manifest = index_dir.manifest
-            if manifest is not None:
-                check_model(manifest, model, weights, self.directory)
-                embedder = load_embedder(
-                    manifest.model.name, manifest.model.weights, device, precision
-                )
-                self._check_same_weights(manifest, embedder.info.weights)
-            else:
-                embedder = load_embedder(
-                    model or defaults.MODEL, weights or WeightsSpec("pretrained"), device, precision
-                )
+            if index_dir.manifest is None:
                 index_dir.set_manifest(
                     Manifest(
-                        model=embedder.info,
-                        precision=embedder.precision,
-                        created_with=_versions(),
+                        model=embedder.info, precision=embedder.precision, created_with=_versions()
                     )
+                )
+            elif manifest is None or index_dir.manifest.model != manifest.model:
+                # another process created or rebuilt the index meanwhile
+                check_model(
+                    index_dir.manifest, embedder.info.name, embedder.info.weights, self.directory
                 )
             self._notify(f"embedding with {embedder.info.name} on {embedder.describe()}")
             try:
@@ -99,10 +103,10 @@ class Index:
         max_megapixels: float = defaults.MAX_MEGAPIXELS,
     ) -> list[QueryResult]:
         """The k indexed images nearest to each query image, best first."""
-        from .embedding.embedder import load_embedder, resolve_device
-
         with self._open() as index_dir:
             manifest = index_dir.require_manifest()
+            from .embedding.embedder import load_embedder, resolve_device
+
             resolved = resolve_device(device)
             precision = manifest.precision
             if resolved == "cpu" and precision == "fp16":
@@ -142,6 +146,15 @@ class Index:
             return index_dir.require_manifest()
 
     # -- helpers ----------------------------------------------------------------------------
+
+    def _existing_manifest(self) -> Manifest | None:
+        if not os.path.isfile(os.path.join(self.directory, defaults.CATALOG_FILE)):
+            return None
+        try:
+            with self._open() as index_dir:
+                return index_dir.manifest
+        except IndexNotFound:
+            return None
 
     def _open(self) -> IndexDir:
         return IndexDir.open(self.directory)
