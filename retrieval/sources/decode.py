@@ -5,14 +5,25 @@
 a file can be bad ends as `BadImage` with a reason a person can act on, never as another
 exception: Pillow's fuzzing names OSError, SyntaxError, MemoryError, ValueError,
 NotImplementedError, OverflowError, EOFError and the decompression-bomb pair as the
-exceptions bad input raises.
+exceptions bad input raises; anything else still ends as BadImage ("unexpected decoder
+error"), and Pillow's warnings are ignored whatever the caller's filters (`-W error`).
+
+Hostile input is bounded before it costs: images over the megapixel cap are refused from
+the header (no pixels allocated); JPEGs with more than MAX_JPEG_SCANS scans are refused
+(repeated progressive scans make libjpeg's time grow with scans x pixels); extreme aspect
+ratios are resampled only inside the crop window; only regular files are read, opened
+non-blocking (a FIFO or device swapped in after the scan neither blocks nor floods).
+Fuzzed by tests/test_hostile.py; the inputs that once broke it are in tests/corpus/.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import os
+import re
+import stat
 import struct
 import warnings
 from dataclasses import dataclass
@@ -28,6 +39,9 @@ from ..specs import Preprocess
 FORMATS = ("JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF", "AVIF", "HEIF")
 #: Files larger than this are refused before being read into memory.
 MAX_FILE_BYTES = 1 << 31
+#: JPEGs with more scans are refused: each progressive scan re-reads every block, so a few
+#: hundred KB of repeated scans can keep libjpeg busy for minutes (real photos have <= ~12).
+MAX_JPEG_SCANS = 100
 
 _BAD_INPUT = (
     OSError,
@@ -45,6 +59,9 @@ _BAD_INPUT = (
     Image.DecompressionBombError,
     Image.DecompressionBombWarning,
 )
+
+#: Resized images larger than this many resize x resize squares are not made whole.
+_MAX_RESIZED_AREA = 16
 
 _RESAMPLE = {
     "nearest": Image.Resampling.NEAREST,
@@ -75,8 +92,9 @@ class FileResult:
     error: str | None = None
 
 
+@functools.cache
 def register_optional_plugins() -> None:
-    """Enable HEIC/HEIF decoding when the optional pillow-heif package is installed."""
+    """Enable HEIC/HEIF decoding when the optional pillow-heif package is installed (once)."""
     try:
         from pillow_heif import register_heif_opener  # type: ignore[import-not-found]
     except ImportError:
@@ -90,16 +108,20 @@ def hash_bytes(data: bytes) -> bytes:
 
 
 def read_file(path: bytes) -> tuple[bytes, os.stat_result]:
-    """Read a whole file; returns its bytes and the fstat of what was read.
+    """Read a whole regular file; returns its bytes and the fstat of what was read.
 
-    Raises BadImage for empty, oversized, vanished, unreadable or changing files.
+    Raises BadImage for empty, oversized, vanished, unreadable, changing or non-regular
+    files (directories, FIFOs, devices: opened non-blocking and refused after fstat, so a
+    FIFO or /dev/zero swapped in after the scan cannot block or flood the reader).
     """
     try:
-        with open(path, "rb") as fh:
+        with open(path, "rb", opener=_open_nonblocking) as fh:
             before = os.fstat(fh.fileno())
+            if not stat.S_ISREG(before.st_mode):
+                raise BadImage("not a regular file (a FIFO, device or socket); skipped")
             if before.st_size > MAX_FILE_BYTES:
                 raise BadImage(f"file is {before.st_size} bytes, larger than {MAX_FILE_BYTES}")
-            data = fh.read()
+            data = fh.read(before.st_size + 1)  # one byte more shows a file still growing
             after = os.fstat(fh.fileno())
     except FileNotFoundError:
         raise BadImage("file vanished before it could be read; it is retried next run") from None
@@ -118,8 +140,16 @@ def read_file(path: bytes) -> tuple[bytes, os.stat_result]:
     return data, after
 
 
+def _open_nonblocking(path: str | bytes, flags: int) -> int:
+    return os.open(path, flags | getattr(os, "O_NONBLOCK", 0))
+
+
 def load_file(path: bytes, preprocess: Preprocess, max_megapixels: float) -> FileResult:
-    """Read, hash and decode one file. Never raises for bad input: errors go in the result."""
+    """Read, hash and decode one file. Never raises for bad input: errors go in the result.
+
+    A file that could not be read has size 0, mtime 0 and no hash, so the next run sees it
+    as changed and tries again.
+    """
     try:
         data, st = read_file(path)
     except BadImage as exc:
@@ -138,51 +168,77 @@ def decode_image(
     """Decode image bytes into model-ready pixels.
 
     Returns (pixels (H, W, 3) uint8, width, height, format), where width/height are the
-    image's size after EXIF orientation. Raises BadImage with a readable reason.
+    image's size after EXIF orientation. Raises BadImage with a readable reason, and
+    nothing else, whatever the bytes: images over `max_megapixels` are refused from their
+    header before any pixel is allocated; Pillow's warnings (corrupt EXIF, truncated tags)
+    are ignored whatever the caller's warning filters; an exception outside the known set
+    still ends as BadImage ("unexpected decoder error ...").
     """
     register_optional_plugins()
     try:
         with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = _open(data, max_megapixels)
-            width, height = _oriented_size(image)
-            fmt = image.format or "unknown"
-            if image.format == "JPEG" or image.format == "MPO":
-                # libjpeg DCT scaling: decode at 1/2..1/8 scale, still >= the resize target.
-                image.draft("RGB", (preprocess.resize, preprocess.resize))
-            image.load()
-            image = _orient(image)
-            rgb = to_rgb(image)
-            pixels = _resize_and_crop(rgb, preprocess)
+            return _decode(data, preprocess, max_megapixels)
     except BadImage:
         raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise BadImage(_over_cap_message(_bomb_pixels(exc), max_megapixels)) from None
     except _BAD_INPUT as exc:
         raise BadImage(_describe(exc)) from None
-    return pixels, width, height, fmt
+    except Exception as exc:  # noqa: BLE001 - one bad file must not stop a 100k-file run
+        raise BadImage(f"{UNEXPECTED} ({type(exc).__name__}: {exc}); please report it") from None
+
+
+#: Start of the reason given for an exception outside Pillow's documented set.
+UNEXPECTED = "unexpected decoder error"
+
+
+def _decode(
+    data: bytes, preprocess: Preprocess, max_megapixels: float
+) -> tuple[np.ndarray, int, int, str]:
+    image = _open(data, max_megapixels)
+    width, height = _oriented_size(image)
+    fmt = image.format or "unknown"
+    if fmt in ("JPEG", "MPO"):
+        scans = data.count(b"\xff\xda")  # SOS markers (0xFFDA never occurs in scan data)
+        if scans > MAX_JPEG_SCANS:
+            raise BadImage(
+                f"JPEG has {scans} scans, more than {MAX_JPEG_SCANS} (a decoding-time bomb); "
+                "re-encode it if the file is trusted"
+            )
+        # libjpeg DCT scaling: decode at 1/2..1/8 scale, still >= the resize target.
+        image.draft("RGB", (preprocess.resize, preprocess.resize))
+    image.load()
+    image = _orient(image)
+    rgb = to_rgb(image)
+    return _resize_and_crop(rgb, preprocess), width, height, fmt
 
 
 def _open(data: bytes, max_megapixels: float) -> Image.Image:
     cap = int(max_megapixels * 1_000_000)
-    Image.MAX_IMAGE_PIXELS = cap  # Pillow's own guard, promoted to an error above
+    Image.MAX_IMAGE_PIXELS = cap  # Pillow's own guard (frames, GIF extents), an error here
     try:
         image = Image.open(io.BytesIO(data), formats=_formats())
     except Image.UnidentifiedImageError:
         raise BadImage("not a supported image (unknown or corrupt header)") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise BadImage(_over_cap_message(None, max_megapixels)) from None
     w, h = image.size
     if w <= 0 or h <= 0:
         raise BadImage(f"image has no pixels ({w}x{h})")
     if w * h > cap:
         raise BadImage(_over_cap_message(w * h, max_megapixels))
-    if getattr(image, "n_frames", 1) > 1:
-        image.seek(0)
     return image
 
 
 def _formats() -> list[str]:
     Image.init()
     return [f for f in FORMATS if f in Image.OPEN]
+
+
+def _bomb_pixels(exc: BaseException) -> int | None:
+    """The pixel count in Pillow's decompression-bomb message, if it has one."""
+    match = re.search(r"\((\d+) pixels\)", str(exc))
+    return int(match.group(1)) if match else None
 
 
 def _over_cap_message(pixels: int | None, max_megapixels: float) -> str:
@@ -213,8 +269,14 @@ def _orient(image: Image.Image) -> Image.Image:
 def to_rgb(image: Image.Image) -> Image.Image:
     """Any Pillow mode to 8-bit RGB: 16-bit scaled (not clipped), alpha composited."""
     mode = image.mode
-    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
-        return Image.fromarray(_to_uint8(np.asarray(image)), "L").convert("RGB")
+    if mode in ("I;16", "I;16L", "I;16B", "I;16N"):
+        # The mode fixes the range at 0..65535: a dark 16-bit image stays dark, not stretched.
+        grey = _grey_values(image).astype(np.float32)
+        grey *= 255.0 / 65535.0
+        grey += 0.5
+        return Image.fromarray(grey.astype(np.uint8), "L").convert("RGB")
+    if mode in ("I", "F"):
+        return Image.fromarray(_to_uint8(_grey_values(image)), "L").convert("RGB")
     has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
     if has_alpha:
         rgba = image.convert("RGBA")
@@ -225,41 +287,78 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+#: numpy dtypes of Pillow's one-channel 16/32-bit modes, as `tobytes()` lays them out.
+_GREY_DTYPES = {
+    "I;16": "<u2",
+    "I;16L": "<u2",
+    "I;16B": ">u2",
+    "I;16N": "=u2",
+    "I": "=i4",
+    "F": "=f4",
+}
+
+
+def _grey_values(image: Image.Image) -> np.ndarray:
+    """(H, W) array of a 16/32-bit grey image (`np.asarray` would copy it twice)."""
+    dtype = np.dtype(_GREY_DTYPES[image.mode])
+    return np.frombuffer(image.tobytes(), dtype=dtype).reshape(image.height, image.width)
+
+
 def _to_uint8(values: np.ndarray) -> np.ndarray:
-    """Scale 16-bit, 32-bit integer or float grey values into 0..255."""
-    values = values.astype(np.float64)
+    """Scale 16-bit, 32-bit integer or float grey values into 0..255 (NaN and inf: 0).
+
+    Floats within 0..1 are scaled by 255, values within 0..255 kept, larger ones scaled
+    from the 16-bit range (or from the maximum when above it). float32, in place: a
+    100 MP float image must not cost gigabytes of temporaries.
+    """
+    is_float = values.dtype.kind == "f"
+    values = values.astype(np.float32)
+    np.nan_to_num(values, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
     top = float(values.max(initial=0.0))
-    if top <= 1.0 and values.dtype.kind == "f":
+    if top <= 1.0 and is_float:
         scale = 255.0
     elif top <= 255.0:
         scale = 1.0
     else:
         scale = 255.0 / 65535.0 if top <= 65535.0 else 255.0 / top
-    return np.clip(values * scale + 0.5, 0, 255).astype(np.uint8)
+    values *= scale
+    values += 0.5
+    np.clip(values, 0, 255, out=values)
+    return values.astype(np.uint8)
 
 
 def _resize_and_crop(image: Image.Image, preprocess: Preprocess) -> np.ndarray:
-    """Shorter side to `resize`, then the centre crop (torchvision's rounding, as timm)."""
+    """Shorter side to `resize`, then the centre crop (torchvision's rounding, as timm).
+
+    Beyond an aspect ratio of `_MAX_RESIZED_AREA`:1 only the cropped window is resampled
+    (Pillow's `box`), so a 20 x 3,000,000 strip does not become a 700 MB intermediate. A
+    crop larger than the resized image is zero-padded as torchvision's CenterCrop does.
+    """
     w, h = image.size
     short, long = (w, h) if w <= h else (h, w)
     new_short, new_long = preprocess.resize, int(preprocess.resize * long / short)
     size = (new_short, new_long) if w <= h else (new_long, new_short)
     resample = _RESAMPLE[preprocess.interpolation]
-    if size != image.size:
-        image = image.resize(size, resample)
     out_h, out_w = preprocess.height, preprocess.width
-    if size[0] < out_w or size[1] < out_h:  # extreme aspect ratios: pad like CenterCrop
-        image = ImageOps.pad(image, (max(size[0], out_w), max(size[1], out_h)), color=(0, 0, 0))
-        size = image.size
-    top = int(round((size[1] - out_h) / 2.0))
-    left = int(round((size[0] - out_w) / 2.0))
-    cropped = image.crop((left, top, left + out_w, top + out_h))
-    return np.asarray(cropped, dtype=np.uint8).reshape(out_h, out_w, 3)
+    crop_w, crop_h = min(out_w, size[0]), min(out_h, size[1])
+    left = int(round((size[0] - crop_w) / 2.0))
+    top = int(round((size[1] - crop_h) / 2.0))
+    if size[0] * size[1] <= _MAX_RESIZED_AREA * preprocess.resize**2:
+        if size != image.size:
+            image = image.resize(size, resample)
+        image = image.crop((left, top, left + crop_w, top + crop_h))
+    else:  # an extreme aspect ratio: resample only the window (may differ by +-1 level)
+        sx, sy = w / size[0], h / size[1]
+        box = (left * sx, top * sy, (left + crop_w) * sx, (top + crop_h) * sy)
+        image = image.resize((crop_w, crop_h), resample, box=box)
+    if (crop_w, crop_h) != (out_w, out_h):
+        canvas = Image.new("RGB", (out_w, out_h), (0, 0, 0))
+        canvas.paste(image, ((out_w - crop_w) // 2, (out_h - crop_h) // 2))
+        image = canvas
+    return np.asarray(image, dtype=np.uint8).reshape(out_h, out_w, 3)
 
 
 def _describe(exc: BaseException) -> str:
-    if isinstance(exc, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
-        return "image is a decompression bomb (too many pixels); raise --max-megapixels"
     if isinstance(exc, MemoryError):
         return "not enough memory to decode this image"
     text = str(exc).strip() or type(exc).__name__

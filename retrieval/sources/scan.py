@@ -1,8 +1,12 @@
 """Finding image files under the folders a user names.
 
-Paths travel as raw bytes (see `retrieval.pathnames`). The walk uses an explicit stack, so deep
-trees cannot overflow the recursion limit, and with `follow_symlinks` it remembers every
-directory's (st_dev, st_ino), so symlink loops end.
+Paths travel as raw bytes (see `retrieval.pathnames`), so names that are not UTF-8 survive.
+The walk uses an explicit stack, so deep trees cannot overflow the recursion limit, and with
+`follow_symlinks` it remembers every directory's (st_dev, st_ino), so symlink loops end;
+without it, symbolic links inside the folders are ignored. Only regular files are listed:
+FIFOs, sockets and devices are skipped (reading a FIFO would block, /dev/zero never ends).
+A file that vanishes while the walk runs is simply not listed; a folder or file that cannot
+be read becomes a `ScanProblem`, and the indexer keeps what it had stored under it.
 """
 
 from __future__ import annotations
@@ -43,7 +47,10 @@ class ScanResult:
     problems: list[ScanProblem] = field(default_factory=list)
 
     def unreadable_dirs(self) -> list[bytes]:
-        """Folders whose contents are unknown this run (their catalogue rows must be kept)."""
+        """Folders (and single files) whose contents are unknown this run.
+
+        The catalogue rows at and under these paths must be kept, not treated as removed.
+        """
         return [p.path for p in self.problems]
 
 
@@ -58,6 +65,14 @@ def supported_extensions() -> frozenset[str]:
     return defaults.EXTENSIONS | extra
 
 
+def check_roots(roots: Iterable[str | os.PathLike[str]]) -> None:
+    """Raise UsageError naming the first root that does not exist (before any work starts)."""
+    for root in roots:
+        root_b = to_bytes(root)
+        if not os.path.exists(root_b):
+            raise UsageError(f"{display(root_b)} does not exist; check the path")
+
+
 def scan(
     roots: Iterable[str | os.PathLike[str]],
     *,
@@ -67,10 +82,10 @@ def scan(
 ) -> ScanResult:
     """Walk `roots` (folders or single files) and list the image files in them.
 
-    A file named directly is taken whatever its extension; inside folders only names whose
-    lower-cased extension is in `extensions` are. `exclude` holds glob patterns matched
-    against each name and each path relative to its root. Raises UsageError if a root does
-    not exist.
+    A file named directly is taken whatever its extension (if it is a regular file); inside
+    folders only names whose lower-cased extension is in `extensions` are. `exclude` holds
+    glob patterns matched against each name and each path relative to its root. Raises
+    UsageError if a root does not exist; anything unreadable is listed in `problems`.
     """
     allowed = supported_extensions() if extensions is None else extensions
     patterns = [os.fsencode(p) for p in exclude]
@@ -86,9 +101,12 @@ def scan(
             result.problems.append(ScanProblem(root_b, _reason(exc)))
             continue
         if stat.S_ISDIR(st.st_mode):
-            walker = _walk(root_b, patterns, follow_symlinks, allowed, result.problems)
-        else:
+            walker = _walk(root_b, st, patterns, follow_symlinks, allowed, result.problems)
+        elif stat.S_ISREG(st.st_mode):
             walker = iter([FileEntry(root_b, st.st_size, st.st_mtime_ns)])
+        else:
+            result.problems.append(ScanProblem(root_b, NOT_REGULAR))
+            continue
         for entry in walker:
             if entry.path not in seen:
                 seen.add(entry.path)
@@ -99,22 +117,23 @@ def scan(
 
 def _walk(
     root: bytes,
+    root_stat: os.stat_result,
     patterns: list[bytes],
     follow_symlinks: bool,
     allowed: frozenset[str],
     problems: list[ScanProblem],
 ) -> Iterator[FileEntry]:
-    visited: set[tuple[int, int]] = set()
-    st = os.stat(root)
-    visited.add((st.st_dev, st.st_ino))
+    visited = {(root_stat.st_dev, root_stat.st_ino)}
     stack = [root]
     while stack:
         folder = stack.pop()
         try:
             with os.scandir(folder) as it:
                 entries = list(it)
+        except FileNotFoundError:
+            continue  # removed while the walk ran: its rows go as missing
         except OSError as exc:
-            problems.append(ScanProblem(folder, _reason(exc)))
+            problems.append(ScanProblem(folder, _folder_reason(exc)))
             continue
         for entry in entries:
             path = entry.path
@@ -134,9 +153,18 @@ def _walk(
                 if os.path.splitext(entry.name)[1].decode("utf-8", "replace").lower() in allowed:
                     info = entry.stat(follow_symlinks=True)
                     yield FileEntry(path, info.st_size, info.st_mtime_ns)
-            except OSError as exc:  # broken link, vanished, permission
-                if not entry.is_symlink():
+            except FileNotFoundError:
+                continue  # vanished since it was listed, or a dangling symbolic link
+            except OSError as exc:  # a link loop (ELOOP), permission, I/O error
+                if not _is_symlink(entry):
                     problems.append(ScanProblem(path, _reason(exc)))
+
+
+def _is_symlink(entry: os.DirEntry[bytes]) -> bool:
+    try:
+        return entry.is_symlink()
+    except OSError:
+        return False
 
 
 def _dir_key(entry: os.DirEntry[bytes]) -> tuple[int, int]:
@@ -152,5 +180,16 @@ def _excluded(path: bytes, root: bytes, patterns: list[bytes]) -> bool:
     return any(fnmatch.fnmatch(relative, p) or fnmatch.fnmatch(name, p) for p in patterns)
 
 
+#: The reason given for a FIFO, socket or device named as a root.
+NOT_REGULAR = "not a regular file or folder (a FIFO, socket or device); skipped"
+
+
 def _reason(exc: OSError) -> str:
     return exc.strerror or type(exc).__name__
+
+
+def _folder_reason(exc: OSError) -> str:
+    return (
+        f"cannot list this folder ({_reason(exc)}); the images indexed under it are kept "
+        "until it can be read: fix its permissions and run again"
+    )
