@@ -11,6 +11,7 @@ import contextlib
 import errno
 import fcntl
 import os
+import signal
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -19,6 +20,42 @@ from typing import BinaryIO
 from ..errors import IndexBusy, StorageError
 
 TEMP_MARK = ".tmp-"
+
+#: How often each named test point was reached in this process (see `fault_point`).
+_REACHED: dict[str, int] = {}
+
+
+def fault_point(name: str) -> None:
+    """A place where the crash tests stop this process; a no-op unless the variables are set.
+
+    RETRIEVAL_TEST_KILL_AT="NAME:N" sends SIGKILL to this process the Nth time point NAME is
+    reached (a hard crash: no cleanup, no finally). RETRIEVAL_TEST_PAUSE_AT="NAME:N" instead
+    creates the file $RETRIEVAL_TEST_PAUSE_FILE there and sleeps until a test deletes it (or
+    60 s pass), so a test can signal the process or read the index at that moment.
+
+    Points: "scanned" (after the scan), "batch-embedded" / "batch-committed" (before / after
+    each batch's transaction), "txn-open" (inside every catalogue write transaction, before
+    COMMIT), and for each atomic write "write-temp/FILE" (temp file written, not synced),
+    "write-synced/FILE" (synced, not renamed), "write-renamed/FILE" (renamed, directory not
+    synced), FILE being the destination's name (vectors.faiss, manifest.json).
+    """
+    kill, pause = (
+        os.environ.get("RETRIEVAL_TEST_KILL_AT"),
+        os.environ.get("RETRIEVAL_TEST_PAUSE_AT"),
+    )
+    if not kill and not pause:
+        return
+    count = _REACHED[name] = _REACHED.get(name, 0) + 1
+    here = f"{name}:{count}"
+    if here == kill:
+        os.kill(os.getpid(), signal.SIGKILL)
+    if here == pause:
+        flag = os.environ["RETRIEVAL_TEST_PAUSE_FILE"]
+        with open(flag, "w") as fh:
+            fh.write(str(os.getpid()))
+        deadline = time.monotonic() + 60
+        while os.path.exists(flag) and time.monotonic() < deadline:
+            time.sleep(0.01)
 
 
 def temp_name(path: str) -> str:
@@ -52,11 +89,15 @@ def atomic_write(path: str, write: Callable[[BinaryIO], None], what: str) -> Non
     """
     tmp = temp_name(path)
     try:
+        point = os.path.basename(path)
         with open(tmp, "wb") as fh:
             write(fh)
             fh.flush()
+            fault_point(f"write-temp/{point}")
             os.fsync(fh.fileno())
+        fault_point(f"write-synced/{point}")
         os.replace(tmp, path)
+        fault_point(f"write-renamed/{point}")
         fsync_dir(os.path.dirname(path) or ".")
     except OSError as exc:
         with contextlib.suppress(OSError):

@@ -1,0 +1,275 @@
+"""Verifying an index directory, and repairing what can be rebuilt (`retrieval check`).
+
+The catalogue (catalog.sqlite) is the source of truth; nothing can rebuild it, so a catalogue
+that fails SQLite's `integrity_check` raises CatalogCorrupt. Everything else derives from it:
+
+    vectors.faiss    readable, checksum intact, ids equal to the stored vectors (after the
+                     catalogue changes made since it was written), no duplicate ids, and for
+                     exact layouts the very same vectors       -> --repair rebuilds it
+    manifest.json    equal to the catalogue's copy             -> --repair rewrites it
+    .NAME.tmp-*      temporary files a killed run left behind  -> --repair deletes them
+
+The check holds the writer lock, so no run changes the index while it looks.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, BinaryIO
+
+import numpy as np
+
+from .. import defaults
+from ..errors import CatalogCorrupt, IndexNotFound, StorageError
+from ..store import vectors
+from ..store.catalog import Catalog
+from ..store.files import WriterLock, atomic_write, is_temp
+from ..store.index_dir import IndexDir
+from ..store.manifest import Manifest
+
+#: Vectors compared per step (bounded memory on large indexes).
+_CHUNK = 65536
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with an index: the file, what is wrong, and the repair."""
+
+    file: str
+    problem: str
+    repair: str  # what --repair does (or did) about it
+    repaired: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "file": self.file,
+            "problem": self.problem,
+            "repair": self.repair,
+            "repaired": self.repaired,
+        }
+
+
+@dataclass(frozen=True)
+class CheckReport:
+    """What `check` found: facts about the index and its problems (repaired or not)."""
+
+    index: str
+    images: int
+    failed: int
+    generation: int
+    problems: tuple[Problem, ...]
+
+    @property
+    def ok(self) -> bool:
+        """True when no problem remains (none found, or all repaired)."""
+        return all(p.repaired for p in self.problems)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "ok": self.ok,
+            "images": self.images,
+            "failed": self.failed,
+            "generation": self.generation,
+            "problems": [p.to_dict() for p in self.problems],
+        }
+
+    def lines(self) -> list[str]:
+        """The report as text lines: the index, one line per problem, a verdict."""
+        out = [
+            f"checked {self.index}: {self.images} images, {self.failed} failed, "
+            f"generation {self.generation}"
+        ]
+        for p in self.problems:
+            action = f"repaired: {p.repair}" if p.repaired else f"--repair {p.repair}"
+            out.append(f"  {p.file}: {p.problem} ({action})")
+        left = [p for p in self.problems if not p.repaired]
+        if not self.problems:
+            out.append("ok: no problems found")
+        elif not left:
+            out.append(f"ok: {len(self.problems)} problem(s) found and repaired")
+        else:
+            out.append(
+                f"{len(left)} problem(s) found; repair them with "
+                f"`retrieval check --repair --index {self.index}`"
+            )
+        return out
+
+
+def check(
+    directory: str | os.PathLike[str], repair: bool = False, wait: bool = False
+) -> CheckReport:
+    """Verify the index at `directory`; with `repair`, rebuild what is derived and damaged.
+
+    Raises IndexNotFound, IndexBusy (a writer is running; `wait` queues behind it) and
+    CatalogCorrupt (the catalogue itself is damaged: see its message).
+    """
+    directory = os.path.abspath(os.fspath(directory))
+    path = os.path.join(directory, defaults.CATALOG_FILE)
+    if not os.path.isfile(path):
+        raise IndexNotFound(directory)
+    lock = WriterLock(os.path.join(directory, defaults.LOCK_FILE))
+    held = True
+    try:
+        lock.acquire(wait)
+    except PermissionError:
+        if repair:
+            raise StorageError(
+                f"cannot repair {directory}: permission denied; run the check as a user who "
+                "may write there"
+            ) from None
+        held = False  # a read-only medium: check without the lock
+    try:
+        index_dir = IndexDir(directory, Catalog(path, writer=False), lock if held else None)
+        with index_dir:
+            found, facts = _inspect(index_dir)
+            if not (repair and found):
+                return CheckReport(directory, *facts, problems=tuple(found))
+            _repair(index_dir, found)
+            left, facts = _inspect(index_dir)
+            remaining = {(p.file, p.problem) for p in left}
+            fixed = [
+                Problem(p.file, p.problem, p.repair, (p.file, p.problem) not in remaining)
+                for p in found
+            ]
+            return CheckReport(directory, *facts, problems=tuple(fixed + _new(left, found)))
+    finally:
+        lock.release()
+
+
+def _new(left: list[Problem], found: list[Problem]) -> list[Problem]:
+    before = {(p.file, p.problem) for p in found}
+    return [p for p in left if (p.file, p.problem) not in before]
+
+
+# -- inspecting ----------------------------------------------------------------------------------
+
+
+def _inspect(index_dir: IndexDir) -> tuple[list[Problem], tuple[int, int, int]]:
+    """(problems, (images, failed, generation)); raises CatalogCorrupt / IndexNotFound."""
+    catalog = index_dir.catalog
+    damage = catalog.integrity_check()
+    if damage:
+        more = f" and {len(damage) - 1} more" if len(damage) > 1 else ""
+        raise CatalogCorrupt(catalog.path, f"integrity_check: {damage[0]}{more}")
+    manifest = index_dir.require_manifest()
+    with catalog.read() as conn:
+        counts = catalog.counts(conn)
+        generation = catalog.generation(conn)
+    problems = _temp_files(index_dir.directory)
+    problems += _manifest_file(index_dir.directory, manifest)
+    problems += _vectors_file(index_dir, manifest, generation)
+    return problems, (counts["ok"], counts["failed"], generation)
+
+
+def _temp_files(directory: str) -> list[Problem]:
+    return [
+        Problem(name, "temporary file left by an interrupted run", "deletes it")
+        for name in sorted(os.listdir(directory))
+        if is_temp(name)
+    ]
+
+
+def _manifest_file(directory: str, manifest: Manifest) -> list[Problem]:
+    path = os.path.join(directory, defaults.MANIFEST_FILE)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            if fh.read() == manifest.to_json():
+                return []
+        problem = "differs from the catalogue's manifest"
+    except FileNotFoundError:
+        problem = "missing"
+    except (OSError, UnicodeDecodeError):
+        problem = "unreadable"
+    return [Problem(defaults.MANIFEST_FILE, problem, "rewrites it from the catalogue")]
+
+
+def _vectors_file(index_dir: IndexDir, manifest: Manifest, generation: int) -> list[Problem]:
+    def problem(text: str) -> list[Problem]:
+        return [Problem(defaults.VECTORS_FILE, text, "rebuilds it from the catalogue")]
+
+    try:
+        built = vectors.read(index_dir.vectors_path)
+    except vectors.VectorsDamaged as exc:
+        return problem(str(exc))
+    if built.index.d != manifest.dim:
+        return problem(f"holds {built.index.d}-d vectors, the manifest says {manifest.dim}")
+    if built.generation > generation:
+        return problem(
+            f"claims catalogue generation {built.generation}, newer than the catalogue's "
+            f"{generation}"
+        )
+    held = vectors.stored_ids(built.index)
+    duplicates = len(held) - len(np.unique(held))
+    if duplicates:
+        return problem(f"holds {duplicates} duplicate ids")
+    catalog = index_dir.catalog
+    with catalog.read() as conn:
+        delta = catalog.delta(conn, built.generation, manifest.dim)
+        gone = np.union1d(delta.stale, built.tombstones)
+        live = np.sort(held[~np.isin(held, gone)])
+        try:
+            stored = _stored_ids(catalog, conn, manifest.dim)
+            expected = np.setdiff1d(stored, gone)
+            extra, lacking = np.setdiff1d(live, expected), np.setdiff1d(expected, live)
+            if len(extra) or len(lacking):
+                return problem(
+                    f"holds {len(extra)} ids the catalogue does not and lacks {len(lacking)} "
+                    "of its vectors"
+                )
+            differ = _differing(built.index, catalog, conn, manifest, live)
+        except ValueError:
+            raise CatalogCorrupt(catalog.path, "a stored vector has the wrong size") from None
+    if differ:
+        return problem(f"{differ} vectors differ from the ones in the catalogue")
+    return []
+
+
+def _stored_ids(catalog: Catalog, conn: Any, dim: int) -> np.ndarray:
+    parts = [ids for ids, _ in catalog.iter_vectors(conn, dim, batch=_CHUNK)]
+    return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+
+
+def _differing(
+    index: Any, catalog: Catalog, conn: Any, manifest: Manifest, live: np.ndarray
+) -> int:
+    """How many cached vectors differ from the stored ones (0 for lossy PQ layouts)."""
+    if vectors.layout(index) == "ivfpq":
+        return 0  # product-quantised codes are approximations by design
+    atol = 1e-6 if manifest.vector_dtype == "float32" else 1e-3
+    differ = 0
+    for ids, xb in catalog.iter_vectors(conn, manifest.dim, batch=_CHUNK):
+        keep = np.isin(ids, live)
+        if keep.any():
+            cached = vectors.reconstruct(index, ids[keep])
+            close = np.isclose(cached, xb[keep], atol=atol, rtol=0).all(axis=1)
+            differ += int((~close).sum())
+    return differ
+
+
+# -- repairing -------------------------------------------------------------------------------------
+
+
+def _repair(index_dir: IndexDir, problems: list[Problem]) -> None:
+    files = {p.file for p in problems}
+    for name in files:
+        if is_temp(name):
+            try:
+                os.unlink(os.path.join(index_dir.directory, name))
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                raise StorageError(f"cannot delete {name}: {exc.strerror or exc}") from None
+    if defaults.MANIFEST_FILE in files:
+        text = index_dir.require_manifest().to_json().encode("utf-8")
+
+        def write(fh: BinaryIO) -> None:
+            fh.write(text)
+
+        atomic_write(os.path.join(index_dir.directory, defaults.MANIFEST_FILE), write, "manifest")
+    if defaults.VECTORS_FILE in files:
+        index_dir.rebuild_vectors()
+        failed = [n for n in index_dir.notices if n.startswith("could not save")]
+        if failed:
+            raise StorageError(failed[0])
