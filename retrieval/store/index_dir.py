@@ -20,14 +20,15 @@ from typing import Any
 import numpy as np
 
 from .. import defaults
-from ..errors import IndexNotFound, RetrievalError, StorageError
+from ..errors import IndexNotFound, RetrievalError, StorageError, UsageError
 from . import vectors
 from .catalog import Catalog, Delta
 from .files import WriterLock, atomic_write, describe_os_error, remove_stale_temps
 from .manifest import Manifest
 
-#: Index types whose FAISS structure can drop ids in place (HNSW is rebuilt instead).
-_PATCHABLE = ("flat", "ivf", "ivfpq")
+#: A catalogue change larger than this (and than half the cache) rebuilds the cache instead
+#: of patching it: a rebuild streams from the catalogue, a patch holds the whole change in RAM.
+_PATCH_MAX = 50_000
 
 
 @dataclass(frozen=True)
@@ -113,6 +114,8 @@ class IndexDir:
         if self._manifest is None:
             raw = self.catalog.manifest()
             self._manifest = Manifest.from_dict(raw) if raw else None
+            if self._manifest is not None:
+                self.catalog.vector_dtype = np.dtype(self._manifest.vector_dtype)
         return self._manifest
 
     def require_manifest(self) -> Manifest:
@@ -123,6 +126,7 @@ class IndexDir:
     def set_manifest(self, manifest: Manifest) -> None:
         self.catalog.set_manifest(manifest.to_dict())
         self._manifest = manifest
+        self.catalog.vector_dtype = np.dtype(manifest.vector_dtype)
         self._write_manifest_file()
 
     def _sync_manifest_file(self) -> None:
@@ -163,20 +167,18 @@ class IndexDir:
                     raise vectors.VectorsDamaged("its dimension differs from the manifest's")
             except vectors.VectorsDamaged as exc:
                 self._base = self._rebuild(str(exc))
+            vectors.set_search_params(self._base.index, self.require_manifest().index_params)
         return self._base
 
     def _rebuild(self, reason: str) -> vectors.Built:
         manifest = self.require_manifest()
         with self.catalog.read() as conn:
             generation = self.catalog.generation(conn)
-            ids, xb = self.catalog.all_vectors(conn, manifest.dim)
-        built = vectors.Built(
-            vectors.build(xb, ids, manifest.index_type, manifest.index_params), generation
-        )
+            built = vectors.Built(self._build(conn, manifest), generation)
         if reason != "missing" or self.catalog.get_meta("vectors_written"):
             self.notices.append(
-                f"{self.vectors_path} was {reason}; rebuilt it from the catalogue "
-                f"({len(ids)} vectors)"
+                f"{self.vectors_path} could not be used ({reason}); rebuilt it from the catalogue "
+                f"({vectors.count(built.index)} vectors)"
             )
         self._persist(built)
         return built
@@ -200,34 +202,88 @@ class IndexDir:
                 temporary.release()
 
     def sync_vectors(self) -> int:
-        """Bring the cache file up to the catalogue's generation; returns that generation."""
-        manifest = self.require_manifest()
+        """Bring the cache file up to the catalogue's generation; returns that generation.
+
+        The cache is patched with the rows changed since it was written, or rebuilt when the
+        change is large, its type must change (the manifest's, or `auto`'s new choice) or an
+        HNSW graph needs compacting.
+        """
+        manifest = self._relayout()
         base = self.base()
         with self.catalog.read() as conn:
-            delta = self.catalog.delta(conn, base.generation, manifest.dim)
-            if delta.generation == base.generation:
-                return base.generation
-            if manifest.index_type in _PATCHABLE:
-                index = base.index
-                if len(delta.stale):
-                    index.remove_ids(np.ascontiguousarray(delta.stale, dtype=np.int64))
-                if len(delta.ids):
-                    index.add_with_ids(delta.vectors, delta.ids)
-            else:
-                ids, xb = self.catalog.all_vectors(conn, manifest.dim)
-                index = vectors.build(xb, ids, manifest.index_type, manifest.index_params)
-        self._base = vectors.Built(index, delta.generation)
-        self._write_vectors(self._base)
-        return delta.generation
+            generation = self.catalog.generation(conn)
+            if generation == base.generation:
+                return generation
+            n = self.catalog.counts(conn)["ok"]
+            built = None
+            same_layout = vectors.layout(base.index) == vectors.target_layout(
+                manifest.index_type, n
+            )
+            changed = self.catalog.changed_count(conn, base.generation)
+            if same_layout and changed <= max(_PATCH_MAX, vectors.count(base.index) // 2):
+                delta = self.catalog.delta(conn, base.generation, manifest.dim)
+                built = vectors.patch(base, delta.stale, delta.ids, delta.vectors, generation)
+            if built is None:
+                built = vectors.Built(self._build(conn, manifest), generation)
+        self._base = built
+        self._write_vectors(built)
+        return generation
+
+    def _build(self, conn: Any, manifest: Manifest) -> Any:
+        """A new FAISS index over every stored vector, streamed from the catalogue."""
+        n = self.catalog.counts(conn)["ok"]
+        index = vectors.build_from(
+            lambda: self.catalog.iter_vectors(conn, manifest.dim),
+            n,
+            manifest.dim,
+            manifest.index_type,
+            manifest.index_params,
+            manifest.vector_dtype,
+        )
+        vectors.set_search_params(index, manifest.index_params)
+        return index
+
+    def _relayout(self) -> Manifest:
+        """Under the `auto` policy, re-choose the type for the collection's current size.
+
+        The manifest changes (and the cache is rebuilt) when the choice's type differs, or an
+        IVF's list count should at least double because the collection grew about 4x.
+        """
+        manifest = self.require_manifest()
+        policy = manifest.index_policy
+        if policy.get("requested") != "auto":
+            return manifest
+        with self.catalog.read() as conn:
+            n = self.catalog.counts(conn)["ok"]
+        try:
+            chosen, params = vectors.choose(
+                n, manifest.dim, policy.get("memory_bytes"), manifest.vector_dtype
+            )
+        except MemoryError as exc:
+            raise UsageError(
+                f"{n} vectors of {manifest.dim} dimensions need at least {exc.args[0]} bytes "
+                "even as IVF-PQ; raise --memory, or use --vector-dtype float16"
+            ) from None
+        old_nlist = int(manifest.index_params.get("nlist") or 0)
+        grown = chosen == manifest.index_type and 0 < 2 * old_nlist <= int(params.get("nlist", 0))
+        if chosen != manifest.index_type or grown:
+            manifest = manifest.with_index(chosen, params)
+            self.set_manifest(manifest)
+        return manifest
 
     def _write_vectors(self, built: vectors.Built) -> None:
-        vectors.write(self.vectors_path, built.index, built.generation)
+        vectors.write(self.vectors_path, built)
         if not self.catalog.get_meta("vectors_written"):
             self.catalog.set_meta("vectors_written", "1")
 
-    def rebuild_vectors(self) -> int:
-        """Rebuild the cache from every stored vector (after an index-type change, repair)."""
+    def rebuild_vectors(self, quiet: bool = False) -> int:
+        """Rebuild the cache from every stored vector (after an index-type change, repair).
+
+        `quiet`: a planned rebuild (optimize), so no notice about it."""
+        before = len(self.notices)
         self._base = self._rebuild("rebuilt on request")
+        if quiet:
+            del self.notices[before:]
         return self._base.generation
 
     # -- search -----------------------------------------------------------------------------
@@ -240,12 +296,18 @@ class IndexDir:
         `allow` (int64 ids) restricts results to those ids. Sees one catalogue snapshot.
         """
         manifest = self.require_manifest()
-        base = self.base()  # before the snapshot: its generation <= the snapshot's
-        with self.catalog.read() as conn:
-            delta = self.catalog.delta(conn, base.generation, manifest.dim)
-            D, I = vectors.search(base.index, xq, k, exclude=delta.stale, allow=allow)
-            D, I = _merge(D, I, *_search_delta(delta, xq, k, allow))
-            paths = self.catalog.paths(conn, I[I >= 0].tolist())
+        for attempt in range(2):
+            base = self.base()  # before the snapshot: its generation <= the snapshot's
+            with self.catalog.read() as conn:
+                delta = self.catalog.delta(conn, base.generation, manifest.dim)
+                exclude = np.union1d(delta.stale, base.tombstones)
+                D, I = vectors.search(base.index, xq, k, exclude=exclude, allow=allow)
+                D, I = merge_topk(D, I, *_search_delta(delta, xq, k, allow))
+                paths = self.catalog.paths(conn, I[I >= 0].tolist())
+            if len(paths) == len(np.unique(I[I >= 0])) or attempt:
+                break
+            # A sound file that is not this index's cache (copied from another index, say).
+            self._base = self._rebuild("it holds ids the catalogue does not")
         return [
             [
                 Neighbour(int(i), paths[int(i)], float(s))
@@ -263,7 +325,8 @@ class IndexDir:
             delta = self.catalog.delta(conn, base.generation, manifest.dim)
             stored = np.sort(self.catalog.all_vectors(conn, manifest.dim)[0])
         cached = vectors.stored_ids(base.index)
-        cached = np.sort(np.concatenate([cached[~np.isin(cached, delta.stale)], delta.ids]))
+        gone = np.union1d(delta.stale, base.tombstones)
+        cached = np.sort(np.concatenate([cached[~np.isin(cached, gone)], delta.ids]))
         return cached, stored
 
     def disk_bytes(self) -> int:
@@ -306,7 +369,7 @@ def exact_search(
     return D, I
 
 
-def _merge(
+def merge_topk(
     D1: np.ndarray, I1: np.ndarray, D2: np.ndarray, I2: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """Merge two top-k result sets row by row, best scores first."""
@@ -336,6 +399,7 @@ def index_summary(index_dir: IndexDir) -> dict[str, Any]:
         "metric": manifest.metric,
         "vector_dtype": manifest.vector_dtype,
         "index_type": manifest.index_type,
+        "index_policy": manifest.index_policy,
         "index_params": vectors.describe(base.index),
         "generation": generation,
         "vectors_generation": base.generation,

@@ -26,6 +26,8 @@ class Manifest:
     vector_dtype: str = "float32"
     index_type: str = "flat"
     index_params: dict[str, Any] = field(default_factory=dict)
+    #: How the type is chosen: {"requested": "auto" | a type, "memory_bytes": int | None}.
+    index_policy: dict[str, Any] = field(default_factory=dict)
     created_with: dict[str, str] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
 
@@ -56,6 +58,7 @@ class Manifest:
             "vector_dtype": self.vector_dtype,
             "index_type": self.index_type,
             "index_params": self.index_params,
+            "index_policy": self.index_policy,
             "created_with": self.created_with,
         }
 
@@ -83,6 +86,7 @@ class Manifest:
             vector_dtype=str(data.get("vector_dtype", "float32")),
             index_type=str(data.get("index_type", "flat")),
             index_params=dict(data.get("index_params") or {}),
+            index_policy=dict(data.get("index_policy") or {}),
             created_with=dict(data.get("created_with") or {}),
             schema_version=version,
         )

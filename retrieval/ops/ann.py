@@ -1,0 +1,315 @@
+"""Approximate search upkeep: choose the index type, rebuild it, tune and measure its recall.
+
+Recall is measured, not assumed. The queries are a seeded sample of stored vectors; the truth
+is an exact inner-product search over every stored vector, streamed from the catalogue; each
+query's own id is left out of both lists, so recall@k = |ANN top-k & exact top-k| / k.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from ..errors import IndexIncompatible, UsageError
+from ..store import vectors
+from ..store.index_dir import IndexDir, exact_search, merge_topk
+from ..store.manifest import Manifest
+
+INDEX_CHOICES = ("auto", *vectors.INDEX_TYPES)
+#: Recall@10 the tuning step aims for (the issue's target).
+TARGET_RECALL = 0.95
+#: Stored vectors used as recall queries.
+RECALL_QUERIES = 1000
+
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+@dataclass(frozen=True)
+class RecallReport:
+    """Recall@k of the index against exact search, and what a query costs (batched)."""
+
+    k: int
+    queries: int
+    recall: float
+    ms_per_query: float
+    exact_ms_per_query: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "k": self.k,
+            "queries": self.queries,
+            f"recall@{self.k}": round(self.recall, 4),
+            "ms_per_query": round(self.ms_per_query, 4),
+            "exact_ms_per_query": round(self.exact_ms_per_query, 4),
+        }
+
+
+@dataclass(frozen=True)
+class OptimizeReport:
+    """What `optimize` found and did: index before/after, tuned knobs, measured recall."""
+
+    before: dict[str, Any]
+    after: dict[str, Any]
+    rebuilt: bool
+    tuned: dict[str, Any] = field(default_factory=dict)
+    recall: RecallReport | None = None
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "before": self.before,
+            "after": self.after,
+            "rebuilt": self.rebuilt,
+            "tuned": self.tuned,
+            "recall": self.recall.to_dict() if self.recall else None,
+            "seconds": round(self.seconds, 3),
+        }
+
+    def summary(self) -> str:
+        line = f"{self.before['type']} -> {self.after['type']}" if self.rebuilt else "unchanged"
+        line += f" ({self.after['ntotal']} vectors, ~{self.after['memory_bytes'] >> 20} MiB)"
+        if self.tuned:
+            line += ", tuned " + ", ".join(f"{k}={v}" for k, v in self.tuned.items())
+        if self.recall:
+            r = self.recall
+            line += (
+                f"; recall@{r.k} {r.recall:.3f} on {r.queries} queries, "
+                f"{r.ms_per_query:.3f} ms/query (exact {r.exact_ms_per_query:.3f})"
+            )
+        return line + f" in {self.seconds:.1f} s"
+
+
+def parse_size(text: str | int) -> int:
+    """'4G', '512M', '1.5GiB', '1000000' -> bytes (binary units); raises UsageError."""
+    if isinstance(text, int):
+        return text
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kmgt]?)(i?b)?\s*", text.lower())
+    if not match or float(match.group(1)) <= 0:
+        raise UsageError(f"cannot read the size {text!r}; write it like 512M, 4G or 1.5GB")
+    return int(float(match.group(1)) * _UNITS[match.group(2)])
+
+
+def configure(
+    manifest: Manifest,
+    directory: str,
+    index_type: str | None = None,
+    memory: int | None = None,
+    vector_dtype: str | None = None,
+    new: bool = False,
+) -> Manifest:
+    """`manifest` with the index options applied (None: keep what it has).
+
+    A new index starts under the `auto` policy. The vector dtype is fixed at creation.
+    """
+    if not new and index_type is None and memory is None and vector_dtype is None:
+        return manifest
+    if index_type is not None and index_type not in INDEX_CHOICES:
+        raise UsageError(
+            f"unknown index type {index_type!r}; use one of {', '.join(INDEX_CHOICES)}"
+        )
+    if vector_dtype is not None and vector_dtype not in vectors.VECTOR_DTYPES:
+        raise UsageError(
+            f"unknown vector dtype {vector_dtype!r}; use one of {', '.join(vectors.VECTOR_DTYPES)}"
+        )
+    if new:
+        manifest = replace(manifest, vector_dtype=vector_dtype or "float32")
+        index_type = index_type or "auto"
+    elif vector_dtype is not None and vector_dtype != manifest.vector_dtype:
+        raise IndexIncompatible(
+            f"the index at {directory} stores {manifest.vector_dtype} vectors, not "
+            f"{vector_dtype}; copy it into a new index instead: `retrieval export --index "
+            f"{directory} -o all.parquet` then `retrieval import all.parquet --index NEW_DIR "
+            f"--vector-dtype {vector_dtype}`"
+        )
+    policy = dict(manifest.index_policy) or {"requested": manifest.index_type}
+    if index_type is not None:
+        policy["requested"] = index_type
+    if memory is not None:
+        policy["memory_bytes"] = int(memory)
+    policy.setdefault("memory_bytes", None)
+    if policy == manifest.index_policy:
+        return manifest
+    requested = policy["requested"]
+    if requested == "auto":
+        chosen, params = manifest.index_type, dict(manifest.index_params)
+        if new:
+            chosen, params = "flat", {}  # re-chosen for the real size when vectors arrive
+    elif requested == manifest.index_type and not new:
+        chosen, params = requested, dict(manifest.index_params)
+    else:
+        chosen, params = requested, {}
+    return replace(manifest, index_type=chosen, index_params=params, index_policy=policy)
+
+
+def choose(n: int, manifest: Manifest, memory: int | None) -> tuple[str, dict[str, Any]]:
+    """`vectors.choose` for this index, as a user-facing error when nothing fits."""
+    try:
+        return vectors.choose(n, manifest.dim, memory, manifest.vector_dtype)
+    except MemoryError as exc:
+        raise UsageError(
+            f"{n} vectors of {manifest.dim} dimensions need at least {exc.args[0]} bytes even "
+            "as IVF-PQ; raise --memory, or use --vector-dtype float16"
+        ) from None
+
+
+# -- recall ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Truth:
+    qids: np.ndarray  # (nq,) ids of the query vectors
+    xq: np.ndarray  # (nq, d) float32
+    I: np.ndarray  # (nq, k) exact neighbour ids, own id left out, -1 = none
+    exact_seconds: float
+
+
+def _truth(index_dir: IndexDir, k: int, queries: int, seed: int) -> _Truth:
+    manifest = index_dir.require_manifest()
+    catalog = index_dir.catalog
+    with catalog.read() as conn:
+        ids = catalog.filter_ids(conn)
+        rng = np.random.default_rng(seed)
+        qids = np.sort(rng.choice(ids, size=min(queries, len(ids)), replace=False))
+        found = catalog.vectors_for(conn, qids.tolist(), manifest.dim)
+        xq = np.stack([found[int(i)] for i in qids]).astype(np.float32)
+        started = time.perf_counter()
+        D = np.full((len(qids), k + 1), -np.inf, np.float32)
+        I = np.full((len(qids), k + 1), -1, np.int64)
+        for bids, xb in catalog.iter_vectors(conn, manifest.dim, batch=16384):
+            D, I = merge_topk(D, I, *exact_search(xb, bids, xq, k + 1))
+        exact_seconds = time.perf_counter() - started
+    return _Truth(qids, xq, _drop_self(I, qids, k), exact_seconds)
+
+
+def _drop_self(I: np.ndarray, qids: np.ndarray, k: int) -> np.ndarray:
+    out = np.full((len(I), k), -1, np.int64)
+    for row, (ids, own) in enumerate(zip(I, qids, strict=True)):
+        kept = ids[(ids != own) & (ids >= 0)][:k]
+        out[row, : len(kept)] = kept
+    return out
+
+
+def _recall(index_dir: IndexDir, truth: _Truth, k: int) -> tuple[float, float]:
+    """(recall@k, seconds) of the index's current search over the truth's queries."""
+    started = time.perf_counter()
+    found = index_dir.search(truth.xq, k + 1)
+    seconds = time.perf_counter() - started
+    got = _drop_self(
+        np.array([[h.id for h in hits] + [-1] * (k + 1 - len(hits)) for hits in found]),
+        truth.qids,
+        k,
+    )
+    hits = total = 0
+    for mine, exact in zip(got, truth.I, strict=True):
+        exact = exact[exact >= 0]
+        hits += len(np.intersect1d(mine[mine >= 0], exact))
+        total += len(exact)
+    return (hits / total if total else 1.0), seconds
+
+
+def measure(
+    index_dir: IndexDir, k: int = 10, queries: int = RECALL_QUERIES, seed: int = 0
+) -> RecallReport:
+    """Recall@k of the index against exact search, on `queries` stored vectors."""
+    truth = _truth(index_dir, k, queries, seed)
+    return _report(index_dir, truth, k)
+
+
+def _report(index_dir: IndexDir, truth: _Truth, k: int) -> RecallReport:
+    nq = max(len(truth.qids), 1)
+    recall, seconds = _recall(index_dir, truth, k)
+    return RecallReport(
+        k, len(truth.qids), recall, 1e3 * seconds / nq, 1e3 * truth.exact_seconds / nq
+    )
+
+
+def tune(index_dir: IndexDir, truth: _Truth, k: int, target: float) -> dict[str, Any]:
+    """The smallest nprobe (IVF) or efSearch (HNSW) whose recall@k reaches `target`.
+
+    Applied to the loaded index; returns {} for exact indexes. When no value reaches the
+    target, the one with the best recall is kept.
+    """
+    index = index_dir.base().index
+    described = vectors.describe(index)
+    if described["type"] == "hnsw":
+        name, values = "efSearch", [16, 32, 64, 128, 256, 512, 1024]
+    elif "nlist" in described:
+        nlist = described["nlist"]
+        name, values = "nprobe", sorted({min(nlist, 2**i) for i in range(17) if 2**i < 2 * nlist})
+    else:
+        return {}
+    best: tuple[float, int] = (-1.0, values[-1])
+    for value in values:
+        vectors.set_search_params(index, {name: value})
+        recall, _ = _recall(index_dir, truth, k)
+        if recall > best[0] + 1e-9:
+            best = (recall, value)
+        if recall >= target:
+            break
+    vectors.set_search_params(index, {name: best[1]})
+    return {name: best[1]}
+
+
+def optimize(
+    index_dir: IndexDir,
+    index_type: str = "auto",
+    memory: int | None = None,
+    target_recall: float = TARGET_RECALL,
+    queries: int = RECALL_QUERIES,
+    k: int = 10,
+    measure_only: bool = False,
+    force: bool = False,
+) -> OptimizeReport:
+    """Re-choose the index type for the collection as it is now, rebuild, tune, measure.
+
+    The cache is rebuilt when the choice differs from what it holds (type, nlist, M, m), or
+    with `force`. `index_dir` must be open for writing unless `measure_only`. `auto` uses
+    `memory` (bytes; default: the index's recorded budget, else half the RAM).
+    """
+    started = time.monotonic()
+    manifest = index_dir.require_manifest()
+    before = vectors.describe(index_dir.base().index)
+    with index_dir.catalog.read() as conn:
+        n = index_dir.catalog.counts(conn)["ok"]
+    if n == 0:
+        raise UsageError(
+            f"the index at {index_dir.directory} holds no vectors yet; add some with "
+            f"`retrieval index --index {index_dir.directory} FOLDER` first"
+        )
+    if measure_only:
+        recall = measure(index_dir, k, queries)
+        return OptimizeReport(before, before, False, {}, recall, time.monotonic() - started)
+    manifest = configure(manifest, index_dir.directory, index_type, memory)
+    budget = manifest.index_policy.get("memory_bytes")
+    chosen, params = choose(n, manifest, budget) if index_type == "auto" else (index_type, {})
+    kept = {k: v for k, v in index_dir.require_manifest().index_params.items() if k in _KNOBS}
+    rebuild = force or not _holds(before, vectors.target_layout(chosen, n), params)
+    index_dir.set_manifest(
+        replace(manifest, index_type=chosen, index_params=params if rebuild else {**params, **kept})
+    )
+    if rebuild:
+        index_dir.rebuild_vectors(quiet=True)
+    truth = _truth(index_dir, k, queries, seed=0)
+    tuned = tune(index_dir, truth, k, target_recall)
+    if tuned:
+        current = index_dir.require_manifest()
+        index_dir.set_manifest(current.with_index(chosen, {**current.index_params, **tuned}))
+        index_dir.sync_vectors()
+    recall = _report(index_dir, truth, k)
+    after = vectors.describe(index_dir.base().index)
+    return OptimizeReport(before, after, rebuild, tuned, recall, time.monotonic() - started)
+
+
+#: Query-time knobs: changing them needs no rebuild.
+_KNOBS = ("nprobe", "efSearch")
+
+
+def _holds(described: dict[str, Any], index_type: str, params: dict[str, Any]) -> bool:
+    """Whether an index `described` already is `index_type` with the build-time `params`."""
+    return described["type"] == index_type and all(
+        described.get(name) == params[name] for name in ("nlist", "M", "m") if name in params
+    )
