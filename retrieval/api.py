@@ -11,14 +11,18 @@ from __future__ import annotations
 
 import os
 import platform
+import sys
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
+import numpy as np
+
 from . import __version__, defaults
-from .errors import IndexIncompatible, IndexNotFound
-from .ops import exchange, indexing, searching
+from .errors import IndexIncompatible, IndexNotFound, UsageError
+from .ops import ann, checking, exchange, indexing, searching
 from .ops.indexing import IndexOptions, IndexReport, Progress
-from .ops.searching import QueryResult
+from .ops.searching import QueryResult, SearchFilter
 from .specs import WeightsSpec
 from .store.index_dir import IndexDir, index_summary
 from .store.manifest import Manifest, check_model
@@ -51,14 +55,22 @@ class Index:
         options: IndexOptions | None = None,
         wait: bool = False,
         progress: Progress | None = None,
+        index_type: str | None = None,
+        memory: int | None = None,
+        vector_dtype: str | None = None,
     ) -> IndexReport:
         """Index `paths` (folders or files): add new, update changed, drop vanished files.
 
         A new index uses `model` (default resnet50) with `weights` (default: pretrained);
-        an existing one must be asked for the same or nothing. Raises RetrievalError.
+        an existing one must be asked for the same or nothing. `index_type` (auto, flat,
+        hnsw, ivf, ivfpq; a new index: auto), `memory` (bytes, for auto) and `vector_dtype`
+        (float32 or float16, new indexes only) set how vectors are stored and searched.
+        Raises RetrievalError.
         """
         from .embedding.embedder import load_embedder
+        from .sources.scan import check_roots
 
+        check_roots(paths)  # a mistyped folder must not leave a new, empty index behind
         # The model is loaded before anything is written, so a model error leaves no
         # half-made index behind.
         manifest = self._existing_manifest()
@@ -73,20 +85,89 @@ class Index:
         with IndexDir.open_writer(self.directory, wait=wait) as index_dir:
             self._flush_notices(index_dir)
             if index_dir.manifest is None:
+                new = Manifest(
+                    model=embedder.info, precision=embedder.precision, created_with=_versions()
+                )
                 index_dir.set_manifest(
-                    Manifest(
-                        model=embedder.info, precision=embedder.precision, created_with=_versions()
-                    )
+                    ann.configure(new, self.directory, index_type, memory, vector_dtype, new=True)
                 )
             elif manifest is None or index_dir.manifest.model != manifest.model:
                 # another process created or rebuilt the index meanwhile
                 check_model(
                     index_dir.manifest, embedder.info.name, embedder.info.weights, self.directory
                 )
+            current = index_dir.require_manifest()
+            configured = ann.configure(current, self.directory, index_type, memory, vector_dtype)
+            if configured != current:
+                index_dir.set_manifest(configured)
             self._notify(f"embedding with {embedder.info.name} on {embedder.describe()}")
             try:
                 return indexing.index_paths(
-                    index_dir, embedder, paths, options or IndexOptions(), progress
+                    index_dir, embedder, paths, _tuned(options, embedder.device), progress
+                )
+            finally:
+                self._flush_notices(index_dir)
+
+    def import_files(
+        self,
+        files: Sequence[str | os.PathLike[str]],
+        *,
+        index_type: str | None = None,
+        memory: int | None = None,
+        vector_dtype: str | None = None,
+        wait: bool = False,
+    ) -> exchange.ImportReport:
+        """Add the embeddings of `export` files (.parquet, or .npy + .rows.json).
+
+        A new index takes the files' model metadata; an existing one refuses files from
+        another model, weights or dimension (IndexIncompatible).
+        """
+
+        def configure(manifest: Manifest, new: bool) -> Manifest:
+            if new:
+                manifest = replace(manifest, created_with=_versions(), index_policy={})
+            return ann.configure(
+                manifest, self.directory, index_type, memory, vector_dtype, new=new
+            )
+
+        with IndexDir.open_writer(self.directory, wait=wait) as index_dir:
+            self._flush_notices(index_dir)
+            try:
+                return exchange.import_files(index_dir, [os.fspath(f) for f in files], configure)
+            finally:
+                self._flush_notices(index_dir)
+
+    def optimize(
+        self,
+        *,
+        index_type: str = "auto",
+        memory: int | None = None,
+        target_recall: float = ann.TARGET_RECALL,
+        queries: int = ann.RECALL_QUERIES,
+        measure_only: bool = False,
+        force: bool = False,
+        wait: bool = False,
+    ) -> ann.OptimizeReport:
+        """Re-choose the vector index for the collection's size (rebuilt if the choice differs,
+        or with `force`), tune its search knobs to reach `target_recall`, and measure
+        recall@10 against exact search.
+
+        `measure_only` changes nothing and takes no lock.
+        """
+        if measure_only:
+            opened = self._open()
+        else:
+            opened = IndexDir.open_writer(self.directory, wait=wait)
+        with opened as index_dir:
+            try:
+                return ann.optimize(
+                    index_dir,
+                    index_type,
+                    memory,
+                    target_recall,
+                    queries,
+                    measure_only=measure_only,
+                    force=force,
                 )
             finally:
                 self._flush_notices(index_dir)
@@ -95,14 +176,23 @@ class Index:
 
     def search(
         self,
-        images: Sequence[str | os.PathLike[str]],
+        images: Sequence[str | os.PathLike[str]] = (),
         *,
+        like: Sequence[str | os.PathLike[str]] = (),
+        filters: SearchFilter | None = None,
         k: int = defaults.TOP_K,
         min_score: float | None = None,
         device: str = "auto",
         max_megapixels: float = defaults.MAX_MEGAPIXELS,
     ) -> list[QueryResult]:
-        """The k indexed images nearest to each query image, best first."""
+        """The k indexed images nearest to each query, best first, in one batched search.
+
+        Queries are image files (`images`, embedded with the index's model) and images
+        already indexed (`like`: their stored vectors, no model is loaded for them; a `like`
+        query leaves itself out of its results). `filters` restricts the results.
+        """
+        if not images:
+            return self._search_like(like, filters, k, min_score)
         with self._open() as index_dir:
             manifest = index_dir.require_manifest()
             from .embedding.embedder import load_embedder, resolve_device
@@ -117,22 +207,57 @@ class Index:
             self._check_same_weights(manifest, embedder.info.weights)
             xq = searching.embed_queries(embedder, images, max_megapixels)
             names = [os.fspath(image) for image in images]
-            results = searching.search_vectors(index_dir, xq, names, k, min_score)
+            own = [-1] * len(images)
+            if like:
+                xl, ids = searching.like_vectors(index_dir, like)
+                xq = np.concatenate([xq, xl])
+                names += [os.fspath(path) for path in like]
+                own += ids.tolist()
+            results = searching.search_vectors(
+                index_dir, xq, names, k, min_score, filters, own if like else None
+            )
+            self._flush_notices(index_dir)
+            return results
+
+    def _search_like(
+        self,
+        like: Sequence[str | os.PathLike[str]],
+        filters: SearchFilter | None,
+        k: int,
+        min_score: float | None,
+    ) -> list[QueryResult]:
+        if not like:
+            raise UsageError("give query IMAGES, or --like PATH for an image already indexed")
+        with self._open() as index_dir:
+            xq, own = searching.like_vectors(index_dir, like)
+            names = [os.fspath(path) for path in like]
+            results = searching.search_vectors(
+                index_dir, xq, names, k, min_score, filters, own.tolist()
+            )
             self._flush_notices(index_dir)
             return results
 
     def search_vectors(
-        self, xq: Any, *, k: int = defaults.TOP_K, names: Sequence[str] | None = None
+        self,
+        xq: Any,
+        *,
+        k: int = defaults.TOP_K,
+        names: Sequence[str] | None = None,
+        filters: SearchFilter | None = None,
     ) -> list[QueryResult]:
         """Neighbours of ready-made query vectors `xq` (n, dim) float32, L2-normalised."""
         with self._open() as index_dir:
             labels = list(names) if names is not None else [str(i) for i in range(len(xq))]
-            return searching.search_vectors(index_dir, xq, labels, k)
+            results = searching.search_vectors(index_dir, xq, labels, k, filters=filters)
+            self._flush_notices(index_dir)
+            return results
 
     def export(self, out: str | os.PathLike[str], fmt: str = "parquet") -> exchange.ExportReport:
         """Write every stored embedding to `out` ('npy' + sidecar, or 'parquet')."""
         with self._open() as index_dir:
-            return exchange.export(index_dir, os.fspath(out), fmt)
+            report = exchange.export(index_dir, os.fspath(out), fmt)
+            self._flush_notices(index_dir)
+            return report
 
     def info(self) -> dict[str, Any]:
         """Counts, model, weights, dim, index type, bytes on disk."""
@@ -145,6 +270,11 @@ class Index:
         with self._open() as index_dir:
             return index_dir.require_manifest()
 
+    def check(self, repair: bool = False, wait: bool = False) -> checking.CheckReport:
+        """Verify the catalogue, manifest.json, vectors.faiss and leftover temporary files;
+        with `repair`, rebuild the derived files from the catalogue (see ops.checking)."""
+        return checking.check(self.directory, repair=repair, wait=wait)
+
     # -- helpers ----------------------------------------------------------------------------
 
     def _existing_manifest(self) -> Manifest | None:
@@ -152,6 +282,7 @@ class Index:
             return None
         try:
             with self._open() as index_dir:
+                self._flush_notices(index_dir)  # e.g. manifest.json was rewritten
                 return index_dir.manifest
         except IndexNotFound:
             return None
@@ -174,13 +305,36 @@ class Index:
             )
 
 
+def _tuned(options: IndexOptions | None, device: str) -> IndexOptions:
+    """`options` with this machine's defaults for decode workers and batch size filled in;
+    torch's threads set to match (see `pipeline.plan_resources`)."""
+    from .embedding.embedder import configure_threads
+    from .ops import pipeline
+
+    options = options or IndexOptions()
+    plan = pipeline.plan_resources(device, options.workers)
+    configure_threads(plan.threads)
+    batch_size = options.batch_size or pipeline.default_batch_size(device)
+    return replace(options, workers=plan.workers, batch_size=batch_size)
+
+
 def _versions() -> dict[str, str]:
-    import timm
-    import torch
+    # Package metadata, not `import torch`: `retrieval import` records versions too and
+    # needs no model (importing torch costs seconds).
+    from importlib.metadata import PackageNotFoundError, version
+
+    def installed(name: str) -> str:
+        module = sys.modules.get(name)  # loaded already: its own string (e.g. "+cu130")
+        if module is not None:
+            return str(module.__version__)
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "not installed"
 
     return {
         "retrieval": __version__,
-        "torch": torch.__version__,
-        "timm": timm.__version__,
+        "torch": installed("torch"),
+        "timm": installed("timm"),
         "python": platform.python_version(),
     }

@@ -24,8 +24,9 @@ from ..sources.decode import FileResult, hash_bytes, read_file
 from ..sources.scan import FileEntry, ScanResult, scan
 from ..specs import Preprocess
 from ..store.catalog import NewRow, RowState
+from ..store.files import fault_point
 from ..store.index_dir import IndexDir
-from .pipeline import decode_stream, default_workers
+from .pipeline import decode_stream, default_batch_size, default_workers
 
 Progress = Callable[[int, int], None]
 
@@ -46,7 +47,7 @@ class IndexOptions:
     exclude: tuple[str, ...] = ()
     follow_symlinks: bool = False
     max_megapixels: float = defaults.MAX_MEGAPIXELS
-    batch_size: int = defaults.BATCH_SIZE
+    batch_size: int | None = None  # None: `pipeline.default_batch_size` (32 on the CPU)
     workers: int | None = None  # None: `pipeline.default_workers()`
 
 
@@ -104,6 +105,7 @@ def index_paths(
     started = time.monotonic()
     report = IndexReport()
     found = scan(roots, exclude=options.exclude, follow_symlinks=options.follow_symlinks)
+    fault_point("scanned")
     report.failed.extend((p.path, p.error) for p in found.problems)
     plan = _plan(index_dir, roots, found)
     report.unchanged = plan.unchanged
@@ -134,9 +136,14 @@ def _plan(index_dir: IndexDir, roots: Sequence[Any], found: ScanResult) -> _Plan
     stored = index_dir.catalog.rows_under(folders, files)
     known = {row.path: row for row in stored}
     seen = {entry.path for entry in found.files}
-    blind = [d.rstrip(b"/") + b"/" for d in found.unreadable_dirs()]
+    unknown = set(found.unreadable_dirs())  # unreadable folders and files: keep their rows
+    blind = [d.rstrip(b"/") + b"/" for d in unknown]
     missing = [
-        r for r in stored if r.path not in seen and not any(r.path.startswith(d) for d in blind)
+        r
+        for r in stored
+        if r.path not in seen
+        and r.path not in unknown
+        and not any(r.path.startswith(d) for d in blind)
     ]
     todo, unchanged = [], 0
     for entry in found.files:
@@ -190,6 +197,7 @@ def _embed_all(
     progress: Progress | None,
 ) -> None:
     workers = default_workers() if options.workers is None else options.workers
+    batch_size = options.batch_size or default_batch_size("cpu")
     total = len(plan.todo)
     if progress:
         progress(0, total)
@@ -197,16 +205,19 @@ def _embed_all(
         [e.path for e in plan.todo], model.preprocess, options.max_megapixels, workers
     )
     batch: list[FileResult] = []
-    done = 0
+    done = decoded = 0  # decoded: images with pixels in `batch` (failures ride along)
     for result in stream:
         batch.append(result)
-        if sum(r.pixels is not None for r in batch) >= options.batch_size:
+        decoded += result.pixels is not None
+        if decoded >= batch_size:
             done += _flush(index_dir, model, batch, plan.known, report)
-            batch = []
+            fault_point("batch-committed")
+            batch, decoded = [], 0
             if progress:
                 progress(done, total)
     if batch:
         done += _flush(index_dir, model, batch, plan.known, report)
+        fault_point("batch-committed")
         if progress:
             progress(done, total)
 
@@ -225,13 +236,14 @@ def _flush(
         zip((r.path for r in decoded), vectors if vectors is not None else [], strict=True)
     )
     rows = [_row(r, by_path.get(r.path)) for r in batch]
+    fault_point("batch-embedded")
     index_dir.catalog.store(rows, {r.path: known[r.path].id for r in batch if r.path in known})
     for r in batch:
         if r.pixels is None:
             report.failed.append((r.path, r.error or "unknown error"))
-        elif r.path in known:
+        elif r.path in known and known[r.path].status == "ok":
             report.updated += 1
-        else:
+        else:  # new, or a failure fixed since: new to search either way
             report.added += 1
     return len(batch)
 

@@ -1,0 +1,404 @@
+"""`retrieval bench`: how fast each stage of indexing runs on this machine, side by side.
+
+Stages, each timed in every round (rounds interleave the stages, so background load hits
+them alike; figures are medians over rounds):
+
+* decode: read + hash + decode + resize every file through the worker pool (`decode_stream`)
+* model: `Embedder.embed` on already-decoded pixels, in batches (the ceiling)
+* end-to-end: `index_paths` into a fresh temporary index: scan, decode, embed, store, FAISS
+* naive: sequential full decode (no JPEG draft) + an fp32 NCHW eager model, no storage
+* search: one query image against a synthetic index of `search_size` vectors, model loaded
+* decode_gpu (CUDA only): the JPEGs read here and decoded in batches by nvJPEG, to compare
+  with 'decode' (untested on real hardware so far: no GPU was at hand when it was written)
+
+Peak RSS is this process's high-water mark during each stage (reset between stages where
+Linux allows), plus the largest of the decode workers. The model runs untrained weights:
+speed does not depend on the weights, and the bench needs no download.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from .. import defaults
+from ..errors import BadImage, UsageError
+from ..pathnames import display
+from ..sources.decode import decode_image, read_file, to_rgb
+from ..sources.scan import scan
+from ..specs import Preprocess
+from ..store.catalog import NewRow
+from ..store.index_dir import IndexDir
+from ..store.manifest import Manifest
+from . import bench_images, pipeline, searching
+from . import bench_probes as probes
+from .bench_report import BenchReport, Stage
+from .indexing import IndexOptions, index_paths
+
+Notify = Callable[[str], None]
+
+#: Batches of decoded pixels the model stage runs per round (at least 64 images).
+MODEL_BATCHES = 4
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    """What to measure. None means the product's default for this machine and device."""
+
+    model: str = defaults.MODEL
+    device: str = "auto"
+    precision: str = "auto"
+    batch_size: int | None = None
+    workers: int | None = None
+    threads: int | None = None
+    images: int = 48  # generated when no folder is given; else at most this many files
+    mix: str = "photos"  # generated images: 'photos' (2-24 MP JPEG + PNG) or 'small'
+    rounds: int = 3
+    naive: bool = True
+    search_size: int = 10_000  # vectors in the synthetic search index; 0 skips search
+    max_megapixels: float = defaults.MAX_MEGAPIXELS
+
+
+def run_bench(
+    folder: str | os.PathLike[str] | None,
+    options: BenchOptions = BenchOptions(),
+    notify: Notify | None = None,
+) -> BenchReport:
+    """Measure decode, model, end-to-end (and naive, search) throughput; see module doc."""
+    from ..embedding.backbone import untrained
+    from ..embedding.embedder import configure_threads, describe_hardware, load_embedder
+
+    say = notify or (lambda message: None)
+    _check(options)
+    embedder = load_embedder(options.model, untrained(), options.device, options.precision)
+    plan = pipeline.plan_resources(embedder.device, options.workers, options.threads)
+    configure_threads(plan.threads)
+    batch_size = options.batch_size or pipeline.default_batch_size(embedder.device)
+    with tempfile.TemporaryDirectory(prefix="retrieval-bench-") as scratch:
+        if folder is None:
+            say(f"making {options.images} {options.mix} images in {scratch}")
+            images = os.path.join(scratch, "images")
+            bench_images.make_images(images, options.images, options.mix)
+            roots, source = [images], f"generated, mix {options.mix}"
+        else:
+            roots, source = [os.fspath(folder)], os.fspath(folder)
+        paths = _files(roots, options.images if folder is not None else None)
+        if not paths:
+            raise UsageError(f"no images found under {source}; point bench at a folder of images")
+        if folder is not None and len(paths) < _count_files(roots):
+            roots = [os.fsdecode(p) for p in paths]  # index exactly the files measured
+        run = _Run(embedder, paths, roots, scratch, options, batch_size, plan.workers, say)
+        say(
+            f"{len(paths)} files; {options.model} on {embedder.describe()}, batch {batch_size}, "
+            f"{plan.workers} workers, {plan.threads} threads, {options.rounds} rounds"
+        )
+        corpus = {"source": source, "files": len(paths), **_megapixels(paths)}
+        corpus["largest_jpeg_ms"] = _draft_effect(paths, embedder.preprocess)
+        stages = _measure_stages(run)
+        search = {}
+        if options.search_size:
+            say(f"search: building a {options.search_size}-vector index")
+            search = _search_latency(run)
+    settings = {
+        "model": options.model,
+        "device": embedder.device,
+        "precision": embedder.precision,
+        "batch_size": batch_size,
+        "workers": plan.workers,
+        "threads": plan.threads,
+        "rounds": options.rounds,
+    }
+    machine = {**probes.machine_facts(), **describe_hardware(embedder.device)}
+    return BenchReport(machine, settings, corpus, stages, search, run.workers_peak.peak)
+
+
+def _check(options: BenchOptions) -> None:
+    if options.rounds < 1:
+        raise UsageError(f"--rounds must be at least 1, not {options.rounds}")
+    if options.images < 1:
+        raise UsageError(f"--images must be at least 1, not {options.images}")
+    if options.mix not in bench_images.MIXES:
+        raise UsageError(f"unknown mix {options.mix!r}; use one of {', '.join(bench_images.MIXES)}")
+
+
+@dataclass
+class _Run:
+    """What every stage of one bench run shares."""
+
+    embedder: Any
+    paths: list[bytes]
+    roots: list[str]
+    scratch: str
+    options: BenchOptions
+    batch_size: int
+    workers: int
+    say: Notify
+    workers_peak: probes.WorkerPeak = field(default_factory=lambda: probes.WorkerPeak())
+
+
+def _measure_stages(run: _Run) -> dict[str, Stage]:
+    embedder, paths, workers = run.embedder, run.paths, run.workers
+    preprocess, cap, batch_size = embedder.preprocess, run.options.max_megapixels, run.batch_size
+    model_input = _model_input(run)
+    embedder.embed(model_input[:batch_size])  # warm-up: kernels chosen, memory allocated
+    stages = {
+        "decode": Stage("decode", len(paths)),
+        "model": Stage("model", len(model_input)),
+        "end_to_end": Stage("end_to_end", len(paths)),
+    }
+    naive = None
+    if run.options.naive:
+        from ..embedding.backbone import untrained
+        from ..embedding.baseline import NaiveEmbedder
+
+        naive = NaiveEmbedder(run.options.model, untrained(), embedder.device)
+        naive.embed(model_input[:batch_size])
+        stages["naive"] = Stage("naive", len(paths))
+    gpu_jpegs = []
+    if embedder.device == "cuda":  # is nvJPEG faster than the worker processes?
+        gpu_jpegs = [p for p in paths if p.lower().endswith((b".jpg", b".jpeg"))]
+        if gpu_jpegs:
+            _gpu_decode_pass(gpu_jpegs[:batch_size], preprocess, batch_size)  # warm-up
+            stages["decode_gpu"] = Stage("decode_gpu", len(gpu_jpegs))
+    index_options = IndexOptions(max_megapixels=cap, batch_size=batch_size, workers=workers)
+    for round_ in range(run.options.rounds):
+        run.say(f"round {round_ + 1} of {run.options.rounds}")
+        with _stage(stages["decode"]):
+            for _ in pipeline.decode_stream(paths, preprocess, cap, workers):
+                run.workers_peak.poll()
+        with _stage(stages["model"]):
+            for start in range(0, len(model_input), batch_size):
+                embedder.embed(model_input[start : start + batch_size])
+        with _stage(stages["end_to_end"]):
+            _index_once(run, os.path.join(run.scratch, f"index-{round_}"), index_options)
+        if naive is not None:
+            with _stage(stages["naive"]):
+                _naive_pass(naive, paths, batch_size)
+        if gpu_jpegs:
+            with _stage(stages["decode_gpu"]):
+                _gpu_decode_pass(gpu_jpegs, preprocess, batch_size)
+    return stages
+
+
+def _model_input(run: _Run) -> np.ndarray:
+    """Decoded pixels for the model stage, from an untimed pass that also warms the page
+    cache. A few batches, not every image: holding them all would make this process's
+    memory grow with the folder and blur the end-to-end peak RSS."""
+    preprocess, batch_size = run.embedder.preprocess, run.batch_size
+    keep = max(MODEL_BATCHES * batch_size, 64)
+    decoded: list[np.ndarray] = []
+    stream = pipeline.decode_stream(run.paths, preprocess, run.options.max_megapixels, run.workers)
+    for result in stream:
+        if result.pixels is not None and len(decoded) < keep:
+            decoded.append(result.pixels)
+    if not decoded:
+        raise UsageError("none of the files could be decoded; point bench at a folder of images")
+    return _fill(np.stack(decoded), max(len(decoded), batch_size))
+
+
+def _index_once(run: _Run, directory: str, options: IndexOptions) -> None:
+    """`index_paths` into a new index at `directory`, then delete it."""
+    embedder = run.embedder
+    with IndexDir.open_writer(directory) as index_dir:
+        index_dir.set_manifest(Manifest(model=embedder.info, precision=embedder.precision))
+        index_paths(index_dir, embedder, run.roots, options, run.workers_peak.poll)
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+def _gpu_decode_pass(paths: Sequence[bytes], preprocess: Preprocess, batch_size: int) -> None:
+    """Read JPEGs in this process and decode them in batches with nvJPEG."""
+    from ..embedding.jpeg_gpu import decode_jpegs
+
+    for start in range(0, len(paths), batch_size):
+        datas = [read_file(p)[0] for p in paths[start : start + batch_size]]
+        decode_jpegs(datas, preprocess, "cuda").cpu()  # .cpu(): wait for the GPU
+
+
+class _stage:
+    """Times one round of a stage and keeps the stage's peak RSS."""
+
+    def __init__(self, stage: Stage) -> None:
+        self.stage = stage
+
+    def __enter__(self) -> None:
+        probes.reset_peak_rss()
+        self.rss_before = probes.current_rss()
+        self.started = time.perf_counter()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stage.seconds.append(time.perf_counter() - self.started)
+        peak = probes.peak_rss()
+        self.stage.peak_rss = max(self.stage.peak_rss, peak)
+        self.stage.rss_growth = max(self.stage.rss_growth, peak - self.rss_before)
+
+
+def _naive_pass(naive: Any, paths: Sequence[bytes], batch_size: int) -> None:
+    """Sequential: read, fully decode (no draft), resize, crop; embed each full batch."""
+    batch: list[np.ndarray] = []
+    for path in paths:
+        pixels = naive_decode(path, naive.preprocess)
+        if pixels is not None:
+            batch.append(pixels)
+        if len(batch) == batch_size:
+            naive.embed(np.stack(batch))
+            batch = []
+    if batch:
+        naive.embed(np.stack(batch))
+
+
+def naive_decode(path: bytes, preprocess: Preprocess) -> np.ndarray | None:
+    """What a first script does: Pillow at full resolution, then one resize and crop."""
+    try:
+        with Image.open(io.BytesIO(read_file(path)[0])) as image:
+            image.load()  # every pixel: no DCT scaling
+            rgb = to_rgb(ImageOps.exif_transpose(image) or image)
+    except Exception:  # noqa: BLE001 - the baseline skips what it cannot read
+        return None
+    w, h = rgb.size
+    scale = preprocess.resize / min(w, h)
+    resample = Image.Resampling[preprocess.interpolation.upper()]
+    rgb = rgb.resize((max(1, round(w * scale)), max(1, round(h * scale))), resample)
+    left = (rgb.width - preprocess.width) // 2
+    top = (rgb.height - preprocess.height) // 2
+    crop = rgb.crop((left, top, left + preprocess.width, top + preprocess.height))
+    return np.asarray(crop, dtype=np.uint8)
+
+
+def _search_latency(run: _Run) -> dict[str, float]:
+    """Milliseconds for one query image against `search_size` random unit vectors.
+
+    `embed`: read + decode + embed the query (a median-sized file of the corpus); `load`:
+    open the index and load its vector file, as each `retrieval search` process does;
+    `search`: k=10 search on the loaded index. `total` = all three; `warm` = embed + search,
+    what a process that keeps the index open pays. Medians of 5 after a warm-up.
+    """
+    embedder, options = run.embedder, run.options
+    directory = os.path.join(run.scratch, "search-index")
+    _synthetic_index(directory, embedder, options.search_size)
+    usable = [p for p in run.paths if _decodes(p, embedder.preprocess, options.max_megapixels)]
+    query = sorted(usable, key=_size)[len(usable) // 2]
+    times: dict[str, list[float]] = {"embed": [], "load": [], "search": []}
+    for attempt in range(6):  # the first is a warm-up (page cache, kernels)
+        started = time.perf_counter()
+        xq = searching.embed_queries(embedder, [os.fsdecode(query)], options.max_megapixels)
+        embedded = time.perf_counter()
+        with IndexDir.open(directory) as index_dir:
+            index_dir.base()
+            loaded = time.perf_counter()
+            searching.search_vectors(index_dir, xq, [display(query)], k=defaults.TOP_K)
+            finished = time.perf_counter()
+        if attempt:
+            times["embed"].append((embedded - started) * 1000)
+            times["load"].append((loaded - embedded) * 1000)
+            times["search"].append((finished - loaded) * 1000)
+    result = {name: statistics.median(values) for name, values in times.items()}
+    result["total"] = result["embed"] + result["load"] + result["search"]
+    result["warm"] = result["embed"] + result["search"]
+    result["vectors"] = float(options.search_size)
+    result["query_megapixels"] = _megapixels([query])["megapixels_mean"]
+    return result
+
+
+def _synthetic_index(directory: str, embedder: Any, count: int) -> None:
+    """An index of `count` seeded random unit vectors, written through the catalogue."""
+    rng = np.random.default_rng(0)
+    with IndexDir.open_writer(directory) as index_dir:
+        index_dir.set_manifest(Manifest(model=embedder.info, precision=embedder.precision))
+        for start in range(0, count, 5000):
+            xb = rng.standard_normal((min(5000, count - start), embedder.dim)).astype(np.float32)
+            xb /= np.linalg.norm(xb, axis=1, keepdims=True)
+            index_dir.catalog.store([_synthetic_row(start + i, v) for i, v in enumerate(xb)], {})
+        index_dir.sync_vectors()
+
+
+def _draft_effect(paths: Sequence[bytes], preprocess: Preprocess) -> dict[str, float]:
+    """Milliseconds to decode the largest JPEG with JPEG draft (DCT scaling) and without.
+
+    Empty when there is no JPEG. Both include the resize and crop; medians of 3.
+    """
+    jpegs = [p for p in paths if p.lower().endswith((b".jpg", b".jpeg"))]
+    if not jpegs:
+        return {}
+    largest = max(jpegs, key=_size)
+    data = read_file(largest)[0]
+
+    def median_ms(decode: Callable[[], object]) -> float:
+        times = []
+        for _ in range(3):
+            started = time.perf_counter()
+            decode()
+            times.append((time.perf_counter() - started) * 1000)
+        return round(statistics.median(times), 1)
+
+    try:
+        with_draft = median_ms(lambda: decode_image(data, preprocess))
+    except BadImage:
+        return {}
+    return {
+        "megapixels": _megapixels([largest])["megapixels_mean"],
+        "draft": with_draft,
+        "full": median_ms(lambda: naive_decode(largest, preprocess)),
+    }
+
+
+def _synthetic_row(n: int, vector: np.ndarray) -> NewRow:
+    path = f"/synthetic/{n:08d}.jpg".encode()
+    return NewRow(path, 1000 + n, n, n.to_bytes(16, "little"), 640, 480, "JPEG", vector, None)
+
+
+def _decodes(path: bytes, preprocess: Preprocess, cap: float) -> bool:
+    try:
+        decode_image(read_file(path)[0], preprocess, cap)
+    except Exception:  # noqa: BLE001 - any failure: try the next file
+        return False
+    return True
+
+
+# -- files, memory, machine ------------------------------------------------------------------
+
+
+def _files(roots: list[str], limit: int | None) -> list[bytes]:
+    found = sorted(entry.path for entry in scan(roots).files)
+    return found[:limit] if limit is not None else found
+
+
+def _count_files(roots: list[str]) -> int:
+    return len(scan(roots).files)
+
+
+def _megapixels(paths: Sequence[bytes]) -> dict[str, float]:
+    sizes = []
+    for path in paths:
+        try:
+            with Image.open(os.fsdecode(path)) as image:
+                sizes.append(image.width * image.height / 1e6)
+        except Exception:  # noqa: BLE001 - unreadable files count as 0 MP
+            sizes.append(0.0)
+    return {
+        "megapixels_mean": round(statistics.fmean(sizes), 2),
+        "megapixels_max": round(max(sizes), 2),
+        "bytes_total": sum(_size(p) for p in paths),
+    }
+
+
+def _size(path: bytes) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
+
+
+def _fill(pixels: np.ndarray, count: int) -> np.ndarray:
+    """`pixels` repeated up to `count` images."""
+    reps = -(-count // len(pixels))
+    return np.concatenate([pixels] * reps)[:count] if reps > 1 else pixels

@@ -1,0 +1,111 @@
+"""What `retrieval bench` reads about the machine and its own processes (Linux /proc first).
+
+Peak RSS: `VmHWM` of /proc/self/status, restartable by writing 5 to /proc/self/clear_refs, so
+each stage gets its own high-water mark; elsewhere `ru_maxrss`, which only grows.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import resource
+from collections.abc import Iterator
+from typing import Any
+
+
+def reset_peak_rss() -> None:
+    """Restart this process's RSS high-water mark (Linux; elsewhere it only grows)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+    except OSError:
+        pass
+
+
+class WorkerPeak:
+    """The largest peak RSS seen among this process's children (the decode workers).
+
+    Polled while they run: a spawned child's `ru_maxrss` also counts the parent's pages it
+    held between fork and exec, so `RUSAGE_CHILDREN` would report the parent's size.
+    """
+
+    def __init__(self) -> None:
+        self.peak = 0
+
+    def poll(self, *_: object) -> None:
+        for pid in _children():
+            self.peak = max(self.peak, _status_bytes("VmHWM:", pid))
+
+
+def _children() -> list[str]:
+    pids: list[str] = []
+    try:
+        for tid in os.listdir("/proc/self/task"):
+            with open(f"/proc/self/task/{tid}/children") as fh:
+                pids.extend(fh.read().split())
+    except OSError:
+        pass
+    return pids
+
+
+def current_rss() -> int:
+    """This process's RSS in bytes now (0 where /proc is missing)."""
+    return _status_bytes("VmRSS:")
+
+
+def peak_rss() -> int:
+    """This process's peak RSS in bytes since the last reset."""
+    return _status_bytes("VmHWM:") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _status_bytes(field: str, pid: str = "self") -> int:
+    """A kB field of /proc/PID/status in bytes; 0 when unreadable."""
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith(field):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def machine_facts() -> dict[str, Any]:
+    return {
+        "cpu": _cpu_name(),
+        "cpus": len(os.sched_getaffinity(0))
+        if hasattr(os, "sched_getaffinity")
+        else os.cpu_count(),
+        "cpu_flags": sorted(_cpu_flags() & {"avx2", "avx512f", "avx512_bf16", "amx_bf16"}),
+        "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9, 1),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+def _cpus() -> int | None:
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count()
+
+
+def _cpuinfo() -> Iterator[str]:
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as fh:
+            yield from fh
+    except OSError:
+        return
+
+
+def _cpu_name() -> str:
+    for line in _cpuinfo():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def _cpu_flags() -> set[str]:
+    for line in _cpuinfo():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set()
