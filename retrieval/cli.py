@@ -44,6 +44,16 @@ def _device_option(func: Callable[..., Any]) -> Callable[..., Any]:
     )(func)
 
 
+def _precision_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--precision",
+        type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
+        default="auto",
+        show_default=True,
+        help="auto: bf16 where the hardware has it natively, else fp32.",
+    )(func)
+
+
 def _parse_memory(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
     from .ops.ann import parse_size
 
@@ -163,13 +173,7 @@ def cli() -> None:
     help="Decode processes (0: decode in the main process) [default: by cores and device].",
 )
 @_device_option
-@click.option(
-    "--precision",
-    type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
-    default="auto",
-    show_default=True,
-    help="auto: bf16 where the hardware has it natively, else fp32.",
-)
+@_precision_option
 @_vector_options
 @click.option("--wait", is_flag=True, help="Wait for another writer instead of failing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
@@ -497,13 +501,7 @@ def optimize_command(
 @click.argument("folder", required=False, type=click.Path(exists=True, file_okay=False))
 @click.option("--model", default=defaults.MODEL, show_default=True, help="timm model name.")
 @_device_option
-@click.option(
-    "--precision",
-    type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
-    default="auto",
-    show_default=True,
-    help="auto: bf16 where the hardware has it natively, else fp32.",
-)
+@_precision_option
 @click.option(
     "--batch-size",
     type=click.IntRange(min=1),
