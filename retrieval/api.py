@@ -23,7 +23,7 @@ from .errors import IndexIncompatible, IndexNotFound, UsageError
 from .ops import ann, checking, exchange, indexing, searching
 from .ops.indexing import IndexOptions, IndexReport, Progress
 from .ops.searching import QueryResult, SearchFilter
-from .specs import WeightsSpec
+from .specs import Preprocess, WeightsSpec
 from .store.index_dir import IndexDir, index_summary
 from .store.manifest import Manifest, check_model
 
@@ -67,43 +67,49 @@ class Index:
         (float32 or float16, new indexes only) set how vectors are stored and searched.
         Raises RetrievalError.
         """
-        from .embedding.embedder import load_embedder
         from .sources.scan import check_roots
 
         check_roots(paths)  # a mistyped folder must not leave a new, empty index behind
         # The model is loaded before anything is written, so a model error leaves no
         # half-made index behind.
         manifest = self._existing_manifest()
+        embedder: Any
         if manifest is not None:
             check_model(manifest, model, weights, self.directory)
-            embedder = load_embedder(manifest.model.name, manifest.model.weights, device, precision)
-            self._check_same_weights(manifest, embedder.info.weights)
+            # Loaded on the first file that needs embedding: an unchanged tree never pays.
+            embedder = _LazyEmbedder(
+                manifest.model.preprocess,
+                lambda: _resolve_device(device),
+                lambda: self._load_for(manifest, device, precision, options),
+            )
         else:
+            from .embedding.embedder import load_embedder
+
             embedder = load_embedder(
                 model or defaults.MODEL, weights or WeightsSpec("pretrained"), device, precision
             )
+            _configure_threads(embedder.device, options)
+            self._notify(f"embedding with {embedder.info.name} on {embedder.describe()}")
         with IndexDir.open_writer(self.directory, wait=wait) as index_dir:
             self._flush_notices(index_dir)
+            wanted = manifest.model if manifest is not None else embedder.info
             if index_dir.manifest is None:
-                new = Manifest(
+                new = manifest or Manifest(
                     model=embedder.info, precision=embedder.precision, created_with=_versions()
                 )
                 index_dir.set_manifest(
                     ann.configure(new, self.directory, index_type, memory, vector_dtype, new=True)
                 )
-            elif manifest is None or index_dir.manifest.model != manifest.model:
+            elif index_dir.manifest.model != wanted:
                 # another process created or rebuilt the index meanwhile
-                check_model(
-                    index_dir.manifest, embedder.info.name, embedder.info.weights, self.directory
-                )
+                check_model(index_dir.manifest, wanted.name, wanted.weights, self.directory)
             current = index_dir.require_manifest()
             configured = ann.configure(current, self.directory, index_type, memory, vector_dtype)
             if configured != current:
                 index_dir.set_manifest(configured)
-            self._notify(f"embedding with {embedder.info.name} on {embedder.describe()}")
             try:
                 return indexing.index_paths(
-                    index_dir, embedder, paths, _tuned(options, embedder.device), progress
+                    index_dir, embedder, paths, options or IndexOptions(), progress
                 )
             finally:
                 self._flush_notices(index_dir)
@@ -277,6 +283,18 @@ class Index:
 
     # -- helpers ----------------------------------------------------------------------------
 
+    def _load_for(
+        self, manifest: Manifest, device: str, precision: str, options: IndexOptions | None
+    ) -> Any:
+        """The embedder an existing index was built with, threads configured, announced."""
+        from .embedding.embedder import load_embedder
+
+        embedder = load_embedder(manifest.model.name, manifest.model.weights, device, precision)
+        self._check_same_weights(manifest, embedder.info.weights)
+        _configure_threads(embedder.device, options)
+        self._notify(f"embedding with {embedder.info.name} on {embedder.describe()}")
+        return embedder
+
     def _existing_manifest(self) -> Manifest | None:
         if not os.path.isfile(os.path.join(self.directory, defaults.CATALOG_FILE)):
             return None
@@ -305,17 +323,50 @@ class Index:
             )
 
 
-def _tuned(options: IndexOptions | None, device: str) -> IndexOptions:
-    """`options` with this machine's defaults for decode workers and batch size filled in;
-    torch's threads set to match (see `pipeline.plan_resources`)."""
+def _configure_threads(device: str, options: IndexOptions | None) -> None:
+    """Set torch's threads to this machine's plan (see `pipeline.plan_resources`)."""
     from .embedding.embedder import configure_threads
     from .ops import pipeline
 
-    options = options or IndexOptions()
-    plan = pipeline.plan_resources(device, options.workers)
-    configure_threads(plan.threads)
-    batch_size = options.batch_size or pipeline.default_batch_size(device)
-    return replace(options, workers=plan.workers, batch_size=batch_size)
+    workers = options.workers if options is not None else None
+    configure_threads(pipeline.plan_resources(device, workers).threads)
+
+
+class _LazyEmbedder:
+    """An embedder whose model is created on the first `embed`.
+
+    `preprocess` is known from the manifest; `device` only needs torch, not the model.
+    """
+
+    def __init__(
+        self, preprocess: Preprocess, device: Callable[[], str], load: Callable[[], Any]
+    ) -> None:
+        self.preprocess = preprocess
+        self._device = device
+        self._load = load
+        self._resolved: str | None = None
+        self._embedder: Any = None
+
+    @property
+    def device(self) -> str:
+        if self._resolved is None:
+            self._resolved = self._device()
+        return self._resolved
+
+    def embed(self, pixels: Any) -> Any:
+        if self._embedder is None:
+            self._embedder = self._load()
+        return self._embedder.embed(pixels)
+
+
+def _resolve_device(device: str) -> str:
+    """`resolve_device`, without importing torch (seconds) where Linux shows no GPU at all."""
+    gpu_nodes = ("/dev/nvidiactl", "/dev/nvidia0", "/dev/kfd")
+    if device == "auto" and sys.platform == "linux" and not any(map(os.path.exists, gpu_nodes)):
+        return "cpu"
+    from .embedding.embedder import resolve_device
+
+    return resolve_device(device)
 
 
 def _versions() -> dict[str, str]:

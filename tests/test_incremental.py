@@ -191,3 +191,25 @@ def test_non_utf8_names_are_indexed_searched_and_exported_losslessly(tmp_path: P
     os.rename(odd, odd + b".moved.png")
     assert counts(index(photos, directory)) == (0, 0, 1, 1, 0)
     assert odd + b".moved.png" in stored(directory, tmp_path)
+
+
+def test_unchanged_run_never_loads_the_model(collection, monkeypatch) -> None:
+    """An unchanged tree is a stat walk: a failing model loader is never reached, while a
+    run with something new to embed does reach it (so the patch is the one in use)."""
+    photos, _, directory = collection
+    from retrieval.embedding import embedder
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(embedder, "load_embedder", refuse)
+    (photos / "broken.jpg").write_bytes(b"not an image")  # failures are retried, unembedded
+    report = index(photos, directory)
+    assert counts(report) == (0, 0, 4, 0, 0)
+    assert [f["error"] for f in report["failed"]] == [
+        "not a supported image (unknown or corrupt header)"
+    ]
+    save_image(draw_image(9), photos / "new.png")
+    result = run_cli("index", photos, "--index", directory, *TINY, "--json")
+    assert result.exit_code == 1
+    assert "the model was loaded" in result.stderr

@@ -26,16 +26,21 @@ from ..specs import Preprocess
 from ..store.catalog import NewRow, RowState
 from ..store.files import fault_point
 from ..store.index_dir import IndexDir
-from .pipeline import decode_stream, default_batch_size, default_workers
+from .pipeline import decode_stream, default_batch_size, plan_resources
 
 Progress = Callable[[int, int], None]
 
 
 class Embeds(Protocol):
-    """What indexing needs from a model: its preprocessing and a batch -> vectors call."""
+    """What indexing needs from a model: its preprocessing, its device ("cpu" or "cuda",
+    for the worker and batch defaults) and a batch -> vectors call. `device` and `embed`
+    are only used when a file needs embedding, so a model may load lazily."""
 
     @property
     def preprocess(self) -> Preprocess: ...
+
+    @property
+    def device(self) -> str: ...
 
     def embed(self, pixels: np.ndarray) -> np.ndarray: ...
 
@@ -48,7 +53,7 @@ class IndexOptions:
     follow_symlinks: bool = False
     max_megapixels: float = defaults.MAX_MEGAPIXELS
     batch_size: int | None = None  # None: `pipeline.default_batch_size` (32 on the CPU)
-    workers: int | None = None  # None: `pipeline.default_workers()`
+    workers: int | None = None  # None: `pipeline.plan_resources` for the model's device
 
 
 @dataclass
@@ -196,8 +201,11 @@ def _embed_all(
     report: IndexReport,
     progress: Progress | None,
 ) -> None:
-    workers = default_workers() if options.workers is None else options.workers
-    batch_size = options.batch_size or default_batch_size("cpu")
+    if not plan.todo:
+        return  # an unchanged tree is a stat walk: the model is never touched
+    resources = plan_resources(model.device, options.workers)
+    batch_size = options.batch_size or default_batch_size(model.device)
+    workers = resources.workers
     total = len(plan.todo)
     if progress:
         progress(0, total)
