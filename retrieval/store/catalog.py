@@ -36,6 +36,7 @@ from sqlalchemy import (
     Table,
     Text,
     and_,
+    bindparam,
     create_engine,
     delete,
     event,
@@ -239,17 +240,28 @@ class Catalog:
         """
         now = time.time()
         with self.write() as (conn, gen):
-            for row in rows:
-                values = self._values(row, gen, now)
-                row_id = existing.get(row.path)
-                if row_id is None:
-                    row_id = conn.execute(
-                        select(images.c.id).where(images.c.path == row.path)
-                    ).scalar()
-                if row_id is None:
-                    conn.execute(insert(images).values(path=row.path, **values))
-                else:
-                    conn.execute(update(images).where(images.c.id == row_id).values(**values))
+            ids = dict(existing)
+            unknown = [row.path for row in rows if row.path not in ids]
+            for chunk in _chunks(unknown, 500):  # stored by a run we did not plan against
+                found = conn.execute(
+                    select(images.c.id, images.c.path).where(images.c.path.in_(chunk))
+                )
+                ids.update({row.path: row.id for row in found})
+            new = [
+                {"path": row.path, **self._values(row, gen, now)}
+                for row in rows
+                if row.path not in ids
+            ]
+            old = [
+                {"row_id": ids[row.path], **self._values(row, gen, now)}
+                for row in rows
+                if row.path in ids
+            ]
+            # One executemany each instead of a statement per row (~1 ms each in SQLite).
+            if new:
+                conn.execute(insert(images), new)
+            if old:
+                conn.execute(update(images).where(images.c.id == bindparam("row_id")), old)
         return gen
 
     def _values(self, row: NewRow, gen: int, now: float) -> dict[str, Any]:
