@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 #: Options for a fast, offline, deterministic index run.
 FAST = ["--model", "test_resnet", "--no-pretrained", "--batch-size", "4", "--workers", "0"]
@@ -56,6 +57,13 @@ def make_images(folder: Path, n: int, seed: int = 0, start: int = 0) -> list[Pat
         image.save(path)
         paths.append(path)
     return paths
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_cpu() -> Iterator[None]:
+    """Import this into a test module to run its tests under `single_cpu`."""
+    with single_cpu():
+        yield
 
 
 @contextlib.contextmanager

@@ -14,6 +14,7 @@ from pathlib import Path
 import _procs as P
 import numpy as np
 import pytest
+from _procs import one_cpu  # noqa: F401 - autouse fixture
 from conftest import run_cli
 
 from retrieval import Index
@@ -21,12 +22,6 @@ from retrieval.store import vectors
 from retrieval.store.files import WriterLock
 
 N = 12
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_cpu():
-    with P.single_cpu():
-        yield
 
 
 @pytest.fixture(scope="module")

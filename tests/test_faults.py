@@ -31,6 +31,7 @@ from pathlib import Path
 
 import _procs as P
 import pytest
+from _procs import one_cpu  # noqa: F401 - autouse fixture
 from conftest import run_cli
 from sqlalchemy import event
 from sqlalchemy.exc import OperationalError
@@ -45,12 +46,6 @@ REASONS = {
     errno.ENOSPC: "no space left on the device; free some space and run again",
 }
 SQLITE_TEXT = {errno.EIO: "disk I/O error", errno.ENOSPC: "database or disk is full"}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_cpu():
-    with P.single_cpu():
-        yield
 
 
 @dataclass
