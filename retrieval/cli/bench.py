@@ -1,0 +1,102 @@
+"""`retrieval bench`: images/s, search time and memory on generated or given images."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from .. import defaults
+from .common import CONTEXT, device_option, notifier, precision_option
+
+
+@click.command("bench", context_settings=CONTEXT)
+@click.argument("folder", required=False, type=click.Path(exists=True, file_okay=False))
+@click.option("--model", default=defaults.MODEL, show_default=True, help="timm model name.")
+@device_option
+@precision_option
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    help="Images per forward pass [default: 32 on CPU, 256 on CUDA].",
+)
+@click.option("--workers", type=click.IntRange(min=0), help="Decode processes [default: auto].")
+@click.option("--threads", type=click.IntRange(min=1), help="Torch threads [default: auto].")
+@click.option(
+    "--images",
+    type=click.IntRange(min=1),
+    default=48,
+    show_default=True,
+    help="Images to generate (no FOLDER), or the most files of FOLDER to use.",
+)
+@click.option(
+    "--mix",
+    type=click.Choice(["photos", "small"]),
+    default="photos",
+    show_default=True,
+    help="Generated images: 2-24 MP JPEGs with small PNGs, or small images only.",
+)
+@click.option(
+    "--rounds",
+    type=click.IntRange(min=1),
+    default=3,
+    show_default=True,
+    help="Times each stage runs; the report gives medians.",
+)
+@click.option("--no-naive", is_flag=True, help="Skip the naive baseline (the slowest stage).")
+@click.option(
+    "--search-size",
+    type=click.IntRange(min=0),
+    default=10_000,
+    show_default=True,
+    help="Vectors in the synthetic search index (0: skip the search timing).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
+def bench_command(
+    folder: str | None,
+    model: str,
+    device: str,
+    precision: str,
+    batch_size: int | None,
+    workers: int | None,
+    threads: int | None,
+    images: int,
+    mix: str,
+    rounds: int,
+    no_naive: bool,
+    search_size: int,
+    as_json: bool,
+) -> None:
+    """Measure decode, model-only, end-to-end and naive images/s, search time and memory.
+
+    Without FOLDER, generates camera-sized JPEGs (2-24 MP) mixed with small PNGs. The
+    model is untrained (speed does not depend on weights), so nothing is downloaded.
+    Stages are interleaved over --rounds and reported as medians.
+
+    \b
+    Example:
+      retrieval bench                                  # resnet50, generated photos
+      retrieval bench ~/Pictures --images 200 --json
+      retrieval bench --model test_resnet --mix small --images 200 --no-naive
+    """
+    from ..ops.bench import BenchOptions, run_bench
+
+    options = BenchOptions(
+        model=model,
+        device=device,
+        precision=precision,
+        batch_size=batch_size,
+        workers=workers,
+        threads=threads,
+        images=images,
+        mix=mix,
+        rounds=rounds,
+        naive=not no_naive,
+        search_size=search_size,
+    )
+    report = run_bench(folder, options, notify=notifier(as_json))
+    if as_json:
+        click.echo(json.dumps(report.to_dict()))
+        return
+    for line in report.lines():
+        click.echo(line)

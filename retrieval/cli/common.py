@@ -1,0 +1,117 @@
+"""What the commands share: option decorators, notices, the progress bar, path display."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from .. import defaults
+from ..errors import RetrievalError
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+def index_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--index",
+        "index_dir",
+        envvar=defaults.INDEX_ENV,
+        default=defaults.INDEX_DIR,
+        show_default=True,
+        type=click.Path(file_okay=False),
+        help=f"Index directory (env {defaults.INDEX_ENV}).",
+    )(func)
+
+
+def device_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--device",
+        type=click.Choice(["auto", "cpu", "cuda"]),
+        default="auto",
+        show_default=True,
+        help="Where the model runs; auto picks cuda when torch sees a GPU.",
+    )(func)
+
+
+def precision_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--precision",
+        type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
+        default="auto",
+        show_default=True,
+        help="auto: bf16 where the hardware has it natively, else fp32.",
+    )(func)
+
+
+def parse_memory(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
+    from ..ops.ann import parse_size
+
+    try:
+        return None if value is None else parse_size(value)
+    except RetrievalError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def vector_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """--index-type, --memory, --vector-dtype: how vectors are stored and searched."""
+    func = click.option(
+        "--vector-dtype",
+        type=click.Choice(["float32", "float16"]),
+        default=None,
+        help="Vector storage of a new index; float16 halves memory [new index: float32].",
+    )(func)
+    func = click.option(
+        "--memory",
+        metavar="SIZE",
+        default=None,
+        callback=parse_memory,
+        help="Memory budget for the vector index, e.g. 4G, used by auto [default: half the RAM].",
+    )(func)
+    return click.option(
+        "--index-type",
+        type=click.Choice(["auto", "flat", "hnsw", "ivf", "ivfpq"]),
+        default=None,
+        help="Vector index: auto picks from the number of vectors, the dim and --memory "
+        "[new index: auto].",
+    )(func)
+
+
+def show(path: bytes) -> str:
+    """A stored path for display: a non-UTF-8 name gets \\xNN escapes."""
+    return path.decode("utf-8", "backslashreplace")
+
+
+def notifier(quiet: bool) -> Callable[[str], None]:
+    def notify(message: str) -> None:
+        if not quiet:
+            click.echo(f"retrieval: {message}", err=True)
+
+    return notify
+
+
+class Progress:
+    """A tqdm bar on stderr, shown only on a terminal; called as progress(done, total)."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.enabled = not quiet and sys.stderr.isatty()
+        self.bar: Any = None
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __call__(self, done: int, total: int) -> None:
+        if not self.enabled:
+            return
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, unit="img", file=sys.stderr, dynamic_ncols=True)
+        self.bar.n = done
+        self.bar.refresh()
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.close()

@@ -1,0 +1,132 @@
+"""`retrieval index`: embed the images under folders into an index."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import click
+
+from .. import defaults
+from .common import (
+    CONTEXT,
+    Progress,
+    device_option,
+    index_option,
+    notifier,
+    precision_option,
+    show,
+    vector_options,
+)
+
+
+@click.command("index", context_settings=CONTEXT)
+@click.argument("paths", nargs=-1, required=True, type=click.Path())
+@index_option
+@click.option("--model", default=None, help=f"timm model name [new index: {defaults.MODEL}].")
+@click.option(
+    "--weights",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Local weights file (.safetensors, .pth, .pt) for --model.",
+)
+@click.option(
+    "--no-pretrained", is_flag=True, help="Untrained backbone with a fixed seed (offline demos)."
+)
+@click.option("--exclude", multiple=True, metavar="GLOB", help="Skip matching names (repeatable).")
+@click.option("--follow-symlinks", is_flag=True, help="Follow symbolic links (loop-safe).")
+@click.option(
+    "--max-megapixels",
+    type=click.FloatRange(min=0, min_open=True),
+    default=defaults.MAX_MEGAPIXELS,
+    show_default=True,
+    help="Refuse larger images.",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Images per forward pass and per transaction [default: 32 on CPU, 256 on CUDA].",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Decode processes (0: decode in the main process) [default: by cores and device].",
+)
+@device_option
+@precision_option
+@vector_options
+@click.option("--wait", is_flag=True, help="Wait for another writer instead of failing.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar or notices.")
+def index_command(
+    paths: tuple[str, ...],
+    index_dir: str,
+    model: str | None,
+    weights: str | None,
+    no_pretrained: bool,
+    exclude: tuple[str, ...],
+    follow_symlinks: bool,
+    max_megapixels: float,
+    batch_size: int | None,
+    workers: int | None,
+    device: str,
+    precision: str,
+    index_type: str | None,
+    memory: int | None,
+    vector_dtype: str | None,
+    wait: bool,
+    as_json: bool,
+    quiet: bool,
+) -> None:
+    """Index (or update) the images under PATHS: folders, recursively, or single files.
+
+    Unchanged files are skipped, changed ones re-embedded, vanished ones removed and
+    moved ones re-pointed. Unreadable images are listed as failures; the run goes on.
+
+    \b
+    Example:
+      retrieval index ~/Pictures --exclude '*/thumbnails/*'
+      retrieval index data/photos --no-pretrained     # offline, untrained backbone
+      retrieval index /archive --index-type auto --memory 4G --vector-dtype float16
+    """
+    from ..api import Index
+    from ..ops.indexing import IndexOptions
+    from ..specs import WeightsSpec
+
+    if weights and no_pretrained:
+        raise click.UsageError("--weights and --no-pretrained exclude each other")
+    spec = None
+    if weights:
+        spec = WeightsSpec("file", path=os.path.abspath(weights))
+    elif no_pretrained:
+        spec = WeightsSpec("untrained", identity=str(defaults.UNTRAINED_SEED))
+    options = IndexOptions(
+        exclude=exclude,
+        follow_symlinks=follow_symlinks,
+        max_megapixels=max_megapixels,
+        batch_size=batch_size,
+        workers=workers,
+    )
+    with Progress(quiet) as progress:
+        report = Index(index_dir, notify=notifier(quiet)).add(
+            paths,
+            model=model,
+            weights=spec,
+            device=device,
+            precision=precision,
+            options=options,
+            wait=wait,
+            progress=progress,
+            index_type=index_type,
+            memory=memory,
+            vector_dtype=vector_dtype,
+        )
+    if as_json:
+        click.echo(json.dumps(report.to_dict()))
+        return
+    click.echo(report.summary())
+    for path, error in report.failed[:50]:
+        click.echo(f"  failed: {show(path)}: {error}")
+    if len(report.failed) > 50:
+        click.echo(f"  ... and {len(report.failed) - 50} more (use --json for all)")

@@ -1,0 +1,131 @@
+"""`retrieval info`, `check` and `optimize`: look after an existing index."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from .common import CONTEXT, index_option, notifier, parse_memory
+
+
+@click.command("info", context_settings=CONTEXT)
+@index_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
+def info_command(index_dir: str, as_json: bool) -> None:
+    """Show what an index holds: images, failures, model, weights, dim, type, size.
+
+    \b
+    Example:
+      retrieval info --index indexes/photos --json
+    """
+    from ..api import Index
+
+    summary = Index(index_dir, notify=notifier(False)).info()
+    if as_json:
+        click.echo(json.dumps(summary))
+        return
+    for key, value in summary.items():
+        click.echo(f"{key:>18}: {value}")
+
+
+@click.command("check", context_settings=CONTEXT)
+@index_option
+@click.option(
+    "--repair", is_flag=True, help="Rebuild vectors.faiss / manifest.json, delete temp files."
+)
+@click.option("--wait", is_flag=True, help="Wait for a running writer instead of failing.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
+def check_command(index_dir: str, repair: bool, wait: bool, as_json: bool) -> None:
+    """Verify an index: SQLite integrity, manifest, vector index, leftover temporary files.
+
+    The vector index must hold exactly the stored vectors. With --repair, everything that
+    derives from the catalogue is rebuilt from it. Exits 1 while problems remain.
+
+    \b
+    Example:
+      retrieval check --index indexes/photos
+      retrieval check --index indexes/photos --repair --json
+    """
+    from ..api import Index
+
+    report = Index(index_dir).check(repair=repair, wait=wait)
+    if as_json:
+        click.echo(json.dumps(report.to_dict()))
+    else:
+        for line in report.lines():
+            click.echo(line)
+    if not report.ok:
+        sys.exit(1)
+
+
+@click.command("optimize", context_settings=CONTEXT)
+@index_option
+@click.option(
+    "--index-type",
+    type=click.Choice(["auto", "flat", "hnsw", "ivf", "ivfpq"]),
+    default="auto",
+    show_default=True,
+    help="Type to rebuild as; auto re-chooses for the current size and --memory.",
+)
+@click.option(
+    "--memory",
+    metavar="SIZE",
+    default=None,
+    callback=parse_memory,
+    help="Memory budget for auto, e.g. 4G [default: the index's, else half the RAM].",
+)
+@click.option(
+    "--target-recall",
+    type=click.FloatRange(0, 1),
+    default=0.95,
+    show_default=True,
+    help="Tune nprobe / efSearch to the smallest value reaching this recall@10.",
+)
+@click.option(
+    "--queries",
+    type=click.IntRange(min=1),
+    default=1000,
+    show_default=True,
+    help="Stored vectors used as recall queries.",
+)
+@click.option("--measure", is_flag=True, help="Only measure recall@10; change nothing.")
+@click.option("--rebuild", is_flag=True, help="Rebuild even if the choice is what it holds.")
+@click.option("--wait", is_flag=True, help="Wait for another writer instead of failing.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
+def optimize_command(
+    index_dir: str,
+    index_type: str,
+    memory: int | None,
+    target_recall: float,
+    queries: int,
+    measure: bool,
+    rebuild: bool,
+    wait: bool,
+    as_json: bool,
+) -> None:
+    """Re-choose the vector index for the collection's size, tune it, report recall@10.
+
+    The index is rebuilt when the choice differs from what it holds; nprobe (IVF) or
+    efSearch (HNSW) is then tuned to the smallest value reaching --target-recall. Recall
+    is measured against exact search on a sample of stored vectors, with the time per
+    query of both (batched).
+
+    \b
+    Example:
+      retrieval optimize --index indexes/photos --memory 4G
+      retrieval optimize --measure --json
+    """
+    from ..api import Index
+
+    report = Index(index_dir, notify=notifier(False)).optimize(
+        index_type=index_type,
+        memory=memory,
+        target_recall=target_recall,
+        queries=queries,
+        measure_only=measure,
+        force=rebuild,
+        wait=wait,
+    )
+    click.echo(json.dumps(report.to_dict()) if as_json else report.summary())
