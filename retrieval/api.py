@@ -58,15 +58,21 @@ class Index:
         index_type: str | None = None,
         memory: int | None = None,
         vector_dtype: str | None = None,
+        dim: int | None = None,
+        whiten: bool | None = None,
+        rerank: int | None = None,
     ) -> IndexReport:
         """Index `paths` (folders or files): add new, update changed, drop vanished files.
 
         A new index uses `model` (default resnet50) with `weights` (default: pretrained);
         an existing one must be asked for the same or nothing. `index_type` (auto, flat,
         hnsw, ivf, ivfpq; a new index: auto), `memory` (bytes, for auto) and `vector_dtype`
-        (float32 or float16, new indexes only) set how vectors are stored and searched.
-        Raises RetrievalError.
+        (float32 or float16, new indexes only) set how vectors are stored and searched;
+        `dim` (new indexes only) keeps a PCA reduction (`whiten`: whitened, the default) of
+        them in the search cache, and `rerank` re-scores that many candidates per result with
+        the full vectors. Raises RetrievalError.
         """
+        reduce: dict[str, Any] = {"dim": dim, "whiten": whiten, "rerank": rerank}
         from .sources.scan import check_roots
 
         check_roots(paths)  # a mistyped folder must not leave a new, empty index behind
@@ -98,13 +104,17 @@ class Index:
                     model=embedder.info, precision=embedder.precision, created_with=_versions()
                 )
                 index_dir.set_manifest(
-                    ann.configure(new, self.directory, index_type, memory, vector_dtype, new=True)
+                    ann.configure(
+                        new, self.directory, index_type, memory, vector_dtype, True, **reduce
+                    )
                 )
             elif index_dir.manifest.model != wanted:
                 # another process created or rebuilt the index meanwhile
                 check_model(index_dir.manifest, wanted.name, wanted.weights, self.directory)
             current = index_dir.require_manifest()
-            configured = ann.configure(current, self.directory, index_type, memory, vector_dtype)
+            configured = ann.configure(
+                current, self.directory, index_type, memory, vector_dtype, **reduce
+            )
             if configured != current:
                 index_dir.set_manifest(configured)
             try:
@@ -122,18 +132,29 @@ class Index:
         memory: int | None = None,
         vector_dtype: str | None = None,
         wait: bool = False,
+        dim: int | None = None,
+        whiten: bool | None = None,
+        rerank: int | None = None,
     ) -> exchange.ImportReport:
         """Add the embeddings of `export` files (.parquet, or .npy + .rows.json).
 
         A new index takes the files' model metadata; an existing one refuses files from
-        another model, weights or dimension (IndexIncompatible).
+        another model, weights or dimension (IndexIncompatible). The options are `add`'s.
         """
 
         def configure(manifest: Manifest, new: bool) -> Manifest:
             if new:
                 manifest = replace(manifest, created_with=_versions(), index_policy={})
             return ann.configure(
-                manifest, self.directory, index_type, memory, vector_dtype, new=new
+                manifest,
+                self.directory,
+                index_type,
+                memory,
+                vector_dtype,
+                new,
+                dim=dim,
+                whiten=whiten,
+                rerank=rerank,
             )
 
         with IndexDir.open_writer(self.directory, wait=wait) as index_dir:

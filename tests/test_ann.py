@@ -17,7 +17,7 @@ from retrieval.ops import ann
 from retrieval.specs import ModelInfo, Preprocess, WeightsSpec
 from retrieval.store import vectors
 from retrieval.store.catalog import NewRow
-from retrieval.store.index_dir import IndexDir
+from retrieval.store.index_dir import IndexDir, choose_layout
 from retrieval.store.manifest import Manifest
 
 DIM = 16
@@ -225,10 +225,10 @@ def test_auto_refuses_what_cannot_fit() -> None:
         vectors.choose(1_000_000, 512, 1 << 20)
     manifest = synthetic_manifest()
     with pytest.raises(UsageError) as caught:
-        ann.choose(1_000_000, manifest, 1 << 20)
+        choose_layout(manifest, 1_000_000, 1 << 20)
     assert str(caught.value) == (
         f"1000000 vectors of 16 dimensions need at least {1_000_000 * 65 + 1024 * 16 * 4} "
-        "bytes even as IVF-PQ; raise --memory, or use --vector-dtype float16"
+        "bytes even as IVF-PQ; raise --memory, use --vector-dtype float16, or --dim to reduce them"
     )
 
 

@@ -56,7 +56,29 @@ def parse_memory(ctx: click.Context, param: click.Parameter, value: str | None) 
 
 
 def vector_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    """--index-type, --memory, --vector-dtype: how vectors are stored and searched."""
+    """--index-type, --memory, --vector-dtype, --dim, --whiten, --rerank: how vectors are
+    stored and searched (passed on as keyword arguments of the same names)."""
+    func = click.option(
+        "--rerank",
+        type=click.IntRange(min=0),
+        default=None,
+        metavar="N",
+        help="Fetch N x k candidates and re-score them with the full stored vectors; 0: off "
+        "[default: 8 for IVF-PQ or --dim, else 0].",
+    )(func)
+    func = click.option(
+        "--whiten/--no-whiten",
+        default=None,
+        help="With --dim: whiten the PCA components [default: whiten].",
+    )(func)
+    func = click.option(
+        "--dim",
+        type=click.IntRange(min=1),
+        default=None,
+        metavar="N",
+        help="New index: search a PCA reduction of the vectors to N dimensions, learned once "
+        "the index holds max(1000, 10N) vectors; the full vectors stay stored.",
+    )(func)
     func = click.option(
         "--vector-dtype",
         type=click.Choice(["float32", "float16"]),

@@ -48,6 +48,9 @@ def import_command(
     index_type: str | None,
     memory: int | None,
     vector_dtype: str | None,
+    dim: int | None,
+    whiten: bool | None,
+    rerank: int | None,
     wait: bool,
     as_json: bool,
 ) -> None:
@@ -64,6 +67,13 @@ def import_command(
     from ..api import Index
 
     report = Index(index_dir, notify=notifier(False)).import_files(
-        files, index_type=index_type, memory=memory, vector_dtype=vector_dtype, wait=wait
+        files,
+        index_type=index_type,
+        memory=memory,
+        vector_dtype=vector_dtype,
+        dim=dim,
+        whiten=whiten,
+        rerank=rerank,
+        wait=wait,
     )
     click.echo(json.dumps(report.to_dict()) if as_json else report.summary())

@@ -75,6 +75,9 @@ def index_command(
     index_type: str | None,
     memory: int | None,
     vector_dtype: str | None,
+    dim: int | None,
+    whiten: bool | None,
+    rerank: int | None,
     wait: bool,
     as_json: bool,
     quiet: bool,
@@ -89,6 +92,7 @@ def index_command(
       retrieval index ~/Pictures --exclude '*/thumbnails/*'
       retrieval index data/photos --no-pretrained     # offline, untrained backbone
       retrieval index /archive --index-type auto --memory 4G --vector-dtype float16
+      retrieval index /archive --dim 256           # PCA-whitened 256-d search cache
     """
     from ..api import Index
     from ..ops.indexing import IndexOptions
@@ -121,6 +125,9 @@ def index_command(
             index_type=index_type,
             memory=memory,
             vector_dtype=vector_dtype,
+            dim=dim,
+            whiten=whiten,
+            rerank=rerank,
         )
     if as_json:
         click.echo(json.dumps(report.to_dict()))

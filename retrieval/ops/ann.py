@@ -16,7 +16,7 @@ import numpy as np
 
 from ..errors import IndexIncompatible, UsageError
 from ..store import vectors
-from ..store.index_dir import IndexDir, exact_search, merge_topk
+from ..store.index_dir import IndexDir, choose_layout, exact_search, merge_topk
 from ..store.manifest import Manifest
 
 INDEX_CHOICES = ("auto", *vectors.INDEX_TYPES)
@@ -100,11 +100,18 @@ def configure(
     memory: int | None = None,
     vector_dtype: str | None = None,
     new: bool = False,
+    *,
+    dim: int | None = None,
+    whiten: bool | None = None,
+    rerank: int | None = None,
 ) -> Manifest:
     """`manifest` with the index options applied (None: keep what it has).
 
-    A new index starts under the `auto` policy. The vector dtype is fixed at creation.
+    A new index starts under the `auto` policy. The vector dtype and the PCA reduction
+    (`dim`, `whiten`) are fixed at creation; `rerank` (candidates re-scored per result, 0: off)
+    may change at any time.
     """
+    manifest = _reduction_options(manifest, directory, dim, whiten, rerank, new)
     if not new and index_type is None and memory is None and vector_dtype is None:
         return manifest
     if index_type is not None and index_type not in INDEX_CHOICES:
@@ -145,15 +152,53 @@ def configure(
     return replace(manifest, index_type=chosen, index_params=params, index_policy=policy)
 
 
-def choose(n: int, manifest: Manifest, memory: int | None) -> tuple[str, dict[str, Any]]:
-    """`vectors.choose` for this index, as a user-facing error when nothing fits."""
-    try:
-        return vectors.choose(n, manifest.dim, memory, manifest.vector_dtype)
-    except MemoryError as exc:
+def _reduction_options(
+    manifest: Manifest,
+    directory: str,
+    dim: int | None,
+    whiten: bool | None,
+    rerank: int | None,
+    new: bool,
+) -> Manifest:
+    if rerank is not None:
+        if rerank < 0:
+            raise UsageError(f"--rerank must be 0 (off) or a positive factor, not {rerank}")
+        manifest = replace(manifest, rerank=int(rerank))
+    elif new:
+        manifest = replace(manifest, rerank=None)
+    if dim is not None and not 0 < dim < manifest.dim:
         raise UsageError(
-            f"{n} vectors of {manifest.dim} dimensions need at least {exc.args[0]} bytes even "
-            "as IVF-PQ; raise --memory, or use --vector-dtype float16"
-        ) from None
+            f"--dim must be between 1 and {manifest.dim - 1} for {manifest.model.name}'s "
+            f"{manifest.dim}-d vectors, not {dim}"
+        )
+    if whiten is not None and dim is None and not (manifest.reduction and not new):
+        raise UsageError("--whiten/--no-whiten go with --dim N (a PCA reduction)")
+    if new:
+        wanted = (
+            {} if dim is None else {"dim": int(dim), "whiten": True if whiten is None else whiten}
+        )
+        return replace(manifest, reduction=wanted)
+    asked = {
+        "dim": int(dim) if dim is not None else manifest.reduction.get("dim"),
+        "whiten": whiten if whiten is not None else manifest.reduction.get("whiten", True),
+    }
+    if (dim is not None or whiten is not None) and (
+        not manifest.reduction
+        or asked["dim"] != manifest.reduction.get("dim")
+        or asked["whiten"] != manifest.reduction.get("whiten", True)
+    ):
+        have = (
+            f"a PCA reduction to {manifest.reduction['dim']} dimensions"
+            f"{'' if manifest.reduction.get('whiten', True) else ' (not whitened)'}"
+            if manifest.reduction
+            else "full vectors"
+        )
+        raise IndexIncompatible(
+            f"the index at {directory} was made with {have}; a reduction is fixed when an index "
+            f"is made, so copy it into a new one: `retrieval export --index {directory} -o "
+            f"all.parquet` then `retrieval import all.parquet --index NEW_DIR --dim N`"
+        )
+    return manifest
 
 
 # -- recall ------------------------------------------------------------------------------------
@@ -285,7 +330,9 @@ def optimize(
         return OptimizeReport(before, before, False, {}, recall, time.monotonic() - started)
     manifest = configure(manifest, index_dir.directory, index_type, memory)
     budget = manifest.index_policy.get("memory_bytes")
-    chosen, params = choose(n, manifest, budget) if index_type == "auto" else (index_type, {})
+    chosen, params = (
+        choose_layout(manifest, n, budget) if index_type == "auto" else (index_type, {})
+    )
     kept = {k: v for k, v in index_dir.require_manifest().index_params.items() if k in _KNOBS}
     rebuild = force or not _holds(before, vectors.target_layout(chosen, n), params)
     index_dir.set_manifest(

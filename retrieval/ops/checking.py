@@ -193,8 +193,8 @@ def _vectors_file(index_dir: IndexDir, manifest: Manifest, generation: int) -> l
         built = vectors.read(index_dir.vectors_path)
     except vectors.VectorsDamaged as exc:
         return problem(str(exc))
-    if built.index.d != manifest.dim:
-        return problem(f"holds {built.index.d}-d vectors, the manifest says {manifest.dim}")
+    if built.index.d != manifest.cache_dim:
+        return problem(f"holds {built.index.d}-d vectors, the manifest says {manifest.cache_dim}")
     if built.generation > generation:
         return problem(
             f"claims catalogue generation {built.generation}, newer than the catalogue's "
@@ -205,6 +205,7 @@ def _vectors_file(index_dir: IndexDir, manifest: Manifest, generation: int) -> l
     if duplicates:
         return problem(f"holds {duplicates} duplicate ids")
     catalog = index_dir.catalog
+    index_dir.reduction()  # read before the snapshot below
     with catalog.read() as conn:
         delta = catalog.delta(conn, built.generation, manifest.dim)
         gone = np.union1d(delta.stale, built.tombstones)
@@ -218,7 +219,7 @@ def _vectors_file(index_dir: IndexDir, manifest: Manifest, generation: int) -> l
                     f"holds {len(extra)} ids the catalogue does not and lacks {len(lacking)} "
                     "of its vectors"
                 )
-            differ = _differing(built.index, catalog, conn, manifest, live)
+            differ = _differing(built.index, index_dir, conn, live)
         except ValueError:
             raise CatalogCorrupt(catalog.path, "a stored vector has the wrong size") from None
     if differ:
@@ -231,19 +232,23 @@ def _stored_ids(catalog: Catalog, conn: Any, dim: int) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros(0, np.int64)
 
 
-def _differing(
-    index: Any, catalog: Catalog, conn: Any, manifest: Manifest, live: np.ndarray
-) -> int:
-    """How many cached vectors differ from the stored ones (0 for lossy PQ layouts)."""
+def _differing(index: Any, index_dir: IndexDir, conn: Any, live: np.ndarray) -> int:
+    """How many cached vectors differ from the stored ones, reduced as the cache holds them
+    (0 for lossy PQ layouts)."""
     if vectors.layout(index) == "ivfpq":
         return 0  # product-quantised codes are approximations by design
+    manifest = index_dir.require_manifest()
     atol = 1e-6 if manifest.vector_dtype == "float32" else 1e-3
+    if manifest.reduced:
+        atol = max(atol, 1e-5)  # the projection's float32 rounding
+    reduced = index_dir.reduction()
     differ = 0
-    for ids, xb in catalog.iter_vectors(conn, manifest.dim, batch=_CHUNK):
+    for ids, xb in index_dir.catalog.iter_vectors(conn, manifest.dim, batch=_CHUNK):
         keep = np.isin(ids, live)
         if keep.any():
             cached = vectors.reconstruct(index, ids[keep])
-            close = np.isclose(cached, xb[keep], atol=atol, rtol=0).all(axis=1)
+            expected = xb[keep] if reduced is None else reduced.apply(xb[keep])
+            close = np.isclose(cached, expected, atol=atol, rtol=0).all(axis=1)
             differ += int((~close).sum())
     return differ
 

@@ -14,6 +14,7 @@ they are the FAISS ids.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -203,9 +204,17 @@ class Catalog:
             raw = conn.execute(select(meta.c.value).where(meta.c.key == "manifest")).scalar()
         return json.loads(raw) if raw else None
 
-    def set_manifest(self, manifest: dict[str, Any]) -> None:
+    def set_manifest(self, manifest: dict[str, Any], blobs: dict[str, bytes] | None = None) -> None:
+        """Store the manifest, and with it (same transaction) any `blobs` it refers to."""
         with self.write() as (conn, _):
+            for key, data in (blobs or {}).items():
+                _set(conn, key, base64.b64encode(data).decode("ascii"))
             _set(conn, "manifest", json.dumps(manifest, sort_keys=True))
+
+    def get_blob(self, key: str) -> bytes | None:
+        """A blob stored with `set_manifest`, or None; raises ValueError if it is not base64."""
+        text = self.get_meta(key)
+        return None if text is None else base64.b64decode(text.encode("ascii"), validate=True)
 
     def get_meta(self, key: str) -> str | None:
         with self.read() as conn:

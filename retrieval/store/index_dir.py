@@ -14,14 +14,14 @@ exactly snapshot S, even while a writer is running or after it was killed.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
 from .. import defaults
-from ..errors import IndexNotFound, RetrievalError, StorageError, UsageError
-from . import vectors
+from ..errors import CatalogCorrupt, IndexNotFound, RetrievalError, StorageError, UsageError
+from . import reduction, vectors
 from .catalog import Catalog, Delta
 from .files import WriterLock, atomic_write, describe_os_error, remove_stale_temps
 from .manifest import Manifest
@@ -29,6 +29,11 @@ from .manifest import Manifest
 #: A catalogue change larger than this (and than half the cache) rebuilds the cache instead
 #: of patching it: a rebuild streams from the catalogue, a patch holds the whole change in RAM.
 _PATCH_MAX = 50_000
+#: Candidates per result re-scored against the full vectors when the cache is lossy (PQ codes
+#: or a PCA reduction) and the manifest sets no `rerank` of its own.
+RERANK_DEFAULT = 8
+#: The catalogue meta key holding the learned reduction (its SHA-256 is in the manifest).
+REDUCTION_KEY = "reduction"
 
 
 @dataclass(frozen=True)
@@ -50,6 +55,7 @@ class IndexDir:
         self.notices: list[str] = []
         self._manifest: Manifest | None = None
         self._base: vectors.Built | None = None
+        self._reduction: reduction.Reduction | None = None
 
     # -- opening ----------------------------------------------------------------------------
 
@@ -123,8 +129,8 @@ class IndexDir:
             raise IndexNotFound(self.directory)
         return self.manifest
 
-    def set_manifest(self, manifest: Manifest) -> None:
-        self.catalog.set_manifest(manifest.to_dict())
+    def set_manifest(self, manifest: Manifest, blobs: dict[str, bytes] | None = None) -> None:
+        self.catalog.set_manifest(manifest.to_dict(), blobs)
         self._manifest = manifest
         self.catalog.vector_dtype = np.dtype(manifest.vector_dtype)
         self._write_manifest_file()
@@ -163,8 +169,10 @@ class IndexDir:
         if self._base is None:
             try:
                 self._base = vectors.read(self.vectors_path)
-                if self._base.index.d != self.require_manifest().dim:
-                    raise vectors.VectorsDamaged("its dimension differs from the manifest's")
+                if self._base.index.d != self.require_manifest().cache_dim:
+                    self._manifest = None  # a writer may have learned a reduction since
+                    if self._base.index.d != self.require_manifest().cache_dim:
+                        raise vectors.VectorsDamaged("its dimension differs from the manifest's")
             except vectors.VectorsDamaged as exc:
                 self._base = self._rebuild(str(exc))
             vectors.set_search_params(self._base.index, self.require_manifest().index_params)
@@ -172,6 +180,7 @@ class IndexDir:
 
     def _rebuild(self, reason: str) -> vectors.Built:
         manifest = self.require_manifest()
+        self.reduction()  # loaded before the snapshot (one connection at a time)
         with self.catalog.read() as conn:
             generation = self.catalog.generation(conn)
             built = vectors.Built(self._build(conn, manifest), generation)
@@ -208,21 +217,24 @@ class IndexDir:
         change is large, its type must change (the manifest's, or `auto`'s new choice) or an
         HNSW graph needs compacting.
         """
+        self._learn_reduction()
         manifest = self._relayout()
         base = self.base()
+        self.reduction()
         with self.catalog.read() as conn:
             generation = self.catalog.generation(conn)
             if generation == base.generation:
                 return generation
             n = self.catalog.counts(conn)["ok"]
             built = None
-            same_layout = vectors.layout(base.index) == vectors.target_layout(
-                manifest.index_type, n
-            )
+            same_layout = base.index.d == manifest.cache_dim and vectors.layout(
+                base.index
+            ) == vectors.target_layout(manifest.index_type, n)
             changed = self.catalog.changed_count(conn, base.generation)
             if same_layout and changed <= max(_PATCH_MAX, vectors.count(base.index) // 2):
                 delta = self.catalog.delta(conn, base.generation, manifest.dim)
-                built = vectors.patch(base, delta.stale, delta.ids, delta.vectors, generation)
+                added = self._project(delta.vectors)
+                built = vectors.patch(base, delta.stale, delta.ids, added, generation)
             if built is None:
                 built = vectors.Built(self._build(conn, manifest), generation)
         self._base = built
@@ -230,12 +242,18 @@ class IndexDir:
         return generation
 
     def _build(self, conn: Any, manifest: Manifest) -> Any:
-        """A new FAISS index over every stored vector, streamed from the catalogue."""
+        """A new FAISS index over every stored vector (reduced, if the manifest says so),
+        streamed from the catalogue."""
         n = self.catalog.counts(conn)["ok"]
+
+        def batches() -> Any:
+            for ids, xb in self.catalog.iter_vectors(conn, manifest.dim):
+                yield ids, self._project(xb)
+
         index = vectors.build_from(
-            lambda: self.catalog.iter_vectors(conn, manifest.dim),
+            batches,
             n,
-            manifest.dim,
+            manifest.cache_dim,
             manifest.index_type,
             manifest.index_params,
             manifest.vector_dtype,
@@ -255,15 +273,7 @@ class IndexDir:
             return manifest
         with self.catalog.read() as conn:
             n = self.catalog.counts(conn)["ok"]
-        try:
-            chosen, params = vectors.choose(
-                n, manifest.dim, policy.get("memory_bytes"), manifest.vector_dtype
-            )
-        except MemoryError as exc:
-            raise UsageError(
-                f"{n} vectors of {manifest.dim} dimensions need at least {exc.args[0]} bytes "
-                "even as IVF-PQ; raise --memory, or use --vector-dtype float16"
-            ) from None
+        chosen, params = choose_layout(manifest, n, policy.get("memory_bytes"))
         old_nlist = int(manifest.index_params.get("nlist") or 0)
         grown = chosen == manifest.index_type and 0 < 2 * old_nlist <= int(params.get("nlist", 0))
         if chosen != manifest.index_type or grown:
@@ -286,6 +296,70 @@ class IndexDir:
             del self.notices[before:]
         return self._base.generation
 
+    # -- reduction ------------------------------------------------------------------------
+
+    def reduction(self) -> reduction.Reduction | None:
+        """The learned PCA reduction of the cache, or None (none asked for, or not yet learned).
+
+        Raises CatalogCorrupt when the stored matrix does not match the manifest's checksum.
+        """
+        manifest = self.require_manifest()
+        if not manifest.reduced:
+            return None
+        expected = manifest.reduction["sha256"]
+        if self._reduction is None or self._reduction.describe()["sha256"] != expected:
+            try:
+                data = self.catalog.get_blob(REDUCTION_KEY)
+            except ValueError:
+                data = None
+            if data is None or reduction.sha256(data) != expected:
+                raise CatalogCorrupt(
+                    self.catalog.path, "its learned PCA reduction is missing or altered"
+                )
+            self._reduction = reduction.Reduction.from_bytes(data)
+        return self._reduction
+
+    def _project(self, xb: np.ndarray) -> np.ndarray:
+        """Full (n, dim) vectors as the cache holds them: reduced, or as they are.
+
+        Call `reduction()` before opening a catalogue snapshot: it may read the catalogue."""
+        learned = self.reduction()
+        return xb if learned is None else learned.apply(xb)
+
+    def _learn_reduction(self) -> None:
+        """Learn the reduction the manifest asks for, once the collection is large enough.
+
+        The matrix is stored in the catalogue with the manifest that records its checksum, in
+        one transaction; the cache is then rebuilt by `sync_vectors` (its dimension changed).
+        """
+        manifest = self.require_manifest()
+        wanted = manifest.reduction
+        if not wanted or manifest.reduced:
+            return
+        dim = int(wanted["dim"])
+        with self.catalog.read() as conn:
+            n = self.catalog.counts(conn)["ok"]
+            if n < reduction.min_vectors(dim):
+                return
+            learned = reduction.learn(
+                (xb for _, xb in self.catalog.iter_vectors(conn, manifest.dim)),
+                n,
+                dim,
+                bool(wanted.get("whiten", True)),
+            )
+        manifest = replace(manifest, reduction=learned.describe())
+        self.set_manifest(manifest, {REDUCTION_KEY: learned.to_bytes()})
+        self._reduction = learned
+
+    def rerank_factor(self) -> int:
+        """Candidates fetched per wanted result and re-scored with the full stored vectors
+        (0: the cache's own scores are final). Default: RERANK_DEFAULT for lossy caches."""
+        manifest = self.require_manifest()
+        if manifest.rerank is not None:
+            return manifest.rerank
+        lossy = manifest.reduced or vectors.layout(self.base().index) == "ivfpq"
+        return RERANK_DEFAULT if lossy else 0
+
     # -- search -----------------------------------------------------------------------------
 
     def search(
@@ -296,13 +370,27 @@ class IndexDir:
         `allow` (int64 ids) restricts results to those ids. Sees one catalogue snapshot.
         """
         manifest = self.require_manifest()
+        xq = np.ascontiguousarray(xq, dtype=np.float32)
         for attempt in range(2):
             base = self.base()  # before the snapshot: its generation <= the snapshot's
+            rerank = self.rerank_factor()
+            self.reduction()
             with self.catalog.read() as conn:
                 delta = self.catalog.delta(conn, base.generation, manifest.dim)
                 exclude = np.union1d(delta.stale, base.tombstones)
-                D, I = vectors.search(base.index, xq, k, exclude=exclude, allow=allow)
-                D, I = merge_topk(D, I, *_search_delta(delta, xq, k, allow))
+                if rerank:
+                    # Candidates from the cache, final scores from the full stored vectors
+                    # (the changed rows are searched exactly in the same full space).
+                    D, I = vectors.search(
+                        base.index, self._project(xq), k * rerank, exclude=exclude, allow=allow
+                    )
+                    D, I = self._rescore(conn, xq, I, k)
+                    D, I = merge_topk(D, I, *_search_delta(delta, xq, k, allow))
+                else:
+                    xc = self._project(xq)
+                    D, I = vectors.search(base.index, xc, k, exclude=exclude, allow=allow)
+                    changed = replace(delta, vectors=self._project(delta.vectors))
+                    D, I = merge_topk(D, I, *_search_delta(changed, xc, k, allow))
                 paths = self.catalog.paths(conn, I[I >= 0].tolist())
             if len(paths) == len(np.unique(I[I >= 0])) or attempt:
                 break
@@ -316,6 +404,29 @@ class IndexDir:
             ]
             for d_row, i_row in zip(D, I, strict=True)
         ]
+
+    def _rescore(
+        self, conn: Any, xq: np.ndarray, I: np.ndarray, k: int, chunk: int = 64
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Exact scores of candidate ids `I` (nq, c) against full queries `xq` (nq, dim),
+        read from the catalogue; the best k per row: D (nq, k) float32, I (nq, k), -1 = none."""
+        dim = self.require_manifest().dim
+        wanted = np.unique(I[I >= 0])
+        found = self.catalog.vectors_for(conn, wanted.tolist(), dim)
+        table = np.zeros((len(wanted) + 1, dim), np.float32)  # the last row stands for -1
+        present = np.zeros(len(wanted) + 1, bool)
+        for row, i in enumerate(wanted.tolist()):
+            if i in found:
+                table[row], present[row] = found[i], True
+        pos = np.where(I >= 0, np.searchsorted(wanted, I), len(wanted))
+        D = np.empty(I.shape, np.float32)
+        for start in range(0, len(I), chunk):
+            part = slice(start, start + chunk)
+            D[part] = np.einsum("qcd,qd->qc", table[pos[part]], xq[part])
+        D = np.where(present[pos], D, -np.inf).astype(np.float32)
+        order = np.argsort(-D, axis=1, kind="stable")[:, :k]
+        D, I = np.take_along_axis(D, order, axis=1), np.take_along_axis(I, order, axis=1)
+        return D, np.where(np.isfinite(D), I, -1)
 
     def effective_ids(self) -> tuple[np.ndarray, np.ndarray]:
         """(ids in the cache file, ids the catalogue holds), both sorted int64, for checks."""
@@ -380,6 +491,18 @@ def merge_topk(
     return np.take_along_axis(D, order, axis=1), np.take_along_axis(I, order, axis=1)
 
 
+def choose_layout(manifest: Manifest, n: int, memory: int | None) -> tuple[str, dict[str, Any]]:
+    """`vectors.choose` for an index's cache (its dimension, dtype and `memory` budget, bytes);
+    raises UsageError when not even IVF-PQ fits."""
+    try:
+        return vectors.choose(n, manifest.cache_dim, memory, manifest.vector_dtype)
+    except MemoryError as exc:
+        raise UsageError(
+            f"{n} vectors of {manifest.cache_dim} dimensions need at least {exc.args[0]} bytes "
+            "even as IVF-PQ; raise --memory, use --vector-dtype float16, or --dim to reduce them"
+        ) from None
+
+
 def index_summary(index_dir: IndexDir) -> dict[str, Any]:
     """Facts about an opened index for `info`."""
     manifest = index_dir.require_manifest()
@@ -401,6 +524,8 @@ def index_summary(index_dir: IndexDir) -> dict[str, Any]:
         "index_type": manifest.index_type,
         "index_policy": manifest.index_policy,
         "index_params": vectors.describe(base.index),
+        "reduction": manifest.reduction or None,
+        "rerank": index_dir.rerank_factor(),
         "generation": generation,
         "vectors_generation": base.generation,
         "bytes_on_disk": index_dir.disk_bytes(),

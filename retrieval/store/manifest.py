@@ -28,6 +28,12 @@ class Manifest:
     index_params: dict[str, Any] = field(default_factory=dict)
     #: How the type is chosen: {"requested": "auto" | a type, "memory_bytes": int | None}.
     index_policy: dict[str, Any] = field(default_factory=dict)
+    #: PCA reduction of the cache: {} (none), {"dim", "whiten"} (asked for, not yet learned:
+    #: too few vectors) or, once learned, also {"from_dim", "trained_on", "sha256", ...}.
+    reduction: dict[str, Any] = field(default_factory=dict)
+    #: Candidates fetched per result and re-scored with the catalogue's full vectors;
+    #: None: the default for the layout (see `rerank_factor`).
+    rerank: int | None = None
     created_with: dict[str, str] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
 
@@ -35,11 +41,21 @@ class Manifest:
     def dim(self) -> int:
         return self.model.dim
 
+    @property
+    def reduced(self) -> bool:
+        """Whether a learned reduction shapes the cache (its vectors are `cache_dim`-d)."""
+        return "sha256" in self.reduction
+
+    @property
+    def cache_dim(self) -> int:
+        """The dimension of the vectors in the FAISS cache."""
+        return int(self.reduction["dim"]) if self.reduced else self.model.dim
+
     def with_index(self, index_type: str, params: dict[str, Any]) -> Manifest:
         return replace(self, index_type=index_type, index_params=dict(params))
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "schema_version": self.schema_version,
             "model": self.model.name,
             "weights": self.model.weights.to_dict(),
@@ -61,6 +77,13 @@ class Manifest:
             "index_policy": self.index_policy,
             "created_with": self.created_with,
         }
+        # Written only when set, so the manifests of indexes made before these existed
+        # read back unchanged.
+        if self.reduction:
+            out["reduction"] = self.reduction
+        if self.rerank is not None:
+            out["rerank"] = self.rerank
+        return out
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
@@ -87,6 +110,8 @@ class Manifest:
             index_type=str(data.get("index_type", "flat")),
             index_params=dict(data.get("index_params") or {}),
             index_policy=dict(data.get("index_policy") or {}),
+            reduction=dict(data.get("reduction") or {}),
+            rerank=None if data.get("rerank") is None else int(data["rerank"]),
             created_with=dict(data.get("created_with") or {}),
             schema_version=version,
         )
