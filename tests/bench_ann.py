@@ -1,6 +1,8 @@
 """Benchmark (not a unit test): N clustered vectors through import, recall and batched search.
 
     .venv/bin/python tests/bench_ann.py --n 1000000 --dim 512 --work /tmp/bench-ann
+    .venv/bin/python tests/bench_ann.py --n 1000000 --dim 2048 --spectrum 1 \
+        --vector-dtype float16 --reduce 256 --work /tmp/bench-2048
 
 Each step runs as its own `retrieval` process, timed, with its peak RSS (from wait4):
 
@@ -12,7 +14,11 @@ Each step runs as its own `retrieval` process, timed, with its peak RSS (from wa
 
 The data: 2,000 Gaussian clusters around random centres with uneven sizes (Dirichlet 0.5)
 and per-cluster spreads of 0.3-0.9 (cosine to the centre 0.74-0.96), L2-normalised. Queries
-for step 5 are new draws from the same mixture. Prints one JSON object with every number.
+for step 5 are new draws from the same mixture. With `--spectrum A`, the centres and the
+noise have a decaying variance spectrum, coordinate i scaled by (i+1)**(-A/2) (variance
+proportional to 1/(i+1)**A), like CNN features whose variance is concentrated in few
+directions; a PCA reduction then has something to keep. Prints one JSON object with every
+number.
 """
 
 from __future__ import annotations
@@ -31,21 +37,25 @@ import numpy as np
 CLUSTERS = 2000
 
 
-def mixture(n: int, d: int, seed: int, chunk: int = 50_000):
+def mixture(n: int, d: int, seed: int, chunk: int = 50_000, spectrum: float = 0.0):
     """Yield (start, xb) chunks of n unit vectors from the fixed mixture (centres seed 1234)."""
     rng = np.random.default_rng(1234)
-    centres = rng.standard_normal((CLUSTERS, d)).astype(np.float32)
+    scale = (np.arange(1, d + 1, dtype=np.float32) ** (-spectrum / 2)).astype(np.float32)
+    centres = rng.standard_normal((CLUSTERS, d)).astype(np.float32) * scale
     spread = rng.uniform(0.3, 0.9, CLUSTERS).astype(np.float32)
     weights = rng.dirichlet(np.full(CLUSTERS, 0.5))
     draw = np.random.default_rng(seed)
     for start in range(0, n, chunk):
         size = min(chunk, n - start)
         labels = draw.choice(CLUSTERS, size, p=weights)
-        x = centres[labels] + spread[labels, None] * draw.standard_normal((size, d), np.float32)
+        noise = draw.standard_normal((size, d), np.float32)
+        if spectrum:
+            noise *= scale
+        x = centres[labels] + spread[labels, None] * noise
         yield start, x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
-def write_parquet(path: str, n: int, d: int) -> None:
+def write_parquet(path: str, n: int, d: int, spectrum: float) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -62,7 +72,7 @@ def write_parquet(path: str, n: int, d: int) -> None:
     manifest = Manifest(model=model, precision="fp32")
     schema = parquet_schema(manifest)
     with pq.ParquetWriter(path, schema) as writer:
-        for start, xb in mixture(n, d, seed=1):
+        for start, xb in mixture(n, d, seed=1, spectrum=spectrum):
             ids = np.arange(start, start + len(xb))
             paths = [f"/bench/{i // 1000:04d}/img{i:07d}.jpg" for i in ids]
             table = pa.table(
@@ -98,11 +108,11 @@ def run_isolated(args: list[str]) -> tuple[float, float, str]:
         return seconds, usage.ru_maxrss / 2**20, out.read()
 
 
-def search_child(directory: str, n_queries: int, d: int, k: int) -> None:
+def search_child(directory: str, n_queries: int, d: int, k: int, spectrum: float) -> None:
     """Step 5, in its own process: load time, then one batch of fresh queries."""
     from retrieval.api import Index
 
-    (_, xq), *_ = list(mixture(n_queries, d, seed=99, chunk=n_queries))
+    (_, xq), *_ = list(mixture(n_queries, d, seed=99, chunk=n_queries, spectrum=spectrum))
     index = Index(directory)
     started = time.perf_counter()
     index.search_vectors(xq[:1], k=k)
@@ -139,24 +149,38 @@ def main() -> None:
     parser.add_argument("--work", default="/tmp/bench-ann")
     parser.add_argument("--memory", default=None, help="--memory for the import (auto)")
     parser.add_argument("--vector-dtype", default="float32")
+    parser.add_argument("--reduce", type=int, default=None, help="--dim for the import (PCA)")
+    parser.add_argument("--whiten", action="store_true", help="whitened PCA (with --reduce)")
+    parser.add_argument("--spectrum", type=float, default=0.0, help="variance decay exponent")
     parser.add_argument("--search-child", nargs=4, metavar=("DIR", "Q", "D", "K"))
     args = parser.parse_args()
     if args.search_child:
         directory, q, d, k = args.search_child
-        search_child(directory, int(q), int(d), int(k))
+        search_child(directory, int(q), int(d), int(k), args.spectrum)
         return
     retrieval = os.path.join(os.path.dirname(sys.executable), "retrieval")
     os.makedirs(args.work, exist_ok=True)
-    data = os.path.join(args.work, f"mixture-{args.n}x{args.dim}.parquet")
+    data = os.path.join(args.work, f"mixture-{args.n}x{args.dim}-s{args.spectrum:g}.parquet")
     directory = os.path.join(args.work, "index")
     shutil.rmtree(directory, ignore_errors=True)
-    out: dict = {"n": args.n, "dim": args.dim, "cpus": os.cpu_count()}
+    out: dict = {
+        "n": args.n,
+        "dim": args.dim,
+        "spectrum": args.spectrum,
+        "vector_dtype": args.vector_dtype,
+        "memory": args.memory,
+        "reduce": args.reduce,
+        "whiten": args.whiten if args.reduce else None,
+        "cpus": os.cpu_count(),
+    }
     if not os.path.exists(data):
         started = time.perf_counter()
-        write_parquet(data + ".tmp", args.n, args.dim)
+        write_parquet(data + ".tmp", args.n, args.dim, args.spectrum)
         os.replace(data + ".tmp", data)
         out["prepare_parquet_s"] = round(time.perf_counter() - started, 1)
     extra = ["--memory", args.memory] if args.memory else []
+    if args.reduce:
+        extra += ["--dim", str(args.reduce)] + (["--whiten"] if args.whiten else [])
     seconds, rss, text = run_isolated(
         [retrieval, "import", data, "--index", directory, "--json", "--vector-dtype"]
         + [args.vector_dtype, *extra]
@@ -178,6 +202,7 @@ def main() -> None:
         }
     seconds, rss, text = run_isolated(
         [sys.executable, __file__, "--search-child", directory, q, str(args.dim), "10"]
+        + ["--spectrum", str(args.spectrum)]
     )
     out["search"] = {
         **json.loads(text),

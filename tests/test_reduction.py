@@ -37,7 +37,7 @@ def low_rank(n: int, seed: int = 0, rank: int = 12, noise: float = 0.05) -> np.n
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
 
-def reduced_manifest(whiten: bool = True, **kw):
+def reduced_manifest(whiten: bool = False, **kw):
     """A new index's manifest asking for a reduction to DIM (what `--dim DIM` records)."""
     return replace(synthetic_manifest(d=D_IN, **kw), reduction={"dim": DIM, "whiten": whiten})
 
@@ -110,7 +110,7 @@ def test_reduction_waits_for_enough_vectors_then_is_learned_once(tmp_path: Path)
     make_index(tmp_path, reduced_manifest(), xb[:600])
     with IndexDir.open(tmp_path) as index_dir:
         manifest = index_dir.require_manifest()
-        assert not manifest.reduced and manifest.reduction == {"dim": DIM, "whiten": True}
+        assert not manifest.reduced and manifest.reduction == {"dim": DIM, "whiten": False}
         assert index_dir.base().index.d == D_IN  # full vectors until there are enough
         assert index_dir.rerank_factor() == 0
 
@@ -220,7 +220,7 @@ def test_an_altered_reduction_is_reported_not_used(tmp_path: Path) -> None:
 def test_configure_checks_the_reduction_options() -> None:
     base = synthetic_manifest(d=D_IN)
     made = ann.configure(base, "/x", None, None, None, True, dim=DIM)
-    assert made.reduction == {"dim": DIM, "whiten": True} and made.rerank is None
+    assert made.reduction == {"dim": DIM, "whiten": False} and made.rerank is None
     assert ann.configure(made, "/x", dim=DIM) == made  # asking for the same: fine
     assert ann.configure(made, "/x", rerank=3).rerank == 3  # a query-time knob
     with pytest.raises(UsageError, match="between 1 and 63"):
@@ -233,12 +233,10 @@ def test_configure_checks_the_reduction_options() -> None:
         ann.configure(made, "/x", dim=8)
     with pytest.raises(IndexIncompatible, match="made with full vectors"):
         ann.configure(base, "/x", dim=8)
-    with pytest.raises(IndexIncompatible, match="not whitened"):
-        ann.configure(
-            ann.configure(base, "/x", None, None, None, True, dim=DIM, whiten=False),
-            "/x",
-            whiten=True,
-        )
+    whitened = ann.configure(base, "/x", None, None, None, True, dim=DIM, whiten=True)
+    assert whitened.reduction == {"dim": DIM, "whiten": True}
+    with pytest.raises(IndexIncompatible, match=r"to 16 dimensions \(whitened\)"):
+        ann.configure(whitened, "/x", whiten=False)
 
 
 # -- through the command line ---------------------------------------------------------------
@@ -248,7 +246,7 @@ def test_cli_import_with_dim_searches_like_the_full_index(tmp_path: Path) -> Non
     source, reduced, out = tmp_path / "source", tmp_path / "reduced", tmp_path / "all.parquet"
     make_index(source, synthetic_manifest(d=D_IN), low_rank(1200))
     assert run_cli("export", "--index", source, "-o", out).exit_code == 0
-    made = run_cli("import", out, "--index", reduced, "--dim", "16", "--no-whiten", "--json")
+    made = run_cli("import", out, "--index", reduced, "--dim", "16", "--json")
     assert made.exit_code == 0, made.stderr
 
     info = run_cli("info", "--index", reduced, "--json").json()
@@ -283,7 +281,7 @@ def test_cli_import_with_dim_searches_like_the_full_index(tmp_path: Path) -> Non
     ("args", "message"),
     [
         (["--dim", "8"], "fixed when an index is made"),
-        (["--no-whiten"], "fixed when an index is made"),
+        (["--whiten"], "fixed when an index is made"),
         (["--rerank", "-1"], "Invalid value for '--rerank'"),
     ],
 )

@@ -92,7 +92,7 @@ def index_command(
       retrieval index ~/Pictures --exclude '*/thumbnails/*'
       retrieval index data/photos --no-pretrained     # offline, untrained backbone
       retrieval index /archive --index-type auto --memory 4G --vector-dtype float16
-      retrieval index /archive --dim 256           # PCA-whitened 256-d search cache
+      retrieval index /archive --dim 256           # 256-d PCA search cache
     """
     from ..api import Index
     from ..ops.indexing import IndexOptions

@@ -174,22 +174,20 @@ def _reduction_options(
     if whiten is not None and dim is None and not (manifest.reduction and not new):
         raise UsageError("--whiten/--no-whiten go with --dim N (a PCA reduction)")
     if new:
-        wanted = (
-            {} if dim is None else {"dim": int(dim), "whiten": True if whiten is None else whiten}
-        )
+        wanted = {} if dim is None else {"dim": int(dim), "whiten": bool(whiten)}
         return replace(manifest, reduction=wanted)
     asked = {
         "dim": int(dim) if dim is not None else manifest.reduction.get("dim"),
-        "whiten": whiten if whiten is not None else manifest.reduction.get("whiten", True),
+        "whiten": whiten if whiten is not None else manifest.reduction.get("whiten", False),
     }
     if (dim is not None or whiten is not None) and (
         not manifest.reduction
         or asked["dim"] != manifest.reduction.get("dim")
-        or asked["whiten"] != manifest.reduction.get("whiten", True)
+        or asked["whiten"] != manifest.reduction.get("whiten", False)
     ):
         have = (
             f"a PCA reduction to {manifest.reduction['dim']} dimensions"
-            f"{'' if manifest.reduction.get('whiten', True) else ' (not whitened)'}"
+            f"{' (whitened)' if manifest.reduction.get('whiten') else ''}"
             if manifest.reduction
             else "full vectors"
         )

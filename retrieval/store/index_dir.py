@@ -345,7 +345,7 @@ class IndexDir:
                 (xb for _, xb in self.catalog.iter_vectors(conn, manifest.dim)),
                 n,
                 dim,
-                bool(wanted.get("whiten", True)),
+                bool(wanted.get("whiten", False)),
             )
         manifest = replace(manifest, reduction=learned.describe())
         self.set_manifest(manifest, {REDUCTION_KEY: learned.to_bytes()})

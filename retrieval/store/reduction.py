@@ -109,7 +109,7 @@ def sha256(data: bytes) -> str:
 
 
 def learn(
-    batches: Iterable[np.ndarray], n: int, dim: int, whiten: bool = True, seed: int = 0
+    batches: Iterable[np.ndarray], n: int, dim: int, whiten: bool = False, seed: int = 0
 ) -> Reduction:
     """Learn a reduction to `dim` from `batches` ((b, d_in) float32, n rows in all).
 
