@@ -411,19 +411,18 @@ class IndexDir:
         """Exact scores of candidate ids `I` (nq, c) against full queries `xq` (nq, dim),
         read from the catalogue; the best k per row: D (nq, k) float32, I (nq, k), -1 = none."""
         dim = self.require_manifest().dim
-        wanted = np.unique(I[I >= 0])
-        found = self.catalog.vectors_for(conn, wanted.tolist(), dim)
-        table = np.zeros((len(wanted) + 1, dim), np.float32)  # the last row stands for -1
-        present = np.zeros(len(wanted) + 1, bool)
-        for row, i in enumerate(wanted.tolist()):
-            if i in found:
-                table[row], present[row] = found[i], True
-        pos = np.where(I >= 0, np.searchsorted(wanted, I), len(wanted))
+        found, matrix = self.catalog.vectors_matrix(conn, I[I >= 0].tolist(), dim)
+        # found is sorted; one extra zero row stands for -1 and for ids no longer stored
+        table = np.concatenate([matrix, np.zeros((1, dim), np.float32)])
+        pos = np.searchsorted(found, I)
+        present = (I >= 0) & (pos < len(found))
+        present[present] = found[pos[present]] == I[present]
+        pos = np.where(present, pos, len(found))
         D = np.empty(I.shape, np.float32)
         for start in range(0, len(I), chunk):
             part = slice(start, start + chunk)
-            D[part] = np.einsum("qcd,qd->qc", table[pos[part]], xq[part])
-        D = np.where(present[pos], D, -np.inf).astype(np.float32)
+            D[part] = np.matmul(table[pos[part]], xq[part, :, None])[..., 0]
+        D = np.where(present, D, -np.inf).astype(np.float32)
         order = np.argsort(-D, axis=1, kind="stable")[:, :k]
         D, I = np.take_along_axis(D, order, axis=1), np.take_along_axis(I, order, axis=1)
         return D, np.where(np.isfinite(D), I, -1)
