@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -55,9 +56,23 @@ def parse_memory(ctx: click.Context, param: click.Parameter, value: str | None) 
         raise click.BadParameter(str(exc)) from None
 
 
+#: The options `vector_options` adds, gathered into the command's `storage` argument.
+STORAGE_OPTIONS = ("index_type", "memory", "vector_dtype", "dim", "whiten", "rerank")
+
+
 def vector_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """--index-type, --memory, --vector-dtype, --dim, --whiten, --rerank: how vectors are
-    stored and searched (passed on as keyword arguments of the same names)."""
+    stored and searched. The command receives them as one dict, `storage`, of keyword
+    arguments for `Index.add` / `Index.import_files`."""
+
+    command = func
+
+    @functools.wraps(command)
+    def gathered(*args: Any, **kwargs: Any) -> Any:
+        kwargs["storage"] = {name: kwargs.pop(name) for name in STORAGE_OPTIONS}
+        return command(*args, **kwargs)
+
+    func = gathered
     func = click.option(
         "--rerank",
         type=click.IntRange(min=0),

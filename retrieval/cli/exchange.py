@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import click
 
@@ -45,12 +46,7 @@ def export_command(index_dir: str, fmt: str, out: str) -> None:
 def import_command(
     files: tuple[str, ...],
     index_dir: str,
-    index_type: str | None,
-    memory: int | None,
-    vector_dtype: str | None,
-    dim: int | None,
-    whiten: bool | None,
-    rerank: int | None,
+    storage: dict[str, Any],
     wait: bool,
     as_json: bool,
 ) -> None:
@@ -66,14 +62,5 @@ def import_command(
     """
     from ..api import Index
 
-    report = Index(index_dir, notify=notifier(False)).import_files(
-        files,
-        index_type=index_type,
-        memory=memory,
-        vector_dtype=vector_dtype,
-        dim=dim,
-        whiten=whiten,
-        rerank=rerank,
-        wait=wait,
-    )
+    report = Index(index_dir, notify=notifier(False)).import_files(files, wait=wait, **storage)
     click.echo(json.dumps(report.to_dict()) if as_json else report.summary())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from typing import Any
 
 import click
 
@@ -72,12 +73,7 @@ def index_command(
     workers: int | None,
     device: str,
     precision: str,
-    index_type: str | None,
-    memory: int | None,
-    vector_dtype: str | None,
-    dim: int | None,
-    whiten: bool | None,
-    rerank: int | None,
+    storage: dict[str, Any],
     wait: bool,
     as_json: bool,
     quiet: bool,
@@ -122,12 +118,7 @@ def index_command(
             options=options,
             wait=wait,
             progress=progress,
-            index_type=index_type,
-            memory=memory,
-            vector_dtype=vector_dtype,
-            dim=dim,
-            whiten=whiten,
-            rerank=rerank,
+            **storage,
         )
     if as_json:
         click.echo(json.dumps(report.to_dict()))
