@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import sys
@@ -30,6 +31,27 @@ from .store.manifest import Manifest, check_model
 Notify = Callable[[str], None]
 
 
+def _keeps_torch_threads(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Give torch back, on return, the intra-op thread count it had before the call.
+
+    Indexing sets torch's (process-wide) thread count to this machine's plan; a program that
+    calls the library keeps its own setting afterwards. (If torch was first imported by the
+    call, the plan stays: there was no setting to keep.)
+    """
+
+    @functools.wraps(method)
+    def kept(*args: Any, **kwargs: Any) -> Any:
+        torch = sys.modules.get("torch")
+        before = torch.get_num_threads() if torch is not None else None
+        try:
+            return method(*args, **kwargs)
+        finally:
+            if torch is not None and before is not None:
+                torch.set_num_threads(before)
+
+    return kept
+
+
 class Index:
     """An index directory (default: $RETRIEVAL_INDEX or indexes/default).
 
@@ -44,6 +66,7 @@ class Index:
 
     # -- writing ----------------------------------------------------------------------------
 
+    @_keeps_torch_threads
     def add(
         self,
         paths: Sequence[str | os.PathLike[str]],
