@@ -142,7 +142,7 @@ def test_reduced_search_reranks_with_the_full_vectors(tmp_path: Path, index_type
         assert index_dir.require_manifest().reduced
         assert vectors.layout(index_dir.base().index) == index_type
         assert index_dir.base().index.d == DIM
-        assert index_dir.rerank_factor() == 8
+        assert index_dir.rerank_factor() == (32 if index_type == "ivfpq" else 8)
         found = index_dir.search(xq, 10)
     assert recall(result_ids(found), truth) >= 0.9
     # scores are the exact cosines of the full vectors, whatever the cache holds
@@ -183,7 +183,7 @@ def test_ivfpq_without_reduction_reranks_by_default(tmp_path: Path) -> None:
     ids = np.array([by_path[f"/p/{i:05d}.jpg".encode()] for i in range(len(xb))])
     xq = low_rank(30, seed=3)
     with IndexDir.open(tmp_path) as index_dir:
-        assert index_dir.rerank_factor() == 8
+        assert index_dir.rerank_factor() == 32
         reranked = index_dir.search(xq, 10)
     with IndexDir.open_writer(tmp_path) as index_dir:
         index_dir.set_manifest(replace(index_dir.require_manifest(), rerank=0))

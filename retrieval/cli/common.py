@@ -79,7 +79,7 @@ def vector_options(func: Callable[..., Any]) -> Callable[..., Any]:
         default=None,
         metavar="N",
         help="Fetch N x k candidates and re-score them with the full stored vectors; 0: off "
-        "[default: 8 for IVF-PQ or --dim, else 0].",
+        "[default: 32 for IVF-PQ, 8 for --dim, else 0].",
     )(func)
     func = click.option(
         "--whiten/--no-whiten",
