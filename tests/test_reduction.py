@@ -111,6 +111,8 @@ def test_reduction_waits_for_enough_vectors_then_is_learned_once(tmp_path: Path)
     with IndexDir.open(tmp_path) as index_dir:
         manifest = index_dir.require_manifest()
         assert not manifest.reduced and manifest.reduction == {"dim": DIM, "whiten": False}
+        pending = index_summary(index_dir)["reduction"]
+        assert pending["learned"] == "no: once the index holds 1000 vectors"
         assert index_dir.base().index.d == D_IN  # full vectors until there are enough
         assert index_dir.rerank_factor() == 0
 

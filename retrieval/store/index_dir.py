@@ -504,6 +504,16 @@ def choose_layout(manifest: Manifest, n: int, memory: int | None) -> tuple[str, 
         ) from None
 
 
+def _describe_reduction(manifest: Manifest) -> dict[str, Any] | None:
+    """The manifest's reduction for `info`; one not learned yet says when it will be."""
+    if not manifest.reduction:
+        return None
+    if manifest.reduced:
+        return dict(manifest.reduction)
+    wanted = reduction.min_vectors(int(manifest.reduction["dim"]))
+    return {**manifest.reduction, "learned": f"no: once the index holds {wanted} vectors"}
+
+
 def index_summary(index_dir: IndexDir) -> dict[str, Any]:
     """Facts about an opened index for `info`."""
     manifest = index_dir.require_manifest()
@@ -525,7 +535,7 @@ def index_summary(index_dir: IndexDir) -> dict[str, Any]:
         "index_type": manifest.index_type,
         "index_policy": manifest.index_policy,
         "index_params": vectors.describe(base.index),
-        "reduction": manifest.reduction or None,
+        "reduction": _describe_reduction(manifest),
         "rerank": index_dir.rerank_factor(),
         "generation": generation,
         "vectors_generation": base.generation,
