@@ -312,3 +312,17 @@ def test_cli_refuses_a_dim_the_model_does_not_have(tmp_path: Path) -> None:
         "error: --dim must be between 1 and 63 for synthetic's 64-d vectors, not 64"
     )
     assert run_cli("info", "--index", tmp_path / "r").exit_code != 0  # no index was made
+
+
+def test_rescore_in_chunks_equals_rescore_at_once(tmp_path: Path) -> None:
+    xb = low_rank(1200)
+    make_index(tmp_path, reduced_manifest(), xb)
+    xq = low_rank(25, seed=11)
+    rng = np.random.default_rng(3)
+    candidates = rng.integers(-1, 1300, size=(25, 40))  # -1 and ids not stored mixed in
+    with IndexDir.open(tmp_path) as index_dir, index_dir.catalog.read() as conn:
+        whole = index_dir._rescore(conn, xq, candidates, 10)
+        parts = index_dir._rescore(conn, xq, candidates, 10, most=90)  # 2 queries a chunk
+    np.testing.assert_array_equal(whole[1], parts[1])
+    np.testing.assert_allclose(whole[0], parts[0], atol=1e-6)
+    assert (whole[1] >= 0).all() and (whole[1] <= 1200).all()
