@@ -176,15 +176,10 @@ def _reduction_options(
     if new:
         wanted = {} if dim is None else {"dim": int(dim), "whiten": bool(whiten)}
         return replace(manifest, reduction=wanted)
-    asked = {
-        "dim": int(dim) if dim is not None else manifest.reduction.get("dim"),
-        "whiten": whiten if whiten is not None else manifest.reduction.get("whiten", False),
-    }
-    if (dim is not None or whiten is not None) and (
-        not manifest.reduction
-        or asked["dim"] != manifest.reduction.get("dim")
-        or asked["whiten"] != manifest.reduction.get("whiten", False)
-    ):
+    have_dim = manifest.reduction.get("dim")
+    have_whiten = manifest.reduction.get("whiten", False)
+    same = dim in (None, have_dim) and whiten in (None, have_whiten)
+    if (dim is not None or whiten is not None) and not (manifest.reduction and same):
         have = (
             f"a PCA reduction to {manifest.reduction['dim']} dimensions"
             f"{' (whitened)' if manifest.reduction.get('whiten') else ''}"

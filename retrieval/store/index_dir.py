@@ -57,6 +57,7 @@ class IndexDir:
         self._manifest: Manifest | None = None
         self._base: vectors.Built | None = None
         self._reduction: reduction.Reduction | None = None
+        self._reduction_sha: str | None = None  # the checksum it was loaded or learned with
 
     # -- opening ----------------------------------------------------------------------------
 
@@ -308,7 +309,9 @@ class IndexDir:
         if not manifest.reduced:
             return None
         expected = manifest.reduction["sha256"]
-        if self._reduction is None or self._reduction.describe()["sha256"] != expected:
+        # Compared with the checksum kept from loading: hashing the matrix again on every
+        # call would cost a serialisation + SHA-256 per search and per build batch.
+        if self._reduction is None or self._reduction_sha != expected:
             try:
                 data = self.catalog.get_blob(REDUCTION_KEY)
             except ValueError:
@@ -318,6 +321,7 @@ class IndexDir:
                     self.catalog.path, "its learned PCA reduction is missing or altered"
                 )
             self._reduction = reduction.Reduction.from_bytes(data)
+            self._reduction_sha = expected
         return self._reduction
 
     def _project(self, xb: np.ndarray) -> np.ndarray:
@@ -350,7 +354,7 @@ class IndexDir:
             )
         manifest = replace(manifest, reduction=learned.describe())
         self.set_manifest(manifest, {REDUCTION_KEY: learned.to_bytes()})
-        self._reduction = learned
+        self._reduction, self._reduction_sha = learned, manifest.reduction["sha256"]
 
     def rerank_factor(self) -> int:
         """Candidates fetched per wanted result and re-scored with the full stored vectors
