@@ -21,7 +21,7 @@ import numpy as np
 
 from . import __version__, defaults
 from .errors import IndexIncompatible, IndexNotFound, UsageError
-from .ops import ann, checking, exchange, indexing, searching
+from .ops import ann, checking, exchange, importing, indexing, searching
 from .ops.indexing import IndexOptions, IndexReport, Progress
 from .ops.searching import QueryResult, SearchFilter
 from .specs import Preprocess, WeightsSpec
@@ -158,7 +158,7 @@ class Index:
         dim: int | None = None,
         whiten: bool | None = None,
         rerank: int | None = None,
-    ) -> exchange.ImportReport:
+    ) -> importing.ImportReport:
         """Add the embeddings of `export` files (.parquet, or .npy + .rows.json).
 
         A new index takes the files' model metadata; an existing one refuses files from
@@ -180,10 +180,11 @@ class Index:
                 rerank=rerank,
             )
 
+        sources = importing.read_files([os.fspath(f) for f in files], self.directory)
         with IndexDir.open_writer(self.directory, wait=wait) as index_dir:
             self._flush_notices(index_dir)
             try:
-                return exchange.import_files(index_dir, [os.fspath(f) for f in files], configure)
+                return importing.import_files(index_dir, sources, configure)
             finally:
                 self._flush_notices(index_dir)
 

@@ -1,0 +1,409 @@
+"""Reading `retrieval export` files for an import, every value checked on the way.
+
+parquet: the manifest from the schema metadata, the columns' types from the schema, then row
+         batches (pyarrow reads a row group at a time: memory stays bounded).
+npy:     the manifest and row paths from OUT.rows.json, the (N, dim) float32 matrix read
+         slice by slice with plain reads (no memory map: a file truncated meanwhile would
+         crash the process with SIGBUS instead of raising).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..errors import ImportFormatError, UsageError
+from ..pathnames import display
+from ..store.catalog import NewRow
+from ..store.manifest import Manifest
+from . import import_checks as checks
+from .exchange import sidecar_path
+
+#: Stamp of a file: (st_dev, st_ino, st_size, st_mtime_ns) of it (and of its sidecar).
+Stamp = tuple[tuple[int, ...], ...]
+
+
+@dataclass(frozen=True)
+class Source:
+    """One export file, its header read and checked; `batches(n)` streams its rows, checked,
+    as lists of at most n NewRows; `stamp` is what `os.stat` said of its files when opened,
+    `opened` the `time.monotonic()` of that."""
+
+    path: str
+    manifest: Manifest
+    rows: int
+    batches: Callable[[int], Iterator[list[NewRow]]]
+    stamp: Stamp
+    opened: float = field(default_factory=time.monotonic)
+
+    def check_unchanged(self) -> None:
+        if stamp(self.path) != self.stamp:
+            raise ImportFormatError(
+                f"{self.path} changed after it was checked; nothing was imported; "
+                "import it again once nothing writes to it"
+            )
+
+
+def stamp(path: str) -> Stamp:
+    files = [path, sidecar_path(path)] if path.endswith(".npy") else [path]
+    try:
+        stats = [os.stat(f) for f in files]
+    except OSError:
+        return ()
+    return tuple((s.st_dev, s.st_ino, s.st_size, s.st_mtime_ns) for s in stats)
+
+
+def open_source(path: str) -> Source:
+    """Read and check the header of an export (.parquet, or .npy with its .rows.json)."""
+    path = os.path.abspath(path)
+    if not os.path.isfile(path):
+        raise UsageError(f"{path} does not exist; give the files `retrieval export` wrote")
+    if path.endswith(".npy"):
+        return _npy_source(path)
+    return _parquet_source(path)
+
+
+def manifest_from(raw: Any, where: str) -> Manifest:
+    """The manifest in `raw` (JSON text, or the parsed value), checked."""
+    if raw is None or raw == b"" or raw == "":
+        raise ImportFormatError(
+            f"{where} carries no retrieval manifest (model, weights, dim); only files written "
+            "by `retrieval export` can be imported"
+        )
+    if isinstance(raw, (str, bytes)):
+        try:
+            raw = json.loads(raw)
+        except (ValueError, RecursionError):
+            raise checks.refuse(where, "its manifest is not valid JSON") from None
+    return checks.check_manifest(raw, where)
+
+
+def _reason(exc: BaseException) -> str:
+    """A library's exception as one short line."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def _raise_first(found: tuple[int, Any] | None, where: str, first_row: int) -> None:
+    if found is not None:
+        i, describe = found
+        raise checks.refuse(f"{where} row {first_row + i}", describe(i))
+
+
+# -- parquet -------------------------------------------------------------------------------------
+
+_TEXT, _BINARY = ("path", "format"), ("path_bytes", "content_hash")
+_COLUMNS = ("path", "path_bytes", "embedding", "size", "mtime_ns", "width", "height", "format")
+_COLUMNS += ("content_hash",)
+
+
+def _parquet_source(path: str) -> Source:
+    import pyarrow.parquet as pq
+
+    try:
+        # pre_buffer would keep every row group read so far in memory (the whole file).
+        parquet = pq.ParquetFile(path, pre_buffer=False)
+        schema = parquet.schema_arrow
+        total = parquet.metadata.num_rows
+    except Exception as exc:  # pyarrow raises ArrowInvalid, OSError, ... for damaged files
+        raise checks.refuse(path, f"it is not a readable parquet file ({_reason(exc)})") from None
+    meta = schema.metadata or {}
+    manifest = manifest_from(meta.get(b"retrieval.manifest"), path)
+    names = schema.names
+    if "embedding" not in names or not {"path", "path_bytes"} & set(names):
+        raise ImportFormatError(f"{path} lacks the columns embedding and path_bytes (or path)")
+    wanted = [c for c in _COLUMNS if c in names]
+    for name in wanted:
+        problem = _type_problem(name, schema, manifest.dim)
+        if problem:
+            raise checks.refuse(path, problem)
+    for key, value in ((b"model", manifest.model.name), (b"dim", str(manifest.dim))):
+        if key in meta and meta[key] != value.encode():
+            raise checks.refuse(
+                path,
+                f"its schema metadata gives {key.decode()} {checks.shown(meta[key])} but "
+                f"its manifest {value}",
+            )
+
+    def batches(size: int) -> Iterator[list[NewRow]]:
+        first = 0
+        reader = parquet.iter_batches(batch_size=size, columns=wanted)
+        while True:
+            try:
+                batch = next(reader)
+            except StopIteration:
+                return
+            except Exception as exc:  # damaged pages: ArrowInvalid, OSError, decompression
+                raise checks.refuse(
+                    path, f"it is damaged after row {first} ({_reason(exc)})"
+                ) from None
+            yield _parquet_rows(batch, manifest.dim, path, first)
+            first += batch.num_rows
+
+    return Source(path, manifest, total, batches, stamp(path))
+
+
+def _type_problem(name: str, schema: Any, dim: int) -> str | None:
+    import pyarrow as pa
+
+    if schema.names.count(name) > 1:
+        return f"it has {schema.names.count(name)} columns named {name}"
+    kind = schema.field(name).type
+    if name == "embedding":
+        if not pa.types.is_fixed_size_list(kind):
+            return f"its embedding column is {kind}, not the fixed-size list export writes"
+        if kind.value_type != pa.float32():
+            return (
+                f"its embedding column holds {kind.value_type} values, but `retrieval export` "
+                "writes float32 vectors"
+            )
+        if kind.list_size != dim:
+            return f"it holds {kind.list_size}-d embeddings but its manifest says {dim}-d"
+        return None
+    fine = {
+        "text": pa.types.is_string(kind) or pa.types.is_large_string(kind),
+        "binary": pa.types.is_binary(kind) or pa.types.is_large_binary(kind),
+        "integer": pa.types.is_integer(kind) and kind != pa.uint64(),
+    }
+    want = "text" if name in _TEXT else "binary" if name in _BINARY else "integer"
+    return None if fine[want] else f"its {name} column is {kind}, not {want} as export writes"
+
+
+def _parquet_rows(batch: Any, dim: int, path: str, first: int) -> list[NewRow]:
+    """One record batch as NewRows, refused at its earliest row that breaks a rule."""
+    n = batch.num_rows
+    cols = dict(zip(batch.schema.names, batch.columns, strict=True))
+    embedding = cols["embedding"]
+    flat = embedding.values.slice(embedding.offset * dim, n * dim)
+    xb = flat.to_numpy(zero_copy_only=False).astype(np.float32, copy=False).reshape(n, dim)
+    norms, vector_checks = checks.vector_checks(xb)
+    paths, path_check = _paths(cols.get("path_bytes"), cols.get("path"))
+    found = checks.first_bad(
+        [
+            path_check,
+            (_nulls(embedding), lambda i: "embedding is missing (null)"),
+            *vector_checks,
+            *_int_checks(cols),
+            *_meta_checks(cols),
+        ]
+    )
+    _raise_first(found, path, first)
+    xb = checks.unit_length(xb, norms)
+
+    def column(name: str) -> list[Any]:
+        return cols[name].to_pylist() if name in cols else [None] * n
+
+    sizes, mtimes = column("size"), column("mtime_ns")
+    widths, heights = column("width"), column("height")
+    formats, hashes = column("format"), column("content_hash")
+    return [
+        NewRow(
+            path=paths[i],
+            size=sizes[i] or 0,
+            mtime_ns=mtimes[i] or 0,
+            content_hash=hashes[i],
+            width=widths[i],
+            height=heights[i],
+            format=formats[i],
+            vector=xb[i],
+            error=None,
+        )
+        for i in range(n)
+    ]
+
+
+def _nulls(array: Any) -> np.ndarray:
+    return np.asarray(array.is_null().to_numpy(zero_copy_only=False), dtype=bool)
+
+
+def _paths(raw: Any, text: Any) -> tuple[list[bytes], tuple[np.ndarray, Any]]:
+    """(paths as bytes, a check) from path_bytes and/or path; both given must agree."""
+    raws = raw.to_pylist() if raw is not None else None
+    texts = text.to_pylist() if text is not None else None
+    source = raws if raws is not None else texts
+    assert source is not None
+    problems: dict[int, str] = {}
+    paths: list[bytes] = []
+    for i, value in enumerate(source):
+        if value is None:
+            problems[i] = f"{'path_bytes' if raws is not None else 'path'} is missing (null)"
+            break
+        name = value if isinstance(value, bytes) else os.fsencode(value)
+        why = checks.path_problem(name)
+        if why is None and raws is not None and texts is not None and texts[i] != display(name):
+            why = (
+                f"path {checks.shown(str(texts[i]))} does not match path_bytes {checks.shown(name)}"
+            )
+        if why:
+            problems[i] = why
+            break
+        paths.append(name)
+    mask = np.zeros(len(source), dtype=bool)
+    mask[list(problems)] = True
+    return paths, (mask, problems.get)
+
+
+def _int_checks(cols: dict[str, Any]) -> list[tuple[np.ndarray, Any]]:
+    out: list[tuple[np.ndarray, Any]] = []
+    rules = {  # column: (nullable, lowest, why)
+        "size": (False, 0, "is negative; sizes are byte counts >= 0"),
+        "mtime_ns": (False, None, ""),
+        "width": (True, 1, "is not a positive number of pixels"),
+        "height": (True, 1, "is not a positive number of pixels"),
+    }
+    for name, (nullable, lowest, why) in rules.items():
+        if name not in cols:
+            continue
+        nulls = _nulls(cols[name])
+        values = cols[name].fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+        if not nullable:
+            out.append((nulls, lambda i, name=name: f"{name} is missing (null)"))
+        if lowest is not None:
+            low = ~nulls & (values < lowest)
+            out.append((low, lambda i, name=name, v=values, w=why: f"{name} {v[i]} {w}"))
+    return out
+
+
+def _meta_checks(cols: dict[str, Any]) -> list[tuple[np.ndarray, Any]]:
+    out: list[tuple[np.ndarray, Any]] = []
+    if "format" in cols:
+        formats = cols["format"].to_pylist()
+        bad = np.array(
+            [f is not None and not checks.FORMAT_NAME.fullmatch(f) for f in formats], dtype=bool
+        )
+        out.append(
+            (
+                bad,
+                lambda i: (
+                    f"format {checks.shown(formats[i])} is not an image format name "
+                    "(like JPEG or PNG)"
+                ),
+            )
+        )
+    if "content_hash" in cols:
+        import pyarrow.compute as pc
+
+        column = cols["content_hash"]
+        lengths = pc.binary_length(column).fill_null(checks.HASH_BYTES)
+        lengths = lengths.to_numpy(zero_copy_only=False)
+        out.append(
+            (
+                lengths != checks.HASH_BYTES,
+                lambda i: (
+                    f"content_hash is {lengths[i]} bytes long; `retrieval index` writes "
+                    f"{checks.HASH_BYTES}-byte BLAKE2b digests"
+                ),
+            )
+        )
+    return out
+
+
+# -- npy + sidecar -------------------------------------------------------------------------------
+
+
+def _npy_source(path: str) -> Source:
+    side = sidecar_path(path)
+    sidecar = _read_sidecar(path, side)
+    manifest = manifest_from(sidecar.get("manifest"), side)
+    for key, value in (("model", manifest.model.name), ("dim", manifest.dim)):
+        if key in sidecar and sidecar[key] != value:
+            raise checks.refuse(side, f"it gives {key} {sidecar[key]!r} but its manifest {value!r}")
+    rows = sidecar.get("rows")
+    if not isinstance(rows, list):
+        raise checks.refuse(side, "it has no list of rows")
+    dim = manifest.dim
+    shape, offset = _npy_header(path)
+    if len(shape) != 2 or shape[1] != dim or shape[0] != len(rows):
+        raise ImportFormatError(
+            f"{path} holds a {shape} matrix but {side} describes {len(rows)} rows of "
+            f"{dim}-d vectors; export them again"
+        )
+    expected = offset + len(rows) * dim * 4
+    actual = os.path.getsize(path)
+    if actual != expected:
+        raise checks.refuse(
+            path,
+            f"it is {actual} bytes long, but its header describes {len(rows)} x {dim} float32 "
+            f"values ({expected} bytes with the header): it was cut short or padded",
+        )
+
+    def batches(size: int) -> Iterator[list[NewRow]]:
+        with open(path, "rb") as fh:
+            for start in range(0, len(rows), size):
+                part = rows[start : start + size]
+                paths = _sidecar_paths(part, side, start)
+                fh.seek(offset + start * dim * 4)
+                data = fh.read(len(part) * dim * 4)
+                if len(data) != len(part) * dim * 4:
+                    raise checks.refuse(path, f"it ends inside row {start + len(data) // dim // 4}")
+                xb = np.frombuffer(data, dtype="<f4").reshape(len(part), dim).astype(np.float32)
+                norms, vector_checks = checks.vector_checks(xb)
+                _raise_first(checks.first_bad(vector_checks), path, start)
+                xb = checks.unit_length(xb, norms)
+                yield [
+                    NewRow(name, 0, 0, None, None, None, None, vector, None)
+                    for name, vector in zip(paths, xb, strict=True)
+                ]
+
+    return Source(path, manifest, len(rows), batches, stamp(path))
+
+
+def _read_sidecar(path: str, side: str) -> dict[str, Any]:
+    try:
+        with open(side, encoding="utf-8") as fh:
+            sidecar = json.load(fh)
+    except FileNotFoundError:
+        raise ImportFormatError(
+            f"{path} has no sidecar {side}; import the .npy together with the .rows.json "
+            "that `retrieval export --format npy` wrote beside it"
+        ) from None
+    except (OSError, ValueError, RecursionError) as exc:
+        raise checks.refuse(side, f"it cannot be read as JSON ({_reason(exc)})") from None
+    if not isinstance(sidecar, dict):
+        raise checks.refuse(
+            side, f"it is a JSON {checks.json_type(sidecar)}, not the object export writes"
+        )
+    return sidecar
+
+
+def _npy_header(path: str) -> tuple[tuple[int, ...], int]:
+    """(shape, offset of the data) of a little-endian float32, C-order .npy file."""
+    fmt = np.lib.format
+    try:
+        with open(path, "rb") as fh:
+            version = fmt.read_magic(fh)
+            read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+            shape, fortran, dtype = read(fh)
+            offset = fh.tell()
+    except Exception as exc:  # numpy raises ValueError, EOFError, SyntaxError, ... on garbage
+        raise checks.refuse(path, f"it is not a readable .npy matrix ({_reason(exc)})") from None
+    if dtype != np.dtype("<f4"):
+        raise checks.refuse(
+            path, f"it holds {dtype} values, but `retrieval export` writes float32 vectors"
+        )
+    if fortran:
+        raise checks.refuse(path, "it is in Fortran order, but `retrieval export` writes C order")
+    return tuple(shape), offset
+
+
+def _sidecar_paths(rows: list[Any], side: str, first: int) -> list[bytes]:
+    paths = []
+    for i, row in enumerate(rows):
+        name = row.get("path") if isinstance(row, dict) else None
+        if not isinstance(name, str):
+            raise checks.refuse(f"{side} row {first + i}", "it has no path (a string)")
+        try:
+            raw = os.fsencode(name)
+        except UnicodeError:
+            raise checks.refuse(f"{side} row {first + i}", "its path is not a file name") from None
+        problem = checks.path_problem(raw)
+        if problem:
+            raise checks.refuse(f"{side} row {first + i}", problem)
+        paths.append(raw)
+    return paths
