@@ -162,7 +162,9 @@ class Index:
         """Add the embeddings of `export` files (.parquet, or .npy + .rows.json).
 
         A new index takes the files' model metadata; an existing one refuses files from
-        another model, weights or dimension (IndexIncompatible). The options are `add`'s.
+        another model, weights or dimension (IndexIncompatible). Every row of every file is
+        checked before anything is written (ImportFormatError names the file, row and rule),
+        and a new index that fails while it is written is removed. The options are `add`'s.
         """
 
         def configure(manifest: Manifest, new: bool) -> Manifest:

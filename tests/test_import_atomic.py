@@ -15,10 +15,11 @@ from conftest import run_cli
 from test_ann import clustered, make_index, synthetic_manifest
 from test_import import stored
 
-from retrieval.errors import StorageError
+from retrieval.errors import ImportFormatError, StorageError
 from retrieval.ops import importing
 from retrieval.ops.import_checks import NOTHING
 from retrieval.store.catalog import Catalog
+from retrieval.store.index_dir import IndexDir
 
 BAD_ROW = 5
 
@@ -179,3 +180,22 @@ def test_small_files_share_one_transaction(files, tmp_path: Path) -> None:
     assert (result.json()["added"], result.json()["updated"]) == (16, 0)
     info = run_cli("info", "--index", index, "--json").json()
     assert info["generation"] == 2
+
+
+def test_a_file_replaced_between_check_and_write_is_refused(files, tmp_path: Path) -> None:
+    """The rows written are the rows checked: a file replaced in between is refused."""
+    copy = tmp_path / "copy.parquet"
+    copy.write_bytes(files["good"].read_bytes())
+    target = tmp_path / "new"
+    sources = importing.read_files([str(copy)], str(target))
+    replacement = tmp_path / "replacement.parquet"
+    replacement.write_bytes(files["bad"].read_bytes())
+    os.replace(replacement, copy)
+    with IndexDir.open_writer(target) as index_dir:
+        with pytest.raises(ImportFormatError) as caught:
+            importing.import_files(index_dir, sources)
+    assert str(caught.value) == (
+        f"{copy} changed after it was checked; nothing was imported; import it again once "
+        "nothing writes to it"
+    )
+    assert os.listdir(target) == ["writer.lock"]

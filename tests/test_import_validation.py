@@ -185,6 +185,14 @@ HEADER_CASES = {
         lambda t: with_manifest(t, with_weights(source="untrained", path="/w.pt", identity="0")),
         "the manifest names a weights file for untrained weights",
     ),
+    "dim-differs": (
+        lambda t: with_manifest(t, lambda m: {**m, "dim": 95}),
+        "it holds 96-d embeddings but its manifest says 95-d",
+    ),
+    "model-metadata-differs": (
+        lambda t: t.replace_schema_metadata({**t.schema.metadata, b"model": b"resnet50"}),
+        "its schema metadata gives model 'resnet50' but its manifest test_resnet",
+    ),
     "dim-zero": (
         lambda t: with_manifest(t, lambda m: {**m, "dim": 0}),
         "the manifest gives dim 0; it must be a whole number from 1 to 65536",
@@ -329,3 +337,16 @@ def test_names_with_newlines_and_mtimes_before_1970_round_trip(tmp_path: Path) -
         result = run_cli("import", out, "--index", tmp_path / f"b-{fmt}", "--json")
         assert result.exit_code == 0, result.stderr
         assert result.json()["added"] == 2
+
+
+def test_exports_of_a_float16_index_are_accepted(exports, tmp_path: Path) -> None:
+    """float16 storage moves a vector's length off 1 by up to 2^-11: still an export."""
+    half = tmp_path / "half"
+    result = run_cli("import", exports["parquet"], "--index", half, "--vector-dtype", "float16")
+    assert result.exit_code == 0, result.stderr
+    for fmt in ("parquet", "npy"):
+        out = tmp_path / f"half.{fmt}"
+        assert run_cli("export", "--index", half, "--format", fmt, "-o", out).exit_code == 0
+        again = run_cli("import", out, "--index", tmp_path / f"copy-{fmt}", "--json")
+        assert again.exit_code == 0, again.stderr
+        assert again.json()["added"] == 8
