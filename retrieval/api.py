@@ -24,6 +24,7 @@ from .errors import IndexIncompatible, IndexNotFound, UsageError
 from .ops import ann, checking, exchange, indexing, searching
 from .ops.indexing import IndexOptions, IndexReport, Progress
 from .ops.searching import QueryResult, SearchFilter
+from .pathnames import display
 from .specs import Preprocess, WeightsSpec
 from .store.index_dir import IndexDir, index_summary
 from .store.manifest import Manifest, check_model
@@ -69,7 +70,7 @@ class Index:
     @_keeps_torch_threads
     def add(
         self,
-        paths: Sequence[str | os.PathLike[str]],
+        paths: Sequence[str | os.PathLike[str]] = (),
         *,
         model: str | None = None,
         weights: WeightsSpec | None = None,
@@ -87,6 +88,8 @@ class Index:
     ) -> IndexReport:
         """Index `paths` (folders or files): add new, update changed, drop vanished files.
 
+        The paths are remembered; with no `paths`, every remembered root still on disk is
+        scanned again (one that is gone is skipped with a notice: `prune` forgets it).
         A new index uses `model` (default resnet50) with `weights` (default: pretrained);
         an existing one must be asked for the same or nothing. `index_type` (auto, flat,
         hnsw, ivf, ivfpq; a new index: auto), `memory` (bytes, for auto) and `vector_dtype`
@@ -98,6 +101,8 @@ class Index:
         reduce: dict[str, Any] = {"dim": dim, "whiten": whiten, "rerank": rerank}
         from .sources.scan import check_roots
 
+        if not paths:
+            paths = self._remembered_roots()
         check_roots(paths)  # a mistyped folder must not leave a new, empty index behind
         # The model is loaded before anything is written, so a model error leaves no
         # half-made index behind.
@@ -141,11 +146,14 @@ class Index:
             if configured != current:
                 index_dir.set_manifest(configured)
             try:
-                return indexing.index_paths(
+                report = indexing.index_paths(
                     index_dir, embedder, paths, options or IndexOptions(), progress
                 )
             finally:
                 self._flush_notices(index_dir)
+            for notice in report.notices():
+                self._notify(notice)
+            return report
 
     def import_files(
         self,
@@ -326,6 +334,38 @@ class Index:
         return checking.check(self.directory, repair=repair, wait=wait)
 
     # -- helpers ----------------------------------------------------------------------------
+
+    def _remembered_roots(self) -> list[str]:
+        """The roots to re-scan for `add()` with no paths (announced); raises UsageError when
+        there are none to scan."""
+        if self._existing_manifest() is None:
+            raise UsageError(
+                f"there is no index at {self.directory} yet, so no folders to re-scan; "
+                "name them: `retrieval index FOLDER...`"
+            )
+        with self._open() as index_dir:
+            remembered = index_dir.catalog.remembered_roots()
+        if not remembered:
+            raise UsageError(
+                f"the index at {self.directory} remembers no folders (it was built before "
+                f"folders were recorded); name them once: `retrieval index --index "
+                f"{self.directory} FOLDER...`"
+            )
+        present, gone = indexing.split_roots(remembered)
+        for root in gone:
+            self._notify(
+                f"{display(root)} no longer exists: skipped; its images stay in the index "
+                "until `retrieval prune` drops them"
+            )
+        if not present:
+            raise UsageError(
+                f"none of the {len(gone)} folder(s) this index remembers exists any more; "
+                "`retrieval prune` forgets them and drops their images, or name a folder: "
+                "`retrieval index FOLDER...`"
+            )
+        shown = ", ".join(display(root) for root in present)
+        self._notify(f"re-scanning {len(present)} remembered root(s): {shown}")
+        return [os.fsdecode(root) for root in present]
 
     def _load_for(
         self, manifest: Manifest, device: str, precision: str, options: IndexOptions | None

@@ -22,7 +22,7 @@ from .common import (
 
 
 @click.command("index", context_settings=CONTEXT)
-@click.argument("paths", nargs=-1, required=True, type=click.Path())
+@click.argument("paths", nargs=-1, required=False, type=click.Path())
 @index_option
 @click.option("--model", default=None, help=f"timm model name [new index: {defaults.MODEL}].")
 @click.option(
@@ -82,11 +82,13 @@ def index_command(
 
     Unchanged files are skipped, changed ones re-embedded, vanished ones removed and
     moved ones re-pointed. Unreadable images are listed as failures; the run goes on.
+    The index remembers its PATHS: with none, it re-scans every one still on disk.
 
     \b
     Example:
       retrieval index ~/Pictures --exclude '*/thumbnails/*'
       retrieval index data/photos --no-pretrained     # offline, untrained backbone
+      retrieval index                              # re-scan the folders indexed before
       retrieval index /archive --index-type auto --memory 4G --vector-dtype float16
       retrieval index /archive --dim 256           # 256-d PCA search cache
     """
