@@ -21,10 +21,10 @@ import numpy as np
 
 from . import __version__, defaults
 from .errors import IndexIncompatible, IndexNotFound, UsageError
-from .ops import ann, checking, exchange, indexing, searching
+from .ops import ann, checking, exchange, indexing, pruning, searching
 from .ops.indexing import IndexOptions, IndexReport, Progress
 from .ops.searching import QueryResult, SearchFilter
-from .pathnames import display
+from .pathnames import display, to_bytes
 from .specs import Preprocess, WeightsSpec
 from .store.index_dir import IndexDir, index_summary
 from .store.manifest import Manifest, check_model
@@ -192,6 +192,30 @@ class Index:
             self._flush_notices(index_dir)
             try:
                 return exchange.import_files(index_dir, [os.fspath(f) for f in files], configure)
+            finally:
+                self._flush_notices(index_dir)
+
+    def prune(
+        self,
+        roots: Sequence[str | os.PathLike[str]] = (),
+        *,
+        dry_run: bool = False,
+        wait: bool = False,
+    ) -> pruning.PruneReport:
+        """Remove images whose files no longer exist and forget remembered roots that are
+        gone; with `roots`, forget those roots and remove every image under them instead.
+
+        `dry_run` changes nothing (and takes no lock). Otherwise it holds the writer lock
+        (`wait`: queue behind a running writer) and brings the vector cache up to date.
+        Raises IndexNotFound, IndexBusy, UsageError (a root neither remembered nor indexed).
+        """
+        if self._existing_manifest() is None:
+            raise IndexNotFound(self.directory)
+        named = [to_bytes(root) for root in roots]
+        opened = self._open() if dry_run else IndexDir.open_writer(self.directory, wait=wait)
+        with opened as index_dir:
+            try:
+                return pruning.prune(index_dir, named, dry_run)
             finally:
                 self._flush_notices(index_dir)
 

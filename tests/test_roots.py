@@ -266,3 +266,16 @@ def test_a_catalogue_from_before_roots_still_opens(tmp_path: Path) -> None:
     assert counts(index(photos, directory)) == (0, 0, 2, 0, 0)  # creates the table
     again = run_cli("index", "--index", directory, *TINY, "--json")
     assert counts(again.json()) == (0, 0, 2, 0, 0)
+
+
+def test_an_excluded_file_that_still_exists_is_not_moved(tmp_path: Path) -> None:
+    photos = tmp_path / "photos"
+    (original,) = make_photos(photos, [1])
+    directory = tmp_path / "index"
+    index(photos, directory)
+    (row_id, _) = stored(directory, tmp_path)[os.fsencode(original)]
+    shutil.copy2(original, photos / "copy.jpg")
+    # Excluded, `original` leaves the index, but its file is still there: the copy is new.
+    report = index(photos, directory, "--exclude", original.name)
+    assert counts(report) == (1, 0, 0, 0, 1)
+    assert stored(directory, tmp_path)[os.fsencode(photos / "copy.jpg")][0] != row_id

@@ -25,7 +25,14 @@ from .. import defaults
 from ..errors import BadImage, Interrupted
 from ..pathnames import display, to_bytes, to_str
 from ..sources.decode import FileResult, hash_bytes, read_file
-from ..sources.scan import EmptyRoot, FileEntry, ScanResult, scan, supported_extensions
+from ..sources.scan import (
+    EmptyRoot,
+    FileEntry,
+    ScanResult,
+    scan,
+    supported_extensions,
+    vanished,
+)
 from ..specs import Preprocess
 from ..store.catalog import NewRow, RowState
 from ..store.files import fault_point
@@ -215,11 +222,11 @@ def _find_moves(
     Only rows under the scanned roots, found missing by the walk and gone on a stat (an
     excluded file still exists: a new file equal to it is a copy); `_moved_from_elsewhere`
     finds moves from other roots once files are hashed by decoding."""
-    vanished: dict[tuple[int, bytes], list[RowState]] = {}
+    gone: dict[tuple[int, bytes], list[RowState]] = {}
     sizes = set()
     for row in missing:
-        if row.status == "ok" and row.content_hash and _gone(row.path):
-            vanished.setdefault((row.size, row.content_hash), []).append(row)
+        if row.status == "ok" and row.content_hash and vanished(row.path):
+            gone.setdefault((row.size, row.content_hash), []).append(row)
             sizes.add(row.size)
     moves = []
     for entry in todo:
@@ -229,7 +236,7 @@ def _find_moves(
             data, st = read_file(entry.path)
         except BadImage:
             continue
-        rows = vanished.get((st.st_size, hash_bytes(data)))
+        rows = gone.get((st.st_size, hash_bytes(data)))
         if rows:
             moves.append((rows.pop().id, entry.path, st.st_size, st.st_mtime_ns))
     return moves
@@ -251,23 +258,11 @@ def _moved_from_elsewhere(
         for row in stored.get(result.content_hash, []):
             if row.id in taken or row.path in known or row.size != result.size:
                 continue
-            if _gone(row.path):
+            if vanished(row.path):
                 taken.add(row.id)
                 moves.append((row.id, result.path, result.size, result.mtime_ns))
                 break
     return moves
-
-
-def _gone(path: bytes) -> bool:
-    """Whether a stored file no longer exists: stat says so. Any other failure (permission,
-    I/O) is not proof it is gone."""
-    try:
-        os.stat(path)
-    except (FileNotFoundError, NotADirectoryError):
-        return True
-    except OSError:
-        return False
-    return False
 
 
 def _embed_all(
@@ -361,7 +356,7 @@ def split_roots(roots: Sequence[bytes]) -> tuple[list[bytes], list[bytes]]:
     gone: an unreadable or unmounted-but-present path is still scanned (and reported)."""
     present, gone = [], []
     for root in roots:
-        (gone if _gone(root) else present).append(root)
+        (gone if vanished(root) else present).append(root)
     return present, gone
 
 

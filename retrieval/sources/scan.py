@@ -85,6 +85,18 @@ def check_roots(roots: Iterable[str | os.PathLike[str]]) -> None:
             raise UsageError(f"{display(root_b)} does not exist; check the path")
 
 
+def vanished(path: bytes) -> bool:
+    """Whether a file or folder is gone from disk: stat fails with ENOENT or ENOTDIR. Any
+    other failure (permission, I/O) is no proof that it is gone."""
+    try:
+        os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return True
+    except OSError:
+        return False
+    return False
+
+
 def scan(
     roots: Iterable[str | os.PathLike[str]],
     *,

@@ -607,12 +607,12 @@ class Catalog:
             last = rows[-1][0]
             yield [(row.id, row.path) for row in rows]
 
-    def ids_under(self, folder: bytes) -> list[int]:
-        """Ids of the rows at `folder` (a file root) or under it."""
-        low, high = prefix_bounds(folder)
-        cond = or_(images.c.path == folder, and_(images.c.path >= low, images.c.path < high))
+    def rows_at_or_under(self, root: bytes) -> dict[int, bytes]:
+        """{id: path} of the rows at `root` (a file root) or under it (a folder)."""
+        low, high = prefix_bounds(root)
+        cond = or_(images.c.path == root, and_(images.c.path >= low, images.c.path < high))
         with self.read() as conn:
-            return list(conn.execute(select(images.c.id).where(cond)).scalars())
+            return dict(conn.execute(select(images.c.id, images.c.path).where(cond)).all())
 
     @contextlib.contextmanager
     def _plain_write(self) -> Iterator[Connection]:
