@@ -24,6 +24,7 @@ from .errors import IndexIncompatible, IndexNotFound, UsageError
 from .ops import ann, checking, exchange, indexing, pruning, searching
 from .ops.indexing import IndexOptions, IndexReport, Progress
 from .ops.searching import QueryResult, SearchFilter
+from .locate import locate
 from .pathnames import display, to_bytes
 from .specs import Preprocess, WeightsSpec
 from .store.index_dir import IndexDir, index_summary
@@ -54,7 +55,9 @@ def _keeps_torch_threads(method: Callable[..., Any]) -> Callable[..., Any]:
 
 
 class Index:
-    """An index directory (default: $RETRIEVAL_INDEX or indexes/default).
+    """An index directory; with none given, $RETRIEVAL_INDEX, else the nearest
+    indexes/default found walking up from the working directory, else the per-user default
+    (see `retrieval.locate`; `location.reason` says which).
 
     `notify` receives one-line notices (device used, files repaired) meant for stderr.
     """
@@ -62,7 +65,9 @@ class Index:
     def __init__(
         self, directory: str | os.PathLike[str] | None = None, notify: Notify | None = None
     ):
-        self.directory = os.path.abspath(os.fspath(directory or defaults.default_index_dir()))
+        self._named = bool(directory)
+        self.location = locate(directory)
+        self.directory = self.location.directory
         self._notify = notify or (lambda message: None)
 
     # -- writing ----------------------------------------------------------------------------
@@ -104,6 +109,7 @@ class Index:
         if not paths:
             paths = self._remembered_roots()
         check_roots(paths)  # a mistyped folder must not leave a new, empty index behind
+        self._locate_for_writing()
         # The model is loaded before anything is written, so a model error leaves no
         # half-made index behind.
         manifest = self._existing_manifest()
@@ -172,6 +178,8 @@ class Index:
         A new index takes the files' model metadata; an existing one refuses files from
         another model, weights or dimension (IndexIncompatible). The options are `add`'s.
         """
+
+        self._locate_for_writing()
 
         def configure(manifest: Manifest, new: bool) -> Manifest:
             if new:
@@ -346,7 +354,7 @@ class Index:
         with self._open() as index_dir:
             summary = index_summary(index_dir)
             self._flush_notices(index_dir)
-            return summary
+        return {"index": summary.pop("index"), "located_by": self.location.reason, **summary}
 
     def manifest(self) -> Manifest:
         with self._open() as index_dir:
@@ -358,6 +366,16 @@ class Index:
         return checking.check(self.directory, repair=repair, wait=wait)
 
     # -- helpers ----------------------------------------------------------------------------
+
+    def _locate_for_writing(self) -> None:
+        """Where a command that may create the index writes when none was named (the rule in
+        `retrieval.locate`); announces a new index made there."""
+        if self._named:
+            return
+        self.location = locate(None, creating=True)
+        self.directory = self.location.directory
+        if not os.path.isfile(os.path.join(self.directory, defaults.CATALOG_FILE)):
+            self._notify(f"creating a new index at {self.directory} ({self.location.reason})")
 
     def _remembered_roots(self) -> list[str]:
         """The roots to re-scan for `add()` with no paths (announced); raises UsageError when

@@ -33,7 +33,13 @@ from .common import (
 @click.option(
     "--no-pretrained", is_flag=True, help="Untrained backbone with a fixed seed (offline demos)."
 )
-@click.option("--exclude", multiple=True, metavar="GLOB", help="Skip matching names (repeatable).")
+@click.option(
+    "--exclude",
+    multiple=True,
+    metavar="GLOB",
+    help="Skip files and folders matching GLOB: a name at any depth ('*.png', 'thumbnails'), "
+    "or with '/' a path under PATH ('raw/2023'; '*/x/*' at any depth). Repeatable.",
+)
 @click.option("--follow-symlinks", is_flag=True, help="Follow symbolic links (loop-safe).")
 @click.option(
     "--max-megapixels",
@@ -88,9 +94,9 @@ def index_command(
     Example:
       retrieval index ~/Pictures --exclude '*/thumbnails/*'
       retrieval index data/photos --no-pretrained     # offline, untrained backbone
-      retrieval index                              # re-scan the folders indexed before
+      retrieval index                                 # re-scan the folders indexed before
       retrieval index /archive --index-type auto --memory 4G --vector-dtype float16
-      retrieval index /archive --dim 256           # 256-d PCA search cache
+      retrieval index /archive --dim 256              # 256-d PCA search cache
     """
     from ..api import Index
     from ..ops.indexing import IndexOptions
