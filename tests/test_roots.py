@@ -30,7 +30,9 @@ def search_paths(directory: Path, query: Path, *extra: str) -> list[str]:
 # -- moves across roots (issue item 3) ------------------------------------------------------------
 
 
-def test_a_renamed_root_is_moved_not_added(tmp_path: Path) -> None:
+def test_a_renamed_root_is_moved_not_added(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     exif = tmp_path / "exif"
     make_photos(exif, [1, 2, 3, 4])
     directory = tmp_path / "index"
@@ -38,7 +40,14 @@ def test_a_renamed_root_is_moved_not_added(tmp_path: Path) -> None:
     before = stored(directory, tmp_path)
     exif2 = tmp_path / "exif2"
     exif.rename(exif2)
-    report = index(exif2, directory)
+    from retrieval.embedding import embedder
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    with monkeypatch.context() as patched:  # moved files are decoded, never embedded
+        patched.setattr(embedder, "load_embedder", refuse)
+        report = index(exif2, directory)
     assert counts(report) == (0, 0, 0, 4, 0) and report["failed"] == []
     after = stored(directory, tmp_path)
     assert sorted(after) == sorted(p.replace(b"/exif/", b"/exif2/") for p in before)

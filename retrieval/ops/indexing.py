@@ -34,7 +34,7 @@ from ..sources.scan import (
     vanished,
 )
 from ..specs import Preprocess
-from ..store.catalog import NewRow, RowState
+from ..store.catalog import Catalog, NewRow, RowState
 from ..store.files import fault_point
 from ..store.index_dir import IndexDir
 from .pipeline import decode_stream, default_batch_size, plan_resources
@@ -243,7 +243,7 @@ def _find_moves(
 
 
 def _moved_from_elsewhere(
-    catalog: Any, batch: list[FileResult], known: dict[bytes, RowState]
+    catalog: Catalog, batch: list[FileResult], known: dict[bytes, RowState]
 ) -> list[tuple[int, bytes, int, int]]:
     """Decoded new files whose bytes equal a stored 'ok' row outside the scanned roots whose
     file is gone from disk (a renamed or moved root): (row id, new path, size, mtime_ns).
@@ -352,8 +352,8 @@ def _row(result: FileResult, vector: np.ndarray | None) -> NewRow:
 
 
 def split_roots(roots: Sequence[bytes]) -> tuple[list[bytes], list[bytes]]:
-    """Remembered roots as (still on disk, gone). Only a failed stat with ENOENT counts as
-    gone: an unreadable or unmounted-but-present path is still scanned (and reported)."""
+    """Remembered roots as (still on disk, gone). Only a stat failing with ENOENT or ENOTDIR
+    counts as gone: an unreadable path is still scanned (and reported)."""
     present, gone = [], []
     for root in roots:
         (gone if vanished(root) else present).append(root)
