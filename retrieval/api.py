@@ -21,9 +21,11 @@ import numpy as np
 
 from . import __version__, defaults
 from .errors import IndexIncompatible, IndexNotFound, UsageError
-from .ops import ann, checking, exchange, importing, indexing, searching
+from .ops import ann, checking, exchange, importing, indexing, pruning, searching
 from .ops.indexing import IndexOptions, IndexReport, Progress
 from .ops.searching import QueryResult, SearchFilter
+from .locate import locate
+from .pathnames import display, to_bytes
 from .specs import Preprocess, WeightsSpec
 from .store.index_dir import IndexDir, index_summary
 from .store.manifest import Manifest, check_model
@@ -53,7 +55,9 @@ def _keeps_torch_threads(method: Callable[..., Any]) -> Callable[..., Any]:
 
 
 class Index:
-    """An index directory (default: $RETRIEVAL_INDEX or indexes/default).
+    """An index directory; with none given, $RETRIEVAL_INDEX, else the nearest
+    indexes/default found walking up from the working directory, else the per-user default
+    (see `retrieval.locate`; `location.reason` says which).
 
     `notify` receives one-line notices (device used, files repaired) meant for stderr.
     """
@@ -61,7 +65,9 @@ class Index:
     def __init__(
         self, directory: str | os.PathLike[str] | None = None, notify: Notify | None = None
     ):
-        self.directory = os.path.abspath(os.fspath(directory or defaults.default_index_dir()))
+        self._named = bool(directory)
+        self.location = locate(directory)
+        self.directory = self.location.directory
         self._notify = notify or (lambda message: None)
 
     # -- writing ----------------------------------------------------------------------------
@@ -69,7 +75,7 @@ class Index:
     @_keeps_torch_threads
     def add(
         self,
-        paths: Sequence[str | os.PathLike[str]],
+        paths: Sequence[str | os.PathLike[str]] = (),
         *,
         model: str | None = None,
         weights: WeightsSpec | None = None,
@@ -87,6 +93,8 @@ class Index:
     ) -> IndexReport:
         """Index `paths` (folders or files): add new, update changed, drop vanished files.
 
+        The paths are remembered; with no `paths`, every remembered root still on disk is
+        scanned again (one that is gone is skipped with a notice: `prune` forgets it).
         A new index uses `model` (default resnet50) with `weights` (default: pretrained);
         an existing one must be asked for the same or nothing. `index_type` (auto, flat,
         hnsw, ivf, ivfpq; a new index: auto), `memory` (bytes, for auto) and `vector_dtype`
@@ -98,7 +106,10 @@ class Index:
         reduce: dict[str, Any] = {"dim": dim, "whiten": whiten, "rerank": rerank}
         from .sources.scan import check_roots
 
+        if not paths:
+            paths = self._remembered_roots()
         check_roots(paths)  # a mistyped folder must not leave a new, empty index behind
+        self._locate_for_writing()
         # The model is loaded before anything is written, so a model error leaves no
         # half-made index behind.
         manifest = self._existing_manifest()
@@ -141,11 +152,14 @@ class Index:
             if configured != current:
                 index_dir.set_manifest(configured)
             try:
-                return indexing.index_paths(
+                report = indexing.index_paths(
                     index_dir, embedder, paths, options or IndexOptions(), progress
                 )
             finally:
                 self._flush_notices(index_dir)
+            for notice in report.notices():
+                self._notify(notice)
+            return report
 
     def import_files(
         self,
@@ -167,6 +181,8 @@ class Index:
         and a new index that fails while it is written is removed. The options are `add`'s.
         """
 
+        self._locate_for_writing()
+
         def configure(manifest: Manifest, new: bool) -> Manifest:
             if new:
                 manifest = replace(manifest, created_with=_versions(), index_policy={})
@@ -187,6 +203,30 @@ class Index:
             self._flush_notices(index_dir)
             try:
                 return importing.import_files(index_dir, sources, configure)
+            finally:
+                self._flush_notices(index_dir)
+
+    def prune(
+        self,
+        roots: Sequence[str | os.PathLike[str]] = (),
+        *,
+        dry_run: bool = False,
+        wait: bool = False,
+    ) -> pruning.PruneReport:
+        """Remove images whose files no longer exist and forget remembered roots that are
+        gone; with `roots`, forget those roots and remove every image under them instead.
+
+        `dry_run` changes nothing (and takes no lock). Otherwise it holds the writer lock
+        (`wait`: queue behind a running writer) and brings the vector cache up to date.
+        Raises IndexNotFound, IndexBusy, UsageError (a root neither remembered nor indexed).
+        """
+        if self._existing_manifest() is None:
+            raise IndexNotFound(self.directory)
+        named = [to_bytes(root) for root in roots]
+        opened = self._open() if dry_run else IndexDir.open_writer(self.directory, wait=wait)
+        with opened as index_dir:
+            try:
+                return pruning.prune(index_dir, named, dry_run)
             finally:
                 self._flush_notices(index_dir)
 
@@ -317,7 +357,7 @@ class Index:
         with self._open() as index_dir:
             summary = index_summary(index_dir)
             self._flush_notices(index_dir)
-            return summary
+        return {"index": summary.pop("index"), "located_by": self.location.reason, **summary}
 
     def manifest(self) -> Manifest:
         with self._open() as index_dir:
@@ -329,6 +369,48 @@ class Index:
         return checking.check(self.directory, repair=repair, wait=wait)
 
     # -- helpers ----------------------------------------------------------------------------
+
+    def _locate_for_writing(self) -> None:
+        """Where a command that may create the index writes when none was named (the rule in
+        `retrieval.locate`); announces a new index made there."""
+        if self._named:
+            return
+        self.location = locate(None, creating=True)
+        self.directory = self.location.directory
+        if not os.path.isfile(os.path.join(self.directory, defaults.CATALOG_FILE)):
+            self._notify(f"creating a new index at {self.directory} ({self.location.reason})")
+
+    def _remembered_roots(self) -> list[str]:
+        """The roots to re-scan for `add()` with no paths (announced); raises UsageError when
+        there are none to scan."""
+        if self._existing_manifest() is None:
+            raise UsageError(
+                f"there is no index at {self.directory} yet, so no folders to re-scan; "
+                "name them: `retrieval index FOLDER...`"
+            )
+        with self._open() as index_dir:
+            remembered = index_dir.catalog.remembered_roots()
+        if not remembered:
+            raise UsageError(
+                f"the index at {self.directory} remembers no folders (it was built before "
+                f"folders were recorded); name them once: `retrieval index --index "
+                f"{self.directory} FOLDER...`"
+            )
+        present, gone = indexing.split_roots(remembered)
+        for root in gone:
+            self._notify(
+                f"{display(root)} no longer exists: skipped; its images stay in the index "
+                "until `retrieval prune` drops them"
+            )
+        if not present:
+            raise UsageError(
+                f"none of the {len(gone)} folder(s) this index remembers exists any more; "
+                "`retrieval prune` forgets them and drops their images, or name a folder: "
+                "`retrieval index FOLDER...`"
+            )
+        shown = ", ".join(display(root) for root in present)
+        self._notify(f"re-scanning {len(present)} remembered root(s): {shown}")
+        return [os.fsdecode(root) for root in present]
 
     def _load_for(
         self, manifest: Manifest, device: str, precision: str, options: IndexOptions | None

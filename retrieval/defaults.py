@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 
-#: Where an index lives when neither --index nor $RETRIEVAL_INDEX is given.
+#: The environment variable naming an index, and the folder `retrieval.locate` looks for
+#: (walking up from the working directory) and uses under the per-user data folder when
+#: neither --index nor $RETRIEVAL_INDEX is given.
 INDEX_ENV = "RETRIEVAL_INDEX"
 INDEX_DIR = os.path.join("indexes", "default")
 
@@ -39,6 +41,9 @@ VECTORS_FILE = "vectors.faiss"
 LOCK_FILE = "writer.lock"
 
 
+
 def default_index_dir() -> str:
-    """The index directory used when the user names none: $RETRIEVAL_INDEX or indexes/default."""
-    return os.environ.get(INDEX_ENV) or INDEX_DIR
+    """The index directory used when the user names none (see `retrieval.locate`)."""
+    from .locate import locate
+
+    return locate().directory

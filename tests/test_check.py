@@ -64,6 +64,7 @@ def test_healthy_index(copy: Path):
         "failed": 0,
         "generation": generation,
         "problems": [],
+        "missing_files": {"count": 0, "examples": []},
     }
 
 

@@ -375,7 +375,6 @@ def test_model_mismatch_is_refused_with_the_rebuild_command(tmp_path: Path) -> N
     [
         (["search", "x.jpg", "--format", "xml"], "Error: Invalid value for '--format': "),
         (["search", "x.jpg", "-k", "0"], "Error: Invalid value for '-k': 0 is not in the range"),
-        (["index"], "Error: Missing argument 'PATHS...'."),
         (
             ["index", "p", "--weights", "W", "--no-pretrained"],
             "Error: --weights and --no-pretrained exclude each other",

@@ -5,7 +5,7 @@ Data goes to stdout, progress and notices to stderr. Exit codes: 0 success, 1 er
 FAISS or SQL (imports are deferred so `retrieval --help` stays fast).
 
 One module per command family: index, search, exchange (export, import), maintain
-(info, check, optimize), bench; common holds the shared options and output helpers.
+(info, check, optimize), prune, bench; common holds the shared options and output helpers.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from .common import CONTEXT
 from .exchange import export_command, import_command
 from .index import index_command
 from .maintain import check_command, info_command, optimize_command
+from .prune import prune_command
 from .search import search_command
 
 __all__ = ["cli", "main"]
@@ -47,6 +48,7 @@ cli.add_command(info_command)
 cli.add_command(check_command)
 cli.add_command(import_command)
 cli.add_command(optimize_command)
+cli.add_command(prune_command)
 cli.add_command(bench_command)
 
 

@@ -19,11 +19,12 @@ def index_option(func: Callable[..., Any]) -> Callable[..., Any]:
     return click.option(
         "--index",
         "index_dir",
-        envvar=defaults.INDEX_ENV,
-        default=defaults.INDEX_DIR,
-        show_default=True,
+        default=None,
+        metavar="DIR",
         type=click.Path(file_okay=False),
-        help=f"Index directory (env {defaults.INDEX_ENV}).",
+        help=f"Index directory [default: ${defaults.INDEX_ENV}, else the nearest "
+        f"{defaults.INDEX_DIR} found walking up from here, else the per-user one; "
+        "`retrieval info` says which].",
     )(func)
 
 

@@ -22,7 +22,7 @@ from .common import (
 
 
 @click.command("index", context_settings=CONTEXT)
-@click.argument("paths", nargs=-1, required=True, type=click.Path())
+@click.argument("paths", nargs=-1, required=False, type=click.Path())
 @index_option
 @click.option("--model", default=None, help=f"timm model name [new index: {defaults.MODEL}].")
 @click.option(
@@ -33,7 +33,13 @@ from .common import (
 @click.option(
     "--no-pretrained", is_flag=True, help="Untrained backbone with a fixed seed (offline demos)."
 )
-@click.option("--exclude", multiple=True, metavar="GLOB", help="Skip matching names (repeatable).")
+@click.option(
+    "--exclude",
+    multiple=True,
+    metavar="GLOB",
+    help="Skip files and folders matching GLOB: a name at any depth ('*.png', 'thumbnails'), "
+    "or with '/' a path under PATH ('raw/2023'; '*/x/*' at any depth). Repeatable.",
+)
 @click.option("--follow-symlinks", is_flag=True, help="Follow symbolic links (loop-safe).")
 @click.option(
     "--max-megapixels",
@@ -82,13 +88,15 @@ def index_command(
 
     Unchanged files are skipped, changed ones re-embedded, vanished ones removed and
     moved ones re-pointed. Unreadable images are listed as failures; the run goes on.
+    The index remembers its PATHS: with none, it re-scans every one still on disk.
 
     \b
     Example:
       retrieval index ~/Pictures --exclude '*/thumbnails/*'
       retrieval index data/photos --no-pretrained     # offline, untrained backbone
+      retrieval index                                 # re-scan the folders indexed before
       retrieval index /archive --index-type auto --memory 4G --vector-dtype float16
-      retrieval index /archive --dim 256           # 256-d PCA search cache
+      retrieval index /archive --dim 256              # 256-d PCA search cache
     """
     from ..api import Index
     from ..ops.indexing import IndexOptions

@@ -9,6 +9,9 @@ that fails SQLite's `integrity_check` raises CatalogCorrupt. Everything else der
     manifest.json    equal to the catalogue's copy             -> --repair rewrites it
     .NAME.tmp-*      temporary files a killed run left behind  -> --repair deletes them
 
+Rows whose files are gone from disk are reported as a warning, not as damage: the index is
+sound, only out of date (`retrieval prune` removes them; --repair does not).
+
 The check holds the writer lock, so no run changes the index while it looks.
 """
 
@@ -22,11 +25,13 @@ import numpy as np
 
 from .. import defaults
 from ..errors import CatalogCorrupt, IndexNotFound, StorageError
+from ..pathnames import display
 from ..store import vectors
 from ..store.catalog import Catalog
 from ..store.files import WriterLock, atomic_write, is_temp
 from ..store.index_dir import IndexDir
 from ..store.manifest import Manifest
+from . import pruning
 
 #: Vectors compared per step (bounded memory on large indexes).
 _CHUNK = 65536
@@ -59,6 +64,8 @@ class CheckReport:
     failed: int
     generation: int
     problems: tuple[Problem, ...]
+    missing_files: int = 0  # rows whose files are gone from disk (a warning)
+    missing_examples: tuple[bytes, ...] = ()  # the first few of them, by id
 
     @property
     def ok(self) -> bool:
@@ -73,6 +80,10 @@ class CheckReport:
             "failed": self.failed,
             "generation": self.generation,
             "problems": [p.to_dict() for p in self.problems],
+            "missing_files": {
+                "count": self.missing_files,
+                "examples": [os.fsdecode(p) for p in self.missing_examples],
+            },
         }
 
     def lines(self) -> list[str]:
@@ -84,6 +95,13 @@ class CheckReport:
         for p in self.problems:
             action = f"repaired: {p.repair}" if p.repaired else f"--repair {p.repair}"
             out.append(f"  {p.file}: {p.problem} ({action})")
+        if self.missing_files:
+            examples = ", ".join(display(p) for p in self.missing_examples)
+            more = ", ..." if self.missing_files > len(self.missing_examples) else ""
+            out.append(
+                f"warning: {self.missing_files} indexed file(s) no longer exist ({examples}"
+                f"{more}); `retrieval prune --index {self.index}` removes them from the index"
+            )
         left = [p for p in self.problems if not p.repaired]
         if not self.problems:
             out.append("ok: no problems found")
@@ -124,8 +142,13 @@ def check(
         index_dir = IndexDir(directory, Catalog(path, writer=False), lock if held else None)
         with index_dir:
             found, facts = _inspect(index_dir)
+            gone = pruning.missing_files(index_dir.catalog)
+            missing = {
+                "missing_files": len(gone),
+                "missing_examples": tuple(p for _, p in gone[: pruning.MISSING_EXAMPLES]),
+            }
             if not (repair and found):
-                return CheckReport(directory, *facts, problems=tuple(found))
+                return CheckReport(directory, *facts, problems=tuple(found), **missing)
             _repair(index_dir, found)
             left, facts = _inspect(index_dir)
             remaining = {(p.file, p.problem) for p in left}
@@ -133,7 +156,8 @@ def check(
                 Problem(p.file, p.problem, p.repair, (p.file, p.problem) not in remaining)
                 for p in found
             ]
-            return CheckReport(directory, *facts, problems=tuple(fixed + _new(left, found)))
+            problems = tuple(fixed + _new(left, found))
+            return CheckReport(directory, *facts, problems=problems, **missing)
     finally:
         lock.release()
 

@@ -1,10 +1,14 @@
 """Indexing folders: scan, compare with the catalogue, re-point moves, embed the rest.
 
-Incremental rules: a stored 'ok' file with the same size and mtime is skipped unread; a
-changed or previously failed file is decoded again; a stored file no longer found under a
-scanned root is removed (unless its folder could not be read this time); a new file whose
-content hash equals that of a removed file is a move, re-pointed without re-embedding.
+Incremental rules: a stored 'ok' file with the same size and mtime is skipped unread; one
+whose size and mtime changed but whose bytes hash as stored (touched, copied back) only gets
+its new size and mtime recorded; a changed or previously failed file is decoded again; a
+stored file no longer found under a scanned root is removed (unless its folder could not be
+read this time). A new file whose content hash equals that of a stored row whose file is
+gone from disk (stat fails), under any root, is a move: the row is re-pointed without
+re-embedding. A row whose file still exists is never moved (the new file is a copy).
 Every batch is one transaction: an interruption loses at most the batch in progress.
+The roots given are remembered in the catalogue, for `retrieval index` with no path.
 """
 
 from __future__ import annotations
@@ -19,11 +23,18 @@ import numpy as np
 
 from .. import defaults
 from ..errors import BadImage, Interrupted
-from ..pathnames import display, to_str
+from ..pathnames import display, to_bytes, to_str
 from ..sources.decode import FileResult, hash_bytes, read_file
-from ..sources.scan import FileEntry, ScanResult, scan
+from ..sources.scan import (
+    EmptyRoot,
+    FileEntry,
+    ScanResult,
+    scan,
+    supported_extensions,
+    vanished,
+)
 from ..specs import Preprocess
-from ..store.catalog import NewRow, RowState
+from ..store.catalog import Catalog, NewRow, RowState
 from ..store.files import fault_point
 from ..store.index_dir import IndexDir
 from .pipeline import decode_stream, default_batch_size, plan_resources
@@ -67,6 +78,7 @@ class IndexReport:
     removed: int = 0
     failed: list[tuple[bytes, str]] = field(default_factory=list)
     seconds: float = 0.0
+    empty_roots: list[EmptyRoot] = field(default_factory=list)  # folders with no image
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -78,6 +90,10 @@ class IndexReport:
             "failed": [{"path": to_str(p), "error": e} for p, e in self.failed],
             "seconds": round(self.seconds, 3),
         }
+
+    def notices(self) -> list[str]:
+        """One-line notices for stderr: the folders given that held no image."""
+        return [empty_root_notice(root) for root in self.empty_roots]
 
     def summary(self) -> str:
         return (
@@ -94,6 +110,7 @@ class _Plan:
     unchanged: int
     missing: list[RowState]
     moves: list[tuple[int, bytes, int, int]]
+    restat: list[tuple[int, int, int]]  # (id, size, mtime_ns) of touched, unchanged files
 
 
 def index_paths(
@@ -112,8 +129,12 @@ def index_paths(
     found = scan(roots, exclude=options.exclude, follow_symlinks=options.follow_symlinks)
     fault_point("scanned")
     report.failed.extend((p.path, p.error) for p in found.problems)
+    report.empty_roots = found.empty_roots
+    index_dir.catalog.remember_roots([to_bytes(root) for root in roots])
     plan = _plan(index_dir, roots, found)
     report.unchanged = plan.unchanged
+    if plan.restat:
+        index_dir.catalog.restat(plan.restat)
     if plan.moves:
         index_dir.catalog.repoint(plan.moves)
         report.moved = len(plan.moves)
@@ -150,34 +171,62 @@ def _plan(index_dir: IndexDir, roots: Sequence[Any], found: ScanResult) -> _Plan
         and r.path not in unknown
         and not any(r.path.startswith(d) for d in blind)
     ]
-    todo, unchanged = [], 0
+    changed, unchanged = [], 0
     for entry in found.files:
         row = known.get(entry.path)
         if row and row.status == "ok" and (row.size, row.mtime_ns) == (entry.size, entry.mtime_ns):
             unchanged += 1
         else:
-            todo.append(entry)
+            changed.append(entry)
+    todo, restat = _same_content(changed, known)
     moves = _find_moves(todo, known, missing)
     moved_paths = {m[1] for m in moves}
     moved_ids = {m[0] for m in moves}
     return _Plan(
         todo=[e for e in todo if e.path not in moved_paths],
         known=known,
-        unchanged=unchanged,
+        unchanged=unchanged + len(restat),
         missing=[r for r in missing if r.id not in moved_ids],
         moves=moves,
+        restat=restat,
     )
+
+
+def _same_content(
+    changed: list[FileEntry], known: dict[bytes, RowState]
+) -> tuple[list[FileEntry], list[tuple[int, int, int]]]:
+    """Split files whose size or mtime changed into (to decode, [(id, size, mtime_ns)] of
+    those whose bytes still hash as stored). Only same-size files are read: a new size is
+    new content."""
+    todo, restat = [], []
+    for entry in changed:
+        row = known.get(entry.path)
+        if row and row.status == "ok" and row.content_hash and row.size == entry.size:
+            try:
+                data, st = read_file(entry.path)
+            except BadImage:
+                todo.append(entry)  # decoding will record why
+                continue
+            if st.st_size == row.size and hash_bytes(data) == row.content_hash:
+                restat.append((row.id, st.st_size, st.st_mtime_ns))
+                continue
+        todo.append(entry)
+    return todo, restat
 
 
 def _find_moves(
     todo: list[FileEntry], known: dict[bytes, RowState], missing: list[RowState]
 ) -> list[tuple[int, bytes, int, int]]:
-    """New files whose bytes equal a vanished file's: (row id, new path, size, mtime_ns)."""
-    vanished: dict[tuple[int, bytes], list[RowState]] = {}
+    """New files whose bytes equal a vanished file's: (row id, new path, size, mtime_ns).
+
+    Only rows under the scanned roots, found missing by the walk and gone on a stat (an
+    excluded file still exists: a new file equal to it is a copy); `_moved_from_elsewhere`
+    finds moves from other roots once files are hashed by decoding."""
+    gone: dict[tuple[int, bytes], list[RowState]] = {}
     sizes = set()
     for row in missing:
-        if row.status == "ok" and row.content_hash:
-            vanished.setdefault((row.size, row.content_hash), []).append(row)
+        if row.status == "ok" and row.content_hash and vanished(row.path):
+            gone.setdefault((row.size, row.content_hash), []).append(row)
             sizes.add(row.size)
     moves = []
     for entry in todo:
@@ -187,9 +236,32 @@ def _find_moves(
             data, st = read_file(entry.path)
         except BadImage:
             continue
-        rows = vanished.get((st.st_size, hash_bytes(data)))
+        rows = gone.get((st.st_size, hash_bytes(data)))
         if rows:
             moves.append((rows.pop().id, entry.path, st.st_size, st.st_mtime_ns))
+    return moves
+
+
+def _moved_from_elsewhere(
+    catalog: Catalog, batch: list[FileResult], known: dict[bytes, RowState]
+) -> list[tuple[int, bytes, int, int]]:
+    """Decoded new files whose bytes equal a stored 'ok' row outside the scanned roots whose
+    file is gone from disk (a renamed or moved root): (row id, new path, size, mtime_ns).
+
+    One lookup by the indexed content hash per batch; a row still on disk is a copy."""
+    new = [r for r in batch if r.pixels is not None and r.content_hash and r.path not in known]
+    if not new:
+        return []
+    stored = catalog.find_by_hash({r.content_hash for r in new})
+    moves, taken = [], set()
+    for result in new:
+        for row in stored.get(result.content_hash, []):
+            if row.id in taken or row.path in known or row.size != result.size:
+                continue
+            if vanished(row.path):
+                taken.add(row.id)
+                moves.append((row.id, result.path, result.size, result.mtime_ns))
+                break
     return moves
 
 
@@ -237,7 +309,15 @@ def _flush(
     known: dict[bytes, RowState],
     report: IndexReport,
 ) -> int:
-    """Embed and store one batch in one transaction; returns how many files it held."""
+    """Re-point the batch's files moved from other roots, then embed and store the rest in
+    one transaction; returns how many files the batch held."""
+    held = len(batch)
+    moves = _moved_from_elsewhere(index_dir.catalog, batch, known)
+    if moves:
+        index_dir.catalog.repoint(moves)
+        report.moved += len(moves)
+        moved = {m[1] for m in moves}
+        batch = [r for r in batch if r.path not in moved]
     decoded = [r for r in batch if r.pixels is not None]
     vectors = model.embed(np.stack([r.pixels for r in decoded])) if decoded else None
     by_path = dict(
@@ -245,7 +325,8 @@ def _flush(
     )
     rows = [_row(r, by_path.get(r.path)) for r in batch]
     fault_point("batch-embedded")
-    index_dir.catalog.store(rows, {r.path: known[r.path].id for r in batch if r.path in known})
+    if rows:
+        index_dir.catalog.store(rows, {r.path: known[r.path].id for r in batch if r.path in known})
     for r in batch:
         if r.pixels is None:
             report.failed.append((r.path, r.error or "unknown error"))
@@ -253,7 +334,7 @@ def _flush(
             report.updated += 1
         else:  # new, or a failure fixed since: new to search either way
             report.added += 1
-    return len(batch)
+    return held
 
 
 def _row(result: FileResult, vector: np.ndarray | None) -> NewRow:
@@ -267,6 +348,30 @@ def _row(result: FileResult, vector: np.ndarray | None) -> NewRow:
         format=result.format,
         vector=vector,
         error=result.error,
+    )
+
+
+def split_roots(roots: Sequence[bytes]) -> tuple[list[bytes], list[bytes]]:
+    """Remembered roots as (still on disk, gone). Only a stat failing with ENOENT or ENOTDIR
+    counts as gone: an unreadable path is still scanned (and reported)."""
+    present, gone = [], []
+    for root in roots:
+        (gone if vanished(root) else present).append(root)
+    return present, gone
+
+
+def empty_root_notice(root: EmptyRoot) -> str:
+    """'no images found in DIR ...': what the folder held instead, and what is indexed."""
+    shown = display(root.path)
+    if not root.skipped:
+        return f"no images found in {shown}: it holds no files"
+    labels = [(ext or "no extension", n) for ext, n in root.skipped.items()]
+    total = sum(root.skipped.values())
+    listed = ", ".join(f"{label} {n}" for label, n in sorted(labels, key=lambda x: (-x[1], x[0])))
+    indexed = " ".join(sorted(supported_extensions()))
+    return (
+        f"no images found in {shown} (skipped {total} file{'s' * (total != 1)}: {listed}); "
+        f"indexed extensions: {indexed}"
     )
 
 

@@ -11,9 +11,10 @@ be read becomes a `ScanProblem`, and the indexer keeps what it had stored under 
 
 from __future__ import annotations
 
-import fnmatch
 import os
+import re
 import stat
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
@@ -39,12 +40,23 @@ class ScanProblem:
     error: str
 
 
+@dataclass(frozen=True)
+class EmptyRoot:
+    """A folder given to the walk that held no image: `skipped` counts the other files in
+    it by lower-cased extension ("" for none), so the user can see what was there."""
+
+    path: bytes
+    skipped: dict[str, int]
+
+
 @dataclass
 class ScanResult:
-    """What a walk found: files sorted by path, and the places it could not read."""
+    """What a walk found: files sorted by path, the places it could not read, and the
+    folders given that held no image at all."""
 
     files: list[FileEntry] = field(default_factory=list)
     problems: list[ScanProblem] = field(default_factory=list)
+    empty_roots: list[EmptyRoot] = field(default_factory=list)
 
     def unreadable_dirs(self) -> list[bytes]:
         """Folders (and single files) whose contents are unknown this run.
@@ -73,6 +85,18 @@ def check_roots(roots: Iterable[str | os.PathLike[str]]) -> None:
             raise UsageError(f"{display(root_b)} does not exist; check the path")
 
 
+def vanished(path: bytes) -> bool:
+    """Whether a file or folder is gone from disk: stat fails with ENOENT or ENOTDIR. Any
+    other failure (permission, I/O) is no proof that it is gone."""
+    try:
+        os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return True
+    except OSError:
+        return False
+    return False
+
+
 def scan(
     roots: Iterable[str | os.PathLike[str]],
     *,
@@ -84,11 +108,11 @@ def scan(
 
     A file named directly is taken whatever its extension (if it is a regular file); inside
     folders only names whose lower-cased extension is in `extensions` are. `exclude` holds
-    glob patterns matched against each name and each path relative to its root. Raises
-    UsageError if a root does not exist; anything unreadable is listed in `problems`.
+    patterns (see `compile_excludes` for the rule). Raises UsageError if a root does not
+    exist or a pattern is empty; anything unreadable is listed in `problems`.
     """
     allowed = supported_extensions() if extensions is None else extensions
-    patterns = [os.fsencode(p) for p in exclude]
+    patterns = compile_excludes(exclude)
     result = ScanResult()
     seen: set[bytes] = set()
     for root in roots:
@@ -100,17 +124,23 @@ def scan(
         except OSError as exc:
             result.problems.append(ScanProblem(root_b, _reason(exc)))
             continue
+        skipped: Counter[str] = Counter()
         if stat.S_ISDIR(st.st_mode):
-            walker = _walk(root_b, st, patterns, follow_symlinks, allowed, result.problems)
+            problems = result.problems
+            walker = _walk(root_b, st, patterns, follow_symlinks, allowed, problems, skipped)
         elif stat.S_ISREG(st.st_mode):
             walker = iter([FileEntry(root_b, st.st_size, st.st_mtime_ns)])
         else:
             result.problems.append(ScanProblem(root_b, NOT_REGULAR))
             continue
+        images = 0
         for entry in walker:
+            images += 1
             if entry.path not in seen:
                 seen.add(entry.path)
                 result.files.append(entry)
+        if images == 0 and stat.S_ISDIR(st.st_mode):
+            result.empty_roots.append(EmptyRoot(root_b, dict(skipped)))
     result.files.sort(key=lambda e: e.path)
     return result
 
@@ -118,11 +148,13 @@ def scan(
 def _walk(
     root: bytes,
     root_stat: os.stat_result,
-    patterns: list[bytes],
+    patterns: list[ExcludeRule],
     follow_symlinks: bool,
     allowed: frozenset[str],
     problems: list[ScanProblem],
+    skipped: Counter[str],
 ) -> Iterator[FileEntry]:
+    """Image files under `root`; other regular files are counted in `skipped` by extension."""
     visited = {(root_stat.st_dev, root_stat.st_ino)}
     stack = [root]
     while stack:
@@ -137,12 +169,13 @@ def _walk(
             continue
         for entry in entries:
             path = entry.path
-            if _excluded(path, root, patterns):
-                continue
             try:
                 if entry.is_symlink() and not follow_symlinks:
                     continue
-                if entry.is_dir(follow_symlinks=True):
+                is_dir = entry.is_dir(follow_symlinks=True)
+                if patterns and _excluded(path, root, is_dir, patterns):
+                    continue
+                if is_dir:
                     key = _dir_key(entry)
                     if key not in visited:
                         visited.add(key)
@@ -150,9 +183,12 @@ def _walk(
                     continue
                 if not entry.is_file(follow_symlinks=True):
                     continue
-                if os.path.splitext(entry.name)[1].decode("utf-8", "replace").lower() in allowed:
+                extension = os.path.splitext(entry.name)[1].decode("utf-8", "replace").lower()
+                if extension in allowed:
                     info = entry.stat(follow_symlinks=True)
                     yield FileEntry(path, info.st_size, info.st_mtime_ns)
+                else:
+                    skipped[extension] += 1
             except FileNotFoundError:
                 continue  # vanished since it was listed, or a dangling symbolic link
             except OSError as exc:  # a link loop (ELOOP), permission, I/O error
@@ -172,12 +208,108 @@ def _dir_key(entry: os.DirEntry[bytes]) -> tuple[int, int]:
     return (info.st_dev, info.st_ino)
 
 
-def _excluded(path: bytes, root: bytes, patterns: list[bytes]) -> bool:
-    if not patterns:
-        return False
-    relative = os.path.relpath(path, root)
-    name = os.path.basename(path)
-    return any(fnmatch.fnmatch(relative, p) or fnmatch.fnmatch(name, p) for p in patterns)
+@dataclass(frozen=True)
+class ExcludeRule:
+    """One compiled --exclude pattern: what it is matched against and the regex."""
+
+    pattern: str
+    target: str  # "name", "relative" (to the root) or "absolute"
+    folders_only: bool
+    regex: re.Pattern[bytes]
+
+
+def compile_excludes(patterns: Iterable[str]) -> list[ExcludeRule]:
+    """Compile --exclude patterns. The rule (find / rsync / .gitignore users expect it):
+
+    - a pattern is tried on every file and folder under a root (never on the root itself);
+      a folder it matches is not entered, so everything under it is excluded;
+    - a trailing `/` makes it match folders only (`cache/`);
+    - without a `/` it matches a name at any depth (`*.png`, `thumbnails`, `.*`);
+    - starting with `/` it matches the absolute path (`/photos/2023/private`);
+    - any other pattern with a `/` matches the path relative to the root (`raw/2023`), and a
+      leading `*/` or `**/` lets it start at any depth, the root's own level included
+      (`*/thumbnails/*` excludes `thumbnails/a.jpg` and `x/y/thumbnails/b.jpg`);
+    - `*`, `?` and `[...]` (`[!...]` negates) match within one name, `**` across folders;
+      matching is case-sensitive.
+
+    Raises UsageError for an empty pattern.
+    """
+    rules = []
+    for pattern in patterns:
+        body = pattern
+        folders_only = body.endswith("/") and body.strip("/") != ""
+        body = body.rstrip("/") if folders_only else body
+        if not body:
+            raise UsageError("an --exclude pattern is empty; give a name or glob like '*.png'")
+        if "/" not in body:
+            target = "name"
+        elif body.startswith("/"):
+            target = "absolute"
+        else:
+            target = "relative"
+            if body.startswith("*/"):
+                body = "*" + body  # any depth, as `**/`
+        regex = re.compile(_translate(os.fsencode(body)), re.DOTALL)
+        rules.append(ExcludeRule(pattern, target, folders_only, regex))
+    return rules
+
+
+def _translate(pattern: bytes) -> bytes:
+    """A glob (bytes) as a regex: `**/` any folders (or none), `**` anything, `*` and `?`
+    within one name, `[...]` a class; everything else literal."""
+    out, i, n = [], 0, len(pattern)
+    while i < n:
+        c = pattern[i : i + 1]
+        if pattern.startswith(b"**/", i):
+            out.append(b"(?:.*/)?")
+            i += 3
+            continue
+        if pattern.startswith(b"**", i):
+            out.append(b".*")
+            i += 2
+            continue
+        i += 1
+        if c == b"*":
+            out.append(b"[^/]*")
+        elif c == b"?":
+            out.append(b"[^/]")
+        elif c == b"[" and (end := _class_end(pattern, i)) > 0:
+            negate = pattern[i : i + 1] == b"!"
+            members = pattern[i + negate : end]
+            # every member escaped ('[', '&&' would read as set syntax) but '-', the range
+            escaped = b"".join(
+                b"-" if m == ord("-") else re.escape(bytes([m])) for m in members
+            )
+            out.append(b"[" + b"^" * negate + escaped + b"]")
+            i = end + 1
+        else:
+            out.append(re.escape(c))
+    return b"".join(out)
+
+
+def _class_end(pattern: bytes, start: int) -> int:
+    """Index of the `]` closing a class whose body starts at `start`, or -1 (then the `[`
+    is literal, as in fnmatch)."""
+    j = start + (pattern[start : start + 1] == b"!")
+    j += pattern[j : j + 1] == b"]"  # a leading `]` is a member, not the end
+    return pattern.find(b"]", j)
+
+
+def _excluded(path: bytes, root: bytes, is_dir: bool, rules: list[ExcludeRule]) -> bool:
+    """Whether an --exclude rule matches this file or folder (see `compile_excludes`)."""
+    relative = path[len(root.rstrip(b"/")) + 1 :]
+    for rule in rules:
+        if rule.folders_only and not is_dir:
+            continue
+        if rule.target == "name":
+            subject = os.path.basename(path)
+        elif rule.target == "absolute":
+            subject = path
+        else:
+            subject = relative
+        if rule.regex.fullmatch(subject):
+            return True
+    return False
 
 
 #: The reason given for a FIFO, socket or device named as a root.

@@ -5,6 +5,9 @@ Tables:
             format, status ('ok' | 'failed'), error, vector (BLOB), gen, indexed_at
   removals  ids deleted from `images`, with the generation that deleted them
   meta      key/value: 'generation', 'manifest' (JSON)
+  roots     the paths given to `retrieval index` (raw bytes), so `retrieval index` with no
+            path can re-scan them (schema 2; a schema-1 catalogue gets the table, empty, the
+            first time it is opened for writing: roots are not guessed from its rows)
 
 Every write transaction bumps `generation` and stamps the rows it touches with it, so a
 vector-index file built at generation G can be brought up to date from the rows with
@@ -55,7 +58,7 @@ from ..errors import CatalogCorrupt, IndexNotFound, StorageError
 from ..pathnames import prefix_bounds
 from .files import fault_point
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 metadata = MetaData()
 
@@ -90,6 +93,13 @@ meta = Table(
     metadata,
     Column("key", String(64), primary_key=True),
     Column("value", Text, nullable=False),
+)
+
+roots = Table(
+    "roots",
+    metadata,
+    Column("path", LargeBinary, primary_key=True),
+    Column("added_at", Float, nullable=False),
 )
 
 
@@ -547,6 +557,69 @@ class Catalog:
                 conn.exec_driver_sql(f"UPDATE images SET {sets} WHERE path = ?", old)
         return len(new), len(old)
 
+    # -- roots, stat-only updates, files gone from disk ------------------------------------
+    # None of these bump the generation: they change no vector and no path, which is all
+    # the vector cache reflects.
+
+    def remember_roots(self, paths: Sequence[bytes]) -> None:
+        """Record paths given to `index` (absolute, raw bytes); known ones are kept as are."""
+        with self._plain_write() as conn:
+            known = set(conn.execute(select(roots.c.path)).scalars())
+            now = time.time()
+            new = [{"path": p, "added_at": now} for p in dict.fromkeys(paths) if p not in known]
+            if new:
+                conn.execute(insert(roots), new)
+
+    def remembered_roots(self) -> list[bytes]:
+        """The recorded roots, sorted; [] for a catalogue made before roots were recorded."""
+        with self.read() as conn:
+            if not _has_table(conn, "roots"):
+                return []
+            return sorted(conn.execute(select(roots.c.path)).scalars())
+
+    def forget_roots(self, paths: Sequence[bytes]) -> None:
+        with self._plain_write() as conn:
+            for chunk in _chunks(list(paths), 500):
+                conn.execute(delete(roots).where(roots.c.path.in_(chunk)))
+
+    def restat(self, updates: Sequence[tuple[int, int, int]]) -> None:
+        """Record new (id, size, mtime_ns) of files whose bytes did not change (touched)."""
+        with self._plain_write() as conn:
+            conn.execute(
+                update(images).where(images.c.id == bindparam("row_id")),
+                [{"row_id": i, "size": size, "mtime_ns": mtime} for i, size, mtime in updates],
+            )
+
+    def iter_paths(self, batch: int = 65536) -> Iterator[list[tuple[int, bytes]]]:
+        """Every row's (id, path), in id order, `batch` at a time, each batch its own read
+        snapshot (so a long walk over the disk holds no transaction open)."""
+        last = -1
+        while True:
+            with self.read() as conn:
+                rows = conn.execute(
+                    select(images.c.id, images.c.path)
+                    .where(images.c.id > last)
+                    .order_by(images.c.id)
+                    .limit(batch)
+                ).all()
+            if not rows:
+                return
+            last = rows[-1][0]
+            yield [(row.id, row.path) for row in rows]
+
+    def rows_at_or_under(self, root: bytes) -> dict[int, bytes]:
+        """{id: path} of the rows at `root` (a file root) or under it (a folder)."""
+        low, high = prefix_bounds(root)
+        cond = or_(images.c.path == root, and_(images.c.path >= low, images.c.path < high))
+        with self.read() as conn:
+            return dict(conn.execute(select(images.c.id, images.c.path).where(cond)).all())
+
+    @contextlib.contextmanager
+    def _plain_write(self) -> Iterator[Connection]:
+        """A write transaction that leaves the generation alone."""
+        with self._guard("write"), self.engine.connect() as conn, conn.begin():
+            yield conn
+
     def integrity_check(self) -> list[str]:
         """SQLite's own `PRAGMA integrity_check`: [] when the file is sound."""
         with self.read() as conn:
@@ -598,6 +671,13 @@ def _make_engine(path: str, writer: bool) -> Engine:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if writer else "BEGIN")
 
     return engine
+
+
+def _has_table(conn: Connection, name: str) -> bool:
+    found = conn.exec_driver_sql(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)
+    ).scalar()
+    return found is not None
 
 
 def _get_int(conn: Connection, key: str, default: int) -> int:
