@@ -128,3 +128,38 @@ def test_errors_and_notices_escape_names(tiny_index, tmp_path: Path) -> None:
     assert result.exit_code == 1
     assert "\x1b" not in result.stderr + result.stdout and "\r" not in result.stderr
     assert f"{tmp_path}/\\x1b[31mno\\r.jpg" in result.stderr
+
+
+def test_paths_on_a_terminal_are_escaped(hostile: dict) -> None:
+    """A real process whose stdout is a pseudo-terminal: paths are shown as in the table."""
+    import pty
+    import subprocess
+    import sys
+
+    main, child = pty.openpty()
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "retrieval", "search", hostile["query"], "-k", "3"]
+            + ["--index", hostile["index"], "--format", "paths"],
+            stdout=child,
+            stderr=subprocess.PIPE,
+            timeout=120,
+        )
+        os.close(child)
+        child = -1
+        shown = b""
+        while True:
+            try:
+                chunk = os.read(main, 65536)
+            except OSError:  # EIO: the writer is gone and everything was read
+                break
+            if not chunk:
+                break
+            shown += chunk
+    finally:
+        os.close(main)
+        if child >= 0:
+            os.close(child)
+    assert done.returncode == 0, done.stderr
+    assert b"\x1b" not in shown and b"\\x1b[2J\\x1b[31mred\\r.jpg" in shown
+    assert b"two\\nlines.png" in shown and b"gpj.\\u202eexe.png" in shown

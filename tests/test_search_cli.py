@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import resource
 import shlex
 import time
@@ -377,3 +378,19 @@ def test_every_command_and_option_has_help(name: str, command: click.Command) ->
 def test_help_json_schema_is_unchanged(tiny_index) -> None:
     found = run_search(tiny_index, tiny_index.queries["crop"], "-k", "1", "--format", "json")
     assert set(json.loads(found.stdout)[0]) == {"query", "results"}
+
+
+def test_dash_reads_a_real_pipe(tiny_index) -> None:
+    """`cat image | retrieval search -` in a real process (stdin is a pipe, not a buffer)."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "retrieval", "search", "-", "-k", "1", "-0"]
+        + ["--index", str(tiny_index.directory)],
+        input=tiny_index.queries["crop"].read_bytes(),
+        capture_output=True,
+        timeout=120,
+    )
+    assert (done.returncode, done.stderr) == (0, b"")
+    assert done.stdout == os.fsencode(tiny_index.query_sources["crop"]) + b"\0"
