@@ -394,3 +394,27 @@ def test_dash_reads_a_real_pipe(tiny_index) -> None:
     )
     assert (done.returncode, done.stderr) == (0, b"")
     assert done.stdout == os.fsencode(tiny_index.query_sources["crop"]) + b"\0"
+
+
+def test_dash_refuses_a_terminal_on_stdin(tiny_index) -> None:
+    import pty
+    import subprocess
+    import sys
+
+    main, child = pty.openpty()
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "retrieval", "search", "-", "--index", tiny_index.directory],
+            stdin=child,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        os.close(main)
+        os.close(child)
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr.endswith(
+        "Error: - reads the query image from stdin, which is a terminal; pipe an image in, "
+        "e.g. curl -sL URL | retrieval search -\n"
+    )

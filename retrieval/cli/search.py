@@ -28,7 +28,8 @@ def _filter_options(func: Callable[..., Any]) -> Callable[..., Any]:
                 "image_formats",
                 multiple=True,
                 metavar="FMT",
-                help="Only this format, e.g. JPEG, PNG (repeatable).",
+                help="Only this format: JPEG, PNG, ... or an extension such as jpg, tif "
+                "(any case; repeatable).",
             ),
             click.option(
                 "--min-width", type=click.IntRange(min=1), help="Only this wide or wider."
@@ -129,7 +130,7 @@ def search_command(
 ) -> None:
     """Find the indexed images most similar to each IMAGE (cosine score, best first).
 
-    IMAGE - reads one image from stdin. --like PATH queries with an indexed image's stored
+    An IMAGE of - reads one image from stdin. --like PATH queries with an indexed image's stored
     vector instead (it is left out of its own results). Filters apply inside the search:
     k results whenever k images pass. A query that cannot be used gets an error line (or
     JSON "error") and the others are still searched; the exit status is then 1.
