@@ -97,3 +97,30 @@ def test_export_through_a_symlink_into_an_index_folder_is_refused(
     result = run_cli("export", "--index", tiny_index.directory, "-o", file_link)
     assert result.exit_code == 1 and "is inside the index folder" in result.stderr
     assert catalog_bytes(own_index) == before and os.path.islink(file_link)
+
+
+def test_parquet_to_a_terminal_is_refused(tiny_index, tmp_path: Path) -> None:
+    import pty
+    import subprocess
+    import sys
+
+    main, child = pty.openpty()
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "retrieval", "export", "--index", tiny_index.directory]
+            + ["-o", "-"],
+            stdout=child,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=tmp_path,
+            timeout=120,
+        )
+    finally:
+        os.close(main)
+        os.close(child)
+    assert done.returncode == 2
+    assert done.stderr.endswith(
+        "Error: -o - writes binary parquet to stdout, which is a terminal; pipe it to a "
+        "program, redirect it (> FILE), or give -o FILE\n"
+    )
+    assert os.listdir(tmp_path) == []

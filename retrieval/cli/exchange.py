@@ -48,6 +48,11 @@ def export_command(index_dir: str, fmt: str, out: str) -> None:
 
     index = Index(index_dir, notify=notifier(False))
     if out == "-":
+        if sys.stdout.isatty():  # binary parquet would garble (and drive) the terminal
+            raise click.UsageError(
+                "-o - writes binary parquet to stdout, which is a terminal; pipe it to a "
+                "program, redirect it (> FILE), or give -o FILE"
+            )
         report = index.export(sys.stdout.buffer, fmt)
         summary = f"exported {report.rows} embeddings ({report.dim}-d) to stdout"
         click.echo(f"retrieval: {summary}", err=True)
