@@ -15,9 +15,7 @@ import platform
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from typing import Any
-
-import numpy as np
+from typing import Any, BinaryIO
 
 from . import __version__, defaults
 from .errors import IndexIncompatible, IndexNotFound, UsageError
@@ -269,7 +267,7 @@ class Index:
 
     def search(
         self,
-        images: Sequence[str | os.PathLike[str]] = (),
+        images: Sequence[str | os.PathLike[str] | searching.QueryStream] = (),
         *,
         like: Sequence[str | os.PathLike[str]] = (),
         filters: SearchFilter | None = None,
@@ -280,55 +278,39 @@ class Index:
     ) -> list[QueryResult]:
         """The k indexed images nearest to each query, best first, in one batched search.
 
-        Queries are image files (`images`, embedded with the index's model) and images
-        already indexed (`like`: their stored vectors, no model is loaded for them; a `like`
-        query leaves itself out of its results). `filters` restricts the results.
+        Queries are image files (`images`, embedded with the index's model; a `QueryStream`
+        reads one from an open binary stream such as stdin) and images already indexed
+        (`like`: their stored vectors, no model is loaded for them; a `like` query leaves
+        itself out of its results). `filters` restricts the results. k is capped at the
+        number of searchable images. One result per query, images first: a query that
+        cannot be used (missing, undecodable, not indexed) gets its `error` and no results,
+        and the others are still searched.
         """
-        if not images:
-            return self._search_like(like, filters, k, min_score)
-        with self._open() as index_dir:
-            manifest = index_dir.require_manifest()
-            from .embedding.embedder import load_embedder, resolve_device
-
-            resolved = resolve_device(device)
-            precision = manifest.precision
-            if resolved == "cpu" and precision == "fp16":
-                precision = "fp32"
-            embedder = load_embedder(
-                manifest.model.name, manifest.model.weights, resolved, precision
-            )
-            self._check_same_weights(manifest, embedder.info.weights)
-            xq = searching.embed_queries(embedder, images, max_megapixels)
-            names = [os.fspath(image) for image in images]
-            own = [-1] * len(images)
-            if like:
-                xl, ids = searching.like_vectors(index_dir, like)
-                xq = np.concatenate([xq, xl])
-                names += [os.fspath(path) for path in like]
-                own += ids.tolist()
-            results = searching.search_vectors(
-                index_dir, xq, names, k, min_score, filters, own if like else None
-            )
-            self._flush_notices(index_dir)
-            return results
-
-    def _search_like(
-        self,
-        like: Sequence[str | os.PathLike[str]],
-        filters: SearchFilter | None,
-        k: int,
-        min_score: float | None,
-    ) -> list[QueryResult]:
-        if not like:
+        if not images and not like:
             raise UsageError("give query IMAGES, or --like PATH for an image already indexed")
+        searching.check_limits(k, min_score)
         with self._open() as index_dir:
-            xq, own = searching.like_vectors(index_dir, like)
-            names = [os.fspath(path) for path in like]
-            results = searching.search_vectors(
-                index_dir, xq, names, k, min_score, filters, own.tolist()
-            )
+            queries = []
+            if images:
+                embedder = self._query_embedder(index_dir.require_manifest(), device)
+                queries += searching.embed_each(embedder, images, max_megapixels)
+            if like:
+                queries += searching.like_each(index_dir, like)
+            results = searching.search_queries(index_dir, queries, k, min_score, filters)
             self._flush_notices(index_dir)
             return results
+
+    def _query_embedder(self, manifest: Manifest, device: str) -> Any:
+        """The model the index was built with, to embed query images."""
+        from .embedding.embedder import load_embedder, resolve_device
+
+        resolved = resolve_device(device)
+        precision = manifest.precision
+        if resolved == "cpu" and precision == "fp16":
+            precision = "fp32"
+        embedder = load_embedder(manifest.model.name, manifest.model.weights, resolved, precision)
+        self._check_same_weights(manifest, embedder.info.weights)
+        return embedder
 
     def search_vectors(
         self,
@@ -338,17 +320,22 @@ class Index:
         names: Sequence[str] | None = None,
         filters: SearchFilter | None = None,
     ) -> list[QueryResult]:
-        """Neighbours of ready-made query vectors `xq` (n, dim) float32, L2-normalised."""
+        """Neighbours of ready-made query vectors `xq` (n, dim) float32, L2-normalised;
+        k is capped at the number of searchable images."""
         with self._open() as index_dir:
             labels = list(names) if names is not None else [str(i) for i in range(len(xq))]
             results = searching.search_vectors(index_dir, xq, labels, k, filters=filters)
             self._flush_notices(index_dir)
             return results
 
-    def export(self, out: str | os.PathLike[str], fmt: str = "parquet") -> exchange.ExportReport:
-        """Write every stored embedding to `out` ('npy' + sidecar, or 'parquet')."""
+    def export(
+        self, out: str | os.PathLike[str] | BinaryIO, fmt: str = "parquet"
+    ) -> exchange.ExportReport:
+        """Write every stored embedding to `out` ('npy' + sidecar, or 'parquet'); `out` is a
+        file name (not inside an index folder) or, for parquet, an open binary stream."""
+        target = out if hasattr(out, "write") else os.fspath(out)  # type: ignore[arg-type]
         with self._open() as index_dir:
-            report = exchange.export(index_dir, os.fspath(out), fmt)
+            report = exchange.export(index_dir, target, fmt)
             self._flush_notices(index_dir)
             return report
 

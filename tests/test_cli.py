@@ -199,9 +199,9 @@ def test_min_score(tiny_index) -> None:
     threshold = (scores[1] + scores[2]) / 2
     (cut,) = search_json(tiny_index, query, "-k", "8", "--min-score", str(threshold))
     assert cut["results"] == full["results"][:2]
-    (none,) = search_json(tiny_index, query, "--min-score", "1.01")
+    (none,) = search_json(tiny_index, query, "--min-score", "1")  # a crop is not the original
     assert none == {"query": str(query), "results": []}
-    table = run_cli("search", query, "--index", tiny_index.directory, "--min-score", "1.01")
+    table = run_cli("search", query, "--index", tiny_index.directory, "--min-score", "1")
     assert table.stdout == f"{query}\n  (no results)\n"
 
 
@@ -219,15 +219,17 @@ def test_search_formats_agree(tiny_index) -> None:
     assert (table.exit_code, table.stdout.splitlines()) == (0, expected)
 
     rows = list(csv.reader(io.StringIO(run_cli(*base, "--format", "csv").stdout)))
-    assert rows[0] == ["query", "rank", "score", "id", "path"]
+    assert rows[0] == ["query", "rank", "score", "id", "path", "error"]
     assert rows[1:] == [
-        [r["query"], str(rank), f"{hit['score']:.6f}", str(hit["id"]), hit["path"]]
+        [r["query"], str(rank), f"{hit['score']:.6f}", str(hit["id"]), hit["path"], ""]
         for r in results
         for rank, hit in enumerate(r["results"], 1)
     ]
 
-    paths = run_cli(*base, "--format", "paths")
-    assert paths.stdout.splitlines() == [h["path"] for r in results for h in r["results"]]
+    paths = run_cli(*base, "--format", "paths")  # an empty line between queries
+    assert paths.stdout == "\n".join(
+        "".join(h["path"] + "\n" for h in r["results"]) for r in results
+    )
 
 
 def test_search_equals_brute_force_over_the_exported_vectors(
@@ -321,7 +323,12 @@ def test_broken_query_image(tiny_index, tmp_path: Path) -> None:
     broken = tmp_path / "q.jpg"
     broken.write_bytes(b"\xff\xd8\xff garbage")
     result = run_cli("search", tiny_index.queries["flip"], broken, "--index", tiny_index.directory)
-    assert (result.exit_code, result.stdout) == (1, "")
+    assert result.exit_code == 1  # after printing the good query's results
+    assert result.stdout.startswith(f"{tiny_index.queries['flip']}\n    1  ")
+    assert result.stdout.splitlines()[-2:] == [
+        str(broken),
+        result.stderr.rstrip("\n").join(["  ", ""]),
+    ]
     assert result.stderr.startswith(f"error: cannot use query image {broken}: ")
     assert result.stderr.count("\n") == 1
     missing = tmp_path / "nope.jpg"

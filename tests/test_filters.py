@@ -160,9 +160,9 @@ def test_like_queries_are_batched_with_image_queries(album: dict) -> None:
     )
     assert result.exit_code == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert lines[0] == "query,rank,score,id,path" and len(lines) == 3
-    assert lines[1].startswith(f"{p0},1,1.000000,") and lines[1].endswith(f",{p0}")
-    assert lines[2].startswith(f"{p5},1,") and not lines[2].endswith(f",{p5}")
+    assert lines[0] == "query,rank,score,id,path,error" and len(lines) == 3
+    assert lines[1].startswith(f"{p0},1,1.000000,") and lines[1].endswith(f",{p0},")
+    assert lines[2].startswith(f"{p5},1,") and not lines[2].endswith(f",{p5},")
 
 
 def test_like_loads_no_model(album: dict, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -179,7 +179,7 @@ def test_non_utf8_names_are_indexed_searched_and_exported_losslessly(tmp_path: P
         f"    1   1.000  {shown}",
     ]
     rows = run_cli("search", odd, "--index", directory, "-k", "1", "--format", "csv").stdout
-    assert rows.splitlines()[1] == f"{shown},1,1.000000,1,{shown}"
+    assert rows.splitlines()[1] == f"{shown},1,1.000000,1,{shown},"
 
     assert set(stored(directory, tmp_path)) == {odd, plain}  # npy sidecar: lossless
     out = tmp_path / "e.parquet"

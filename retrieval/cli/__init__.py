@@ -17,8 +17,9 @@ import click
 
 from .. import __version__
 from ..errors import Interrupted, RetrievalError
+from ..pathnames import printable
 from .bench import bench_command
-from .common import CONTEXT
+from .common import CONTEXT, group_index_option
 from .exchange import export_command, import_command
 from .index import index_command
 from .maintain import check_command, info_command, optimize_command
@@ -29,8 +30,9 @@ __all__ = ["cli", "main"]
 
 
 @click.group(context_settings=CONTEXT)
-@click.version_option(__version__, "--version", prog_name="retrieval")
-def cli() -> None:
+@click.version_option(__version__, "--version", prog_name="retrieval", help="Show the version.")
+@group_index_option
+def cli(index_dir: str | None) -> None:
     """Index folders of images and find the ones that look like an example image.
 
     \b
@@ -38,6 +40,7 @@ def cli() -> None:
       retrieval index ~/Pictures
       retrieval search holiday.jpg -k 5
       retrieval export --format parquet -o embeddings.parquet
+      retrieval --index indexes/photos info
     """
 
 
@@ -62,14 +65,14 @@ def main(argv: list[str] | None = None) -> None:
         exc.show()
         sys.exit(exc.exit_code)
     except Interrupted as exc:
-        click.echo(f"retrieval: {exc}", err=True)
+        click.echo(f"retrieval: {printable(str(exc))}", err=True)
         sys.exit(130)
     except (KeyboardInterrupt, click.exceptions.Abort):
         resume = "finished work was kept; run the same command again to resume"
         click.echo(f"retrieval: interrupted: {resume}", err=True)
         sys.exit(130)
     except RetrievalError as exc:
-        click.echo(f"error: {exc}", err=True)
+        click.echo(f"error: {printable(str(exc))}", err=True)  # names in it: no terminal codes
         sys.exit(1)
     except BrokenPipeError:
         sys.stderr.close()  # `retrieval search ... | head`: not an error

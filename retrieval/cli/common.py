@@ -1,4 +1,9 @@
-"""What the commands share: option decorators, notices, the progress bar, path display."""
+"""What the commands share: option decorators, notices, the progress bar, path display.
+
+Everything printed for people goes through `show` (names) or `printable` (any text), which
+escape the control characters a terminal would act on; JSON and `-0` output carry names
+exactly.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +15,23 @@ from typing import Any
 import click
 
 from .. import defaults
-from ..errors import RetrievalError
+from ..errors import Interrupted, RetrievalError
+from ..pathnames import display, printable
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+def _resolve_index(
+    ctx: click.Context, param: click.Parameter, value: str | None
+) -> str | None:
+    """The command's own --index, else the group's (`retrieval --index DIR search ...`),
+    else None: the library then locates the index (see `retrieval.locate`)."""
+    if value is not None:
+        return value
+    root = ctx.find_root()
+    if root is not ctx and root.params.get("index_dir") is not None:
+        return str(root.params["index_dir"])
+    return None
 
 
 def index_option(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -21,11 +40,38 @@ def index_option(func: Callable[..., Any]) -> Callable[..., Any]:
         "index_dir",
         default=None,
         metavar="DIR",
+        callback=_resolve_index,
         type=click.Path(file_okay=False),
-        help=f"Index directory [default: ${defaults.INDEX_ENV}, else the nearest "
-        f"{defaults.INDEX_DIR} found walking up from here, else the per-user one; "
-        "`retrieval info` says which].",
+        help=f"Index directory [default: the --index given before the command, else "
+        f"${defaults.INDEX_ENV}, else the nearest {defaults.INDEX_DIR} found walking up "
+        "from here, else the per-user one; `retrieval info` says which].",
     )(func)
+
+
+def group_index_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    """--index on the group, for every command; a command's own --index wins."""
+    return click.option(
+        "--index",
+        "index_dir",
+        default=None,
+        type=click.Path(file_okay=False),
+        help="Index directory for the command (a command's own --index wins) [default: "
+        f"${defaults.INDEX_ENV}, else the nearest {defaults.INDEX_DIR} found walking up].",
+    )(func)
+
+
+def read_only(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Ctrl-C in a command that writes nothing: say just "interrupted" (exit 130), not the
+    writers' "run the same command again to resume"."""
+
+    @functools.wraps(func)
+    def command(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except KeyboardInterrupt:
+            raise Interrupted("interrupted") from None
+
+    return command
 
 
 def device_option(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -119,14 +165,14 @@ def vector_options(func: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def show(path: bytes) -> str:
-    """A stored path for display: a non-UTF-8 name gets \\xNN escapes."""
-    return path.decode("utf-8", "backslashreplace")
+    """A stored path for people: non-UTF-8 bytes and control characters escaped."""
+    return display(path)
 
 
 def notifier(quiet: bool) -> Callable[[str], None]:
     def notify(message: str) -> None:
         if not quiet:
-            click.echo(f"retrieval: {message}", err=True)
+            click.echo(f"retrieval: {printable(message)}", err=True)
 
     return notify
 

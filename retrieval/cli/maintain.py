@@ -4,17 +4,23 @@ from __future__ import annotations
 
 import json
 import sys
+from typing import Any
 
 import click
 
-from .common import CONTEXT, index_option, notifier, parse_memory
+from ..pathnames import printable
+from .common import CONTEXT, index_option, notifier, parse_memory, read_only
 
 
 @click.command("info", context_settings=CONTEXT)
 @index_option
-@click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout (for programs).")
+@read_only
 def info_command(index_dir: str, as_json: bool) -> None:
     """Show what an index holds: images, failures, model, weights, dim, type, size.
+
+    For people: one aligned "key: value" line each, nested values as dotted keys
+    (index_params.nlist), sizes as 1.2 MB (N bytes). --json keeps numbers and nesting.
 
     \b
     Example:
@@ -26,8 +32,49 @@ def info_command(index_dir: str, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(summary))
         return
+    for line in human_lines(summary):
+        click.echo(line)
+
+
+def human_lines(summary: dict[str, Any]) -> list[str]:
+    """`summary` as right-aligned "key: value" lines, nested dicts flattened to dotted keys,
+    byte counts (keys with a "bytes" word) also shown as sizes, text escaped for terminals."""
+    pairs = list(_flatten(summary))
+    width = max((len(key) for key, _ in pairs), default=0)
+    return [f"{printable(key):>{width}}: {_human_value(key, value)}" for key, value in pairs]
+
+
+def _flatten(summary: dict[str, Any], prefix: str = "") -> Any:
     for key, value in summary.items():
-        click.echo(f"{key:>18}: {value}")
+        if isinstance(value, dict) and value:
+            yield from _flatten(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+def _human_value(key: str, value: Any) -> str:
+    if value is None or value == {}:
+        return "none"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int) and "bytes" in key.rsplit(".", 1)[-1].split("_"):
+        return f"{human_size(value)} ({value} bytes)"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(_human_value(key, item) for item in value) or "none"
+    return printable(str(value))
+
+
+def human_size(size: float) -> str:
+    """Bytes as a decimal size for people: 999 B, 1.0 kB, 1.2 MB, 4.4 GB."""
+    if abs(size) < 1000:
+        return f"{size:.0f} B"
+    for unit in ("kB", "MB", "GB", "TB"):
+        size /= 1000
+        if abs(size) < 1000 or unit == "TB":
+            break
+    return f"{size:.1f} {unit}"
 
 
 @click.command("check", context_settings=CONTEXT)

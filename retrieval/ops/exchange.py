@@ -20,8 +20,9 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from ..defaults import CATALOG_FILE
 from ..errors import StorageError, UsageError
-from ..pathnames import display, to_str
+from ..pathnames import decoded, display, to_str
 from ..store.files import atomic_write, describe_os_error, fsync_dir, temp_name
 from ..store.index_dir import IndexDir
 from ..store.manifest import Manifest
@@ -46,17 +47,43 @@ def sidecar_path(npy_path: str) -> str:
     return base + ".rows.json"
 
 
-def export(index_dir: IndexDir, out: str, fmt: str) -> ExportReport:
-    """Write every stored vector to `out` in format `fmt` ('npy' or 'parquet')."""
+def export(index_dir: IndexDir, out: str | BinaryIO, fmt: str) -> ExportReport:
+    """Write every stored vector to `out` in format `fmt` ('npy' or 'parquet').
+
+    `out` is a file name, or an open binary stream (parquet only: npy is two files). A file
+    in an index folder (this one or another, symlinks resolved) is refused.
+    """
     if fmt not in FORMATS:
         raise UsageError(f"unknown export format {fmt!r}; use one of {', '.join(FORMATS)}")
+    if not isinstance(out, str):
+        if fmt == "npy":
+            raise UsageError(
+                "npy export writes two files (OUT.npy and OUT.rows.json) and cannot go to "
+                "stdout; use --format parquet for stdout, or give -o a file name"
+            )
+        return _export_parquet(index_dir, out)
     out = os.path.abspath(out)
     folder = os.path.dirname(out)
     if not os.path.isdir(folder):
         raise UsageError(f"the folder {folder} does not exist; create it or choose another -o")
+    _refuse_index_folder(index_dir, out)
     if fmt == "npy":
         return _export_npy(index_dir, out)
     return _export_parquet(index_dir, out)
+
+
+def _refuse_index_folder(index_dir: IndexDir, out: str) -> None:
+    """Raise UsageError when `out` (or, for npy, its sidecar) would land in an index folder:
+    replacing catalog.sqlite there destroyed the index. Symlinks are resolved first."""
+    own = os.path.realpath(index_dir.directory)
+    for path in (out, sidecar_path(out)):
+        folder = os.path.dirname(os.path.realpath(path))
+        if folder == own or os.path.isfile(os.path.join(folder, CATALOG_FILE)):
+            raise UsageError(
+                f"{display(os.fsencode(out))} is inside the index folder "
+                f"{display(os.fsencode(folder))}; writing there could destroy the index: "
+                "choose an output outside it"
+            )
 
 
 def _export_npy(index_dir: IndexDir, out: str) -> ExportReport:
@@ -122,7 +149,8 @@ def parquet_schema(manifest: Manifest) -> Any:
     )
 
 
-def _export_parquet(index_dir: IndexDir, out: str) -> ExportReport:
+def _export_parquet(index_dir: IndexDir, out: str | BinaryIO) -> ExportReport:
+    """To a file (written aside and renamed into place) or straight into a stream."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -140,7 +168,7 @@ def _export_parquet(index_dir: IndexDir, out: str) -> ExportReport:
                 table = pa.table(
                     {
                         "id": [r.id for r in rows],
-                        "path": [display(r.path) for r in rows],
+                        "path": [decoded(r.path) for r in rows],
                         "path_bytes": [r.path for r in rows],
                         "embedding": embedding,
                         "size": [r.size for r in rows],
@@ -155,8 +183,12 @@ def _export_parquet(index_dir: IndexDir, out: str) -> ExportReport:
                 writer.write_table(table)
                 written += len(rows)
 
-    atomic_write(out, _write, "parquet export")
-    return ExportReport(written, dim, (out,))
+    if isinstance(out, str):
+        atomic_write(out, _write, "parquet export")
+        return ExportReport(written, dim, (out,))
+    _write(out)
+    out.flush()
+    return ExportReport(written, dim, ("<stream>",))
 
 
 def _discard(path: str) -> None:
