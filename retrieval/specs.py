@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from . import defaults
+
 
 @dataclass(frozen=True)
 class Preprocess:
@@ -41,12 +43,17 @@ class WeightsSpec:
     """Where a backbone's weights come from; `identity` pins them exactly.
 
     `source` is "pretrained" (identity: hub id @ snapshot revision), "file" (`path`,
-    identity: SHA-256) or "untrained" (identity: the seed).
+    identity: SHA-256) or "untrained" (identity: the seed; `WeightsSpec("untrained")` is
+    seed `defaults.UNTRAINED_SEED`, 0).
     """
 
     source: str
     path: str | None = None
     identity: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.source == "untrained" and self.identity is None:
+            object.__setattr__(self, "identity", str(defaults.UNTRAINED_SEED))
 
     def describe(self) -> str:
         """One line for people, e.g. 'pretrained (timm/resnet50.a1_in1k@abc123)'."""
