@@ -74,3 +74,19 @@ def test_untrained_weights_show_their_seed() -> None:
     assert spec.describe() == "untrained (seed 0)"
     assert spec == WeightsSpec("untrained", identity="0")
     assert WeightsSpec("untrained", identity="3").describe() == "untrained (seed 3)"
+
+
+def test_the_reduction_is_plain_pca_unless_whiten_is_asked_for(tmp_path) -> None:
+    from test_ann import synthetic_manifest
+
+    from retrieval.ops import ann
+
+    made = ann.configure(synthetic_manifest(), str(tmp_path), new=True, dim=8)
+    assert made.reduction == {"dim": 8, "whiten": False}
+    whitened = ann.configure(synthetic_manifest(), str(tmp_path), new=True, dim=8, whiten=True)
+    assert whitened.reduction == {"dim": 8, "whiten": True}
+    # ... and the docstrings a library user reads say so
+    for method in (retrieval.Index.add, retrieval.Index.import_files, ann.configure):
+        doc = " ".join((method.__doc__ or "").split())
+        assert "plain PCA unless `whiten=True`" in doc, method.__qualname__
+        assert "whitened, the default" not in doc
