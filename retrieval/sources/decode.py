@@ -267,7 +267,8 @@ def _orient(image: Image.Image) -> Image.Image:
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
-    """Any Pillow mode to 8-bit RGB: 16-bit scaled (not clipped), alpha composited."""
+    """Any Pillow mode to 8-bit RGB: 16-bit scaled (not clipped), alpha composited on the
+    background that contrasts with the visible content (`alpha_background`)."""
     mode = image.mode
     if mode in ("I;16", "I;16L", "I;16B", "I;16N"):
         # The mode fixes the range at 0..65535: a dark 16-bit image stays dark, not stretched.
@@ -280,11 +281,38 @@ def to_rgb(image: Image.Image) -> Image.Image:
     has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
     if has_alpha:
         rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (*defaults.ALPHA_BACKGROUND, 255))
+        background = Image.new("RGBA", rgba.size, (*alpha_background(rgba), 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     if mode == "RGB":
         return image
     return image.convert("RGB")
+
+
+#: Side of the thumbnail whose pixels choose the background (cheap at 100 MP, and enough
+#: to tell light content from dark).
+_ALPHA_PROBE = 256
+
+
+def alpha_background(rgba: Image.Image) -> tuple[int, int, int]:
+    """The background an RGBA image is composited on (see defaults.ALPHA_BACKGROUND_*).
+
+    Light visible content (alpha-weighted mean luminance >= ALPHA_LUMINANCE_SPLIT) gets
+    the dark background, anything else the light one. Measured on a box-filtered thumbnail
+    of at most _ALPHA_PROBE px a side (Pillow resamples RGBA premultiplied, so transparent
+    pixels' colours do not leak into it).
+    """
+    w, h = rgba.size
+    probe = rgba.resize((min(w, _ALPHA_PROBE), min(h, _ALPHA_PROBE)), Image.Resampling.BOX)
+    values = np.asarray(probe, dtype=np.float64)
+    alpha = values[..., 3]
+    weight = float(alpha.sum())
+    if weight <= 0.0:
+        return defaults.ALPHA_BACKGROUND_FOR_DARK
+    luminance = values[..., :3] @ np.array([0.299, 0.587, 0.114])
+    mean = float((luminance * alpha).sum()) / weight
+    if mean >= defaults.ALPHA_LUMINANCE_SPLIT:
+        return defaults.ALPHA_BACKGROUND_FOR_LIGHT
+    return defaults.ALPHA_BACKGROUND_FOR_DARK
 
 
 #: numpy dtypes of Pillow's one-channel 16/32-bit modes, as `tobytes()` lays them out.
