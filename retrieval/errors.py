@@ -2,7 +2,8 @@
 
 Every error a user can cause is a `RetrievalError`; its message says what went wrong and what
 to do instead. Where the remedy is an option, a message names both spellings, the command
-line's and the library's: "--no-pretrained, in Python: weights=WeightsSpec('untrained')". The CLI prints `error: <message>` and exits 1; nothing else reaches the user.
+line's and the library's: "--no-pretrained, in Python: weights=WeightsSpec('untrained')".
+The CLI prints `error: <message>` and exits 1; nothing else reaches the user.
 
     RetrievalError
     +-- UsageError               a bad argument or option value

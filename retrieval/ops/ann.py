@@ -114,8 +114,8 @@ def configure(
     """`manifest` with the index options applied (None: keep what it has).
 
     A new index starts under the `auto` policy. The vector dtype and the PCA reduction
-    (`dim`; plain PCA unless `whiten=True`) are fixed at creation; `rerank` (candidates re-scored per result, 0: off)
-    may change at any time.
+    (`dim`; plain PCA unless `whiten=True`) are fixed at creation; `rerank` (candidates
+    re-scored per result, 0: off) may change at any time.
     """
     manifest = _reduction_options(manifest, directory, dim, whiten, rerank, new)
     if not new and index_type is None and memory is None and vector_dtype is None:
