@@ -84,7 +84,7 @@ def default_workers() -> int:
 
 #: Per path, what the reader checks (see `load_file`): (follow a symbolic link there, the
 #: scan's (st_dev, st_ino) or None). A path not listed: no link followed, identity unknown.
-ReadRules = Mapping[bytes, tuple[bool, "tuple[int, int] | None"]]
+ReadRules = Mapping[bytes, tuple[bool, tuple[int, int] | None]]
 
 
 def decode_stream(
@@ -100,7 +100,8 @@ def decode_stream(
     At most `workers * CHUNKS_PER_WORKER` chunks of `chunk_size` files are in flight.
     """
     if workers <= 0:
-        yield from _decode_chunk(paths, preprocess, max_megapixels, rules)
+        for path in paths:  # one at a time: lazily, as the batches need them
+            yield from _decode_chunk([path], preprocess, max_megapixels, rules)
         return
     chunks = [paths[i : i + chunk_size] for i in range(0, len(paths), chunk_size)]
     window = workers * CHUNKS_PER_WORKER
