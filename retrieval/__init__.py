@@ -43,7 +43,7 @@ _LAZY = {
     "Hit": ("store.index_dir", "Neighbour"),  # one search result: id, path (bytes), score
     "Manifest": ("store.manifest", "Manifest"),
     "ExportReport": ("ops.exchange", "ExportReport"),
-    "ImportReport": ("ops.exchange", "ImportReport"),
+    "ImportReport": ("ops.importing", "ImportReport"),
     "CheckReport": ("ops.checking", "CheckReport"),
     "OptimizeReport": ("ops.ann", "OptimizeReport"),
     "RecallReport": ("ops.ann", "RecallReport"),
