@@ -1,20 +1,84 @@
 """retrieval: index folders of images with a timm ResNet and FAISS, search by example image,
 export the embeddings. `Index` is the library API; `retrieval` on the command line is a thin
-layer over it."""
+layer over it.
+
+Every type a library user meets is importable from here (`from retrieval import Index,
+WeightsSpec, IndexOptions, SearchFilter`), as are the error classes of `retrieval.errors`.
+The names are resolved on first use, so `import retrieval` loads no torch, FAISS or
+SQLAlchemy (and `retrieval --help` stays fast).
+"""
 
 from __future__ import annotations
 
+import importlib
+
 __version__ = "0.1.0"
 
-from .errors import RetrievalError  # noqa: E402
+from . import errors  # noqa: E402 - light: the standard library only
+from .errors import (  # noqa: E402
+    BadImage,
+    CatalogCorrupt,
+    ImportFormatError,
+    IndexBusy,
+    IndexIncompatible,
+    IndexNotFound,
+    Interrupted,
+    ModelError,
+    QueryImageError,
+    RetrievalError,
+    StorageError,
+    UsageError,
+    WeightsMismatch,
+    WeightsUnavailable,
+)
+from .specs import ModelInfo, Preprocess, WeightsSpec  # noqa: E402 - light: dataclasses
 
-__all__ = ["Index", "RetrievalError", "__version__"]
+#: Public name -> (module under retrieval, its name there), imported on first access.
+_LAZY = {
+    "Index": ("api", "Index"),
+    "IndexOptions": ("ops.indexing", "IndexOptions"),
+    "IndexReport": ("ops.indexing", "IndexReport"),
+    "SearchFilter": ("ops.searching", "SearchFilter"),
+    "QueryResult": ("ops.searching", "QueryResult"),
+    "Hit": ("store.index_dir", "Neighbour"),  # one search result: id, path (bytes), score
+    "Manifest": ("store.manifest", "Manifest"),
+    "ExportReport": ("ops.exchange", "ExportReport"),
+    "ImportReport": ("ops.importing", "ImportReport"),
+    "CheckReport": ("ops.checking", "CheckReport"),
+    "OptimizeReport": ("ops.ann", "OptimizeReport"),
+    "RecallReport": ("ops.ann", "RecallReport"),
+}
+
+__all__ = [
+    "__version__",
+    "errors",
+    "ModelInfo",
+    "Preprocess",
+    "WeightsSpec",
+    *_LAZY,
+    "RetrievalError",
+    "UsageError",
+    "IndexNotFound",
+    "IndexBusy",
+    "IndexIncompatible",
+    "CatalogCorrupt",
+    "StorageError",
+    "ModelError",
+    "WeightsUnavailable",
+    "WeightsMismatch",
+    "BadImage",
+    "QueryImageError",
+    "ImportFormatError",
+    "Interrupted",
+]
 
 
 def __getattr__(name: str) -> object:
-    # Lazy, so `import retrieval` (and `retrieval --help`) stays fast.
-    if name == "Index":
-        from .api import Index
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module, attribute = _LAZY[name]
+    return getattr(importlib.import_module(f".{module}", __name__), attribute)
 
-        return Index
-    raise AttributeError(name)
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -97,9 +97,10 @@ class Index:
         an existing one must be asked for the same or nothing. `index_type` (auto, flat,
         hnsw, ivf, ivfpq; a new index: auto), `memory` (bytes, for auto) and `vector_dtype`
         (float32 or float16, new indexes only) set how vectors are stored and searched;
-        `dim` (new indexes only) keeps a PCA reduction (`whiten`: whitened, the default) of
-        them in the search cache, and `rerank` re-scores that many candidates per result with
-        the full vectors. Raises RetrievalError.
+        `dim` (new indexes only) keeps a PCA reduction of them in the search cache: plain PCA
+        unless `whiten=True` (opt-in, as `--whiten`: whitening lowered recall@10 in our
+        benchmark), and `rerank` re-scores that many candidates per result with the full
+        vectors. Raises RetrievalError.
         """
         reduce: dict[str, Any] = {"dim": dim, "whiten": whiten, "rerank": rerank}
         from .sources.scan import check_roots
@@ -176,7 +177,8 @@ class Index:
         A new index takes the files' model metadata; an existing one refuses files from
         another model, weights or dimension (IndexIncompatible). Every row of every file is
         checked before anything is written (ImportFormatError names the file, row and rule),
-        and a new index that fails while it is written is removed. The options are `add`'s.
+        and a new index that fails while it is written is removed. The options are `add`'s
+        (`dim`: a PCA reduction, plain PCA unless `whiten=True`).
         """
 
         self._locate_for_writing()

@@ -28,8 +28,16 @@ BATCH_SIZE = 32
 #: Neighbours returned per query.
 TOP_K = 10
 
-#: Background used when compositing transparent images (RGBA, LA, P with transparency).
-ALPHA_BACKGROUND = (255, 255, 255)
+#: Backgrounds for compositing transparent images (RGBA, LA, P with transparency), chosen
+#: per image so that what a person sees survives: the alpha-weighted mean luminance (ITU-R
+#: 601, 0..255) of the visible pixels decides. Dark content (mean below
+#: ALPHA_LUMINANCE_SPLIT), and an image with no visible pixel, goes on white; light content
+#: (a white logo) goes on black. A single white background made every white-on-transparent
+#: logo a blank white square, all scoring 1.000 against each other. Deterministic, and the
+#: same for indexing and queries (one decoder).
+ALPHA_BACKGROUND_FOR_DARK = (255, 255, 255)
+ALPHA_BACKGROUND_FOR_LIGHT = (0, 0, 0)
+ALPHA_LUMINANCE_SPLIT = 128.0
 
 #: SQLite waits this long for a lock held by another connection before failing.
 BUSY_TIMEOUT_MS = 30_000

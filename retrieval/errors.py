@@ -1,7 +1,9 @@
 """The one exception hierarchy of `retrieval`.
 
 Every error a user can cause is a `RetrievalError`; its message says what went wrong and what
-to do instead. The CLI prints `error: <message>` and exits 1; nothing else reaches the user.
+to do instead. Where the remedy is an option, a message names both spellings, the command
+line's and the library's: "--no-pretrained, in Python: weights=WeightsSpec('untrained')".
+The CLI prints `error: <message>` and exits 1; nothing else reaches the user.
 
     RetrievalError
     +-- UsageError               a bad argument or option value
@@ -12,7 +14,7 @@ to do instead. The CLI prints `error: <message>` and exits 1; nothing else reach
     +-- StorageError             a write to disk failed (disk full, I/O error, read-only)
     +-- ModelError               the backbone cannot be created
     |   +-- WeightsUnavailable   pretrained weights are neither cached nor downloadable
-    |   +-- WeightsMismatch      a weights file does not fit the architecture
+    |   +-- WeightsMismatch      weights do not fit the architecture, or changed since indexing
     +-- BadImage                 an image file cannot be decoded (a per-file failure)
     +-- QueryImageError          a query image cannot be read or decoded
     +-- ImportFormatError        an embeddings file to import is not in the expected form
@@ -88,14 +90,16 @@ class WeightsUnavailable(ModelError):
         self.reason = reason
         super().__init__(
             f"pretrained weights for {model} are not in the Hugging Face cache and could not "
-            f"be downloaded ({reason}); connect to the network once to cache them, pass "
-            "--weights FILE to use a local weights file, or pass --no-pretrained to build an "
-            "untrained backbone"
+            f"be downloaded ({reason}); connect to the network once to cache them, use a "
+            "local weights file (--weights FILE, in Python: weights=WeightsSpec('file', FILE)), "
+            "or build an untrained backbone (--no-pretrained, in Python: "
+            "weights=WeightsSpec('untrained'))"
         )
 
 
 class WeightsMismatch(ModelError):
-    """A weights file does not fit the chosen architecture."""
+    """Weights do not fit the chosen architecture, or are not the ones the index was built
+    with (their SHA-256 differs from the manifest's)."""
 
 
 class QueryImageError(RetrievalError):

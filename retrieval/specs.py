@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from . import defaults
+
 
 @dataclass(frozen=True)
 class Preprocess:
@@ -40,13 +42,21 @@ class Preprocess:
 class WeightsSpec:
     """Where a backbone's weights come from; `identity` pins them exactly.
 
-    `source` is "pretrained" (identity: hub id @ snapshot revision), "file" (`path`,
-    identity: SHA-256) or "untrained" (identity: the seed).
+    `source` is "pretrained" (identity: hub id @ snapshot revision; `sha256`: the SHA-256
+    of the cached weights file, verified whenever they are loaded again; None in manifests
+    written before it was recorded, which are then not verified), "file" (`path`, identity:
+    its SHA-256) or "untrained" (identity: the seed; `WeightsSpec("untrained")` is seed
+    `defaults.UNTRAINED_SEED`, 0).
     """
 
     source: str
     path: str | None = None
     identity: str | None = None
+    sha256: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.source == "untrained" and self.identity is None:
+            object.__setattr__(self, "identity", str(defaults.UNTRAINED_SEED))
 
     def describe(self) -> str:
         """One line for people, e.g. 'pretrained (timm/resnet50.a1_in1k@abc123)'."""
@@ -61,11 +71,14 @@ class WeightsSpec:
         return self.source != "untrained"
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        if data["sha256"] is None:
+            del data["sha256"]  # file and untrained weights: manifests stay as they were
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> WeightsSpec:
-        return cls(str(data["source"]), data.get("path"), data.get("identity"))
+        return cls(str(data["source"]), data.get("path"), data.get("identity"), data.get("sha256"))
 
 
 @dataclass(frozen=True)

@@ -357,3 +357,14 @@ def test_file_keeps_tombstones_and_reads_format_1(tmp_path: Path) -> None:
         fh.write(payload.tobytes())
     old = vectors.read(path)
     assert old.generation == 4 and len(old.tombstones) == 0 and old.index.ntotal == 100
+
+
+def test_recall_counts_ties_at_the_kth_score_as_found(tmp_path: Path) -> None:
+    # Every vector stored four times: the exact top-10 is full of equal scores, and which of
+    # the tied ids a search returns is arbitrary. An exact index must still measure 1.0.
+    xb = np.repeat(clustered(150, clusters=5), 4, axis=0)
+    make_index(tmp_path, synthetic_manifest(index_type="flat"), xb)
+    with IndexDir.open(tmp_path) as reader:
+        report = ann.measure(reader, k=10, queries=200)
+    assert report.queries == 200
+    assert report.recall == 1.0

@@ -77,15 +77,16 @@ def test_weights_from_pth(tmp_path: Path, state, layout: str) -> None:
     assert spec.identity == sha256(path)
 
 
-def test_weights_file_of_another_architecture(tmp_path: Path) -> None:
-    path = tmp_path / "resnet18.safetensors"
+@pytest.mark.parametrize("model", ["test_resnet", "resnet50"])
+def test_weights_file_of_another_architecture(tmp_path: Path, model: str) -> None:
+    path = tmp_path / "weights.safetensors"
     save_file(timm.create_model("resnet18").state_dict(), str(path))
     with pytest.raises(WeightsMismatch) as info:
-        create_backbone("test_resnet", from_file(path))
-    message = str(info.value)
-    assert message.startswith(f"weights file {path} does not fit test_resnet: ")
-    assert message.endswith("; pass the --model the file was trained for")
-    assert "\n" not in message
+        create_backbone(model, from_file(path))
+    assert str(info.value) == (
+        f"weights file {path} holds weights for another architecture; its keys look like "
+        "resnet18: pass --model resnet18 (in Python: model='resnet18')"
+    )
 
 
 def test_weights_file_with_missing_and_unexpected_keys(tmp_path: Path, state) -> None:
@@ -96,8 +97,24 @@ def test_weights_file_with_missing_and_unexpected_keys(tmp_path: Path, state) ->
     with pytest.raises(WeightsMismatch) as info:
         create_backbone("test_resnet", from_file(path))
     assert str(info.value) == (
-        f"weights file {path} does not fit test_resnet: 1 missing keys (conv1.0.weight), "
-        "1 unexpected keys (extra.weight); pass the --model the file was trained for"
+        f"weights file {path} does not fit test_resnet (90 tensors in the file, 90 in "
+        "test_resnet; first difference: conv1.0.weight is missing from the file); pass the "
+        "model the file was trained for (--model NAME, in Python: model=NAME)"
+    )
+
+
+def test_weights_file_with_other_shapes(tmp_path: Path, state) -> None:
+    widened = dict(state)
+    widened["conv1.0.weight"] = torch.zeros(24, 3, 3, 3)
+    path = tmp_path / "widened.pth"
+    torch.save(widened, path)
+    with pytest.raises(WeightsMismatch) as info:
+        create_backbone("test_resnet", from_file(path))
+    assert str(info.value) == (
+        f"weights file {path} does not fit test_resnet (90 tensors in the file, 90 in "
+        "test_resnet; first difference: conv1.0.weight is [24, 3, 3, 3] in the file, "
+        "[16, 3, 3, 3] in test_resnet); pass the model the file was trained for "
+        "(--model NAME, in Python: model=NAME)"
     )
 
 
@@ -170,12 +187,15 @@ def fake_hub_cache(hf_home: Path, state, revision: str) -> Path:
 
 def test_pretrained_weights_from_the_hf_cache(tmp_path: Path, monkeypatch, state) -> None:
     revision = hashlib.sha1(b"test").hexdigest()
-    fake_hub_cache(tmp_path / "hf", state, revision)
+    cached = fake_hub_cache(tmp_path / "hf", state, revision)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     model, _, spec = create_backbone("test_resnet", pretrained())
     assert_backbone_equals(model, state)
-    assert spec == WeightsSpec("pretrained", identity=f"{HUB_ID}@{revision}")
+    assert spec == WeightsSpec(
+        "pretrained", identity=f"{HUB_ID}@{revision}", sha256=sha256(cached)
+    )
+    assert "state_dict" not in model.pretrained_cfg  # the tensors are not kept twice
 
 
 def test_pretrained_index_records_the_snapshot(tmp_path: Path, monkeypatch, state) -> None:
@@ -211,9 +231,18 @@ def test_no_cached_weights_and_no_network(tmp_path: Path, monkeypatch, offline: 
         f"be downloaded ({reason}"
     )
     assert message.endswith(
-        "); connect to the network once to cache them, pass --weights FILE to use a local "
-        "weights file, or pass --no-pretrained to build an untrained backbone"
+        "); connect to the network once to cache them, use a local weights file "
+        "(--weights FILE, in Python: weights=WeightsSpec('file', FILE)), or build an "
+        "untrained backbone (--no-pretrained, in Python: weights=WeightsSpec('untrained'))"
     )
+    if offline:
+        assert message == (
+            "pretrained weights for test_resnet are not in the Hugging Face cache and could "
+            "not be downloaded (HF_HUB_OFFLINE is set); connect to the network once to cache "
+            "them, use a local weights file (--weights FILE, in Python: "
+            "weights=WeightsSpec('file', FILE)), or build an untrained backbone "
+            "(--no-pretrained, in Python: weights=WeightsSpec('untrained'))"
+        )
 
 
 def test_no_cached_weights_on_the_command_line(tmp_path: Path) -> None:

@@ -4,16 +4,18 @@ Three sources of weights, recorded in the manifest as a `WeightsSpec`:
 
 * ``pretrained``: timm's default pretrained tag, from the Hugging Face cache ($HF_HOME,
   $HF_HUB_CACHE); downloaded on first use when the hub is reachable; $HF_HUB_OFFLINE honoured.
+  Identified by hub id @ snapshot revision and the SHA-256 of the cached file.
 * ``file``: a local state dict (.safetensors, .pth, .pt), identified by path and SHA-256.
 * ``untrained``: initialised from a fixed seed, so the same network can be rebuilt for queries.
 
-Nothing ever falls back from one source to another.
+A weights file is read once: the bytes hashed are the bytes loaded (`weights.read_weights`),
+and a recorded SHA-256 is verified before they are. Nothing ever falls back from one source
+to another.
 """
 
 from __future__ import annotations
 
 import difflib
-import hashlib
 import math
 import os
 import socket
@@ -26,6 +28,7 @@ from timm.data import resolve_model_data_config
 from .. import defaults
 from ..errors import ModelError, WeightsMismatch, WeightsUnavailable
 from ..specs import Preprocess, WeightsSpec
+from .weights import first_line, misfit, read_weights, state_from_bytes, without_classifier
 
 _HUB_FILES = ("model.safetensors", "pytorch_model.bin")
 
@@ -52,7 +55,7 @@ def create_backbone(
     """
     _check_model_name(model_name)
     if weights.source == "pretrained":
-        model, spec = _create_pretrained(model_name)
+        model, spec = _create_pretrained(model_name, weights)
     elif weights.source == "file":
         model, spec = _create_from_file(model_name, weights)
     elif weights.source == "untrained":
@@ -97,22 +100,38 @@ def _create_untrained(name: str, seed: int) -> torch.nn.Module:
 # -- pretrained, through the Hugging Face cache ------------------------------------------
 
 
-def _create_pretrained(name: str) -> tuple[torch.nn.Module, WeightsSpec]:
+def _create_pretrained(name: str, weights: WeightsSpec) -> tuple[torch.nn.Module, WeightsSpec]:
     cfg = timm.models.get_pretrained_cfg(name)
     hub_id = getattr(cfg, "hf_hub_id", None) if cfg else None
     if not hub_id:
         raise ModelError(
-            f"timm has no pretrained weights for {name} on the Hugging Face hub; "
-            "pass --weights FILE or --no-pretrained"
+            f"timm has no pretrained weights for {name} on the Hugging Face hub; use a local "
+            "weights file (--weights FILE, in Python: weights=WeightsSpec('file', FILE)) or an "
+            "untrained backbone (--no-pretrained, in Python: weights=WeightsSpec('untrained'))"
         )
     local = find_cached_weights(hub_id) or _download_weights(name, hub_id)
+    identity = _hub_identity(hub_id, local)
+    data, checksum = read_weights(local)
+    if weights.sha256 and weights.sha256 != checksum:
+        raise WeightsMismatch(
+            f"pretrained weights {local} ({identity}) changed since the index was built "
+            f"(sha256 {checksum[:12]}, expected {weights.sha256[:12]}); the Hugging Face "
+            "cache holds other weights under the same name: restore the original file "
+            "(delete it and download it again), or rebuild the index"
+        )
+    state = state_from_bytes(local, data)
+    del data
     try:
         model = timm.create_model(
-            name, pretrained=True, num_classes=0, pretrained_cfg_overlay={"file": local}
+            name, pretrained=True, num_classes=0, pretrained_cfg_overlay={"state_dict": state}
         )
-    except (RuntimeError, OSError, ValueError) as exc:
-        raise WeightsMismatch(f"cached weights {local} do not load into {name}: {exc}") from None
-    return model, WeightsSpec("pretrained", path=None, identity=_hub_identity(hub_id, local))
+    except (RuntimeError, OSError, ValueError, KeyError) as exc:
+        raise WeightsMismatch(
+            f"cached weights {local} do not load into {name}: {first_line(exc)}"
+        ) from None
+    for cfg_dict in {id(c): c for c in (model.pretrained_cfg, model.default_cfg)}.values():
+        cfg_dict.pop("state_dict", None)  # the tensors are in the model now; do not keep two
+    return model, WeightsSpec("pretrained", identity=identity, sha256=checksum)
 
 
 def hub_cache_dir() -> str:
@@ -171,80 +190,28 @@ def _hub_identity(hub_id: str, local: str) -> str:
 
 
 def file_sha256(path: str) -> str:
-    """SHA-256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    """SHA-256 of a file (read whole)."""
+    return read_weights(path)[1]
 
 
 def _create_from_file(name: str, weights: WeightsSpec) -> tuple[torch.nn.Module, WeightsSpec]:
     path = str(weights.path)
-    try:
-        checksum = file_sha256(path)
-    except OSError as exc:
-        raise ModelError(f"cannot read weights file {path}: {exc.strerror or exc}") from None
+    data, checksum = read_weights(path)
     if weights.identity and weights.identity != checksum:
         raise WeightsMismatch(
             f"weights file {path} changed since the index was built (sha256 {checksum[:12]}, "
             f"expected {weights.identity[:12]}); restore the original file or rebuild the index"
         )
+    state = state_from_bytes(path, data)
+    del data
     model = timm.create_model(name, pretrained=False, num_classes=0)
-    state = _read_state_dict(path)
     classifier = str(model.pretrained_cfg.get("classifier") or "fc")
-    state = {k: v for k, v in state.items() if not _is_classifier(k, classifier)}
     try:
-        missing, unexpected = model.load_state_dict(state, strict=False)
-    except RuntimeError as exc:
-        raise WeightsMismatch(
-            f"weights file {path} does not fit {name}: {_first_line(exc)}; "
-            "pass the --model the file was trained for"
-        ) from None
-    if missing or unexpected:
-        raise WeightsMismatch(
-            f"weights file {path} does not fit {name}: "
-            f"{_keys(missing=missing, unexpected=unexpected)}; "
-            "pass the --model the file was trained for"
+        missing, unexpected = model.load_state_dict(
+            without_classifier(state, classifier), strict=False
         )
+    except RuntimeError:  # shapes differ
+        raise misfit(path, name, model, state) from None
+    if missing or unexpected:
+        raise misfit(path, name, model, state)
     return model, WeightsSpec("file", path=path, identity=checksum)
-
-
-def _read_state_dict(path: str) -> dict[str, torch.Tensor]:
-    try:
-        if path.endswith(".safetensors"):
-            from safetensors.torch import load_file
-
-            state = load_file(path)
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - torch/safetensors raise many kinds on bad files
-        raise WeightsMismatch(
-            f"cannot read weights file {path} ({_first_line(exc)}); "
-            "it must be a .safetensors file or a torch state dict (.pth/.pt)"
-        ) from None
-    for key in ("state_dict", "model", "state_dict_ema"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-            break
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise WeightsMismatch(f"weights file {path} does not hold a state dict of tensors")
-    return {k.removeprefix("module."): v for k, v in state.items()}
-
-
-def _is_classifier(key: str, classifier: str) -> bool:
-    return key.startswith(classifier + ".")
-
-
-def _keys(**groups: list[str]) -> str:
-    parts = []
-    for kind, keys in groups.items():
-        if keys:
-            shown = ", ".join(keys[:4]) + (", ..." if len(keys) > 4 else "")
-            parts.append(f"{len(keys)} {kind} keys ({shown})")
-    return ", ".join(parts)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__

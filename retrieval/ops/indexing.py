@@ -282,7 +282,11 @@ def _embed_all(
     if progress:
         progress(0, total)
     stream = decode_stream(
-        [e.path for e in plan.todo], model.preprocess, options.max_megapixels, workers
+        [e.path for e in plan.todo],
+        model.preprocess,
+        options.max_megapixels,
+        workers,
+        rules={e.path: (e.link, e.identity) for e in plan.todo},  # the file scanned, no other
     )
     batch: list[FileResult] = []
     done = decoded = 0  # decoded: images with pixels in `batch` (failures ride along)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import signal
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -82,20 +82,26 @@ def default_workers() -> int:
     return plan_resources("cpu").workers
 
 
+#: Per path, what the reader checks (see `load_file`): (follow a symbolic link there, the
+#: scan's (st_dev, st_ino) or None). A path not listed: no link followed, identity unknown.
+ReadRules = Mapping[bytes, tuple[bool, tuple[int, int] | None]]
+
+
 def decode_stream(
     paths: Sequence[bytes],
     preprocess: Preprocess,
     max_megapixels: float,
     workers: int,
     chunk_size: int = CHUNK,
+    rules: ReadRules | None = None,
 ) -> Iterator[FileResult]:
     """Decode `paths` in order; `workers` = 0 decodes in this process.
 
     At most `workers * CHUNKS_PER_WORKER` chunks of `chunk_size` files are in flight.
     """
     if workers <= 0:
-        for path in paths:
-            yield load_file(path, preprocess, max_megapixels)
+        for path in paths:  # one at a time: lazily, as the batches need them
+            yield from _decode_chunk([path], preprocess, max_megapixels, rules)
         return
     chunks = [paths[i : i + chunk_size] for i in range(0, len(paths), chunk_size)]
     window = workers * CHUNKS_PER_WORKER
@@ -106,8 +112,9 @@ def decode_stream(
         while next_chunk < len(chunks) or pending:
             while next_chunk < len(chunks) and len(pending) < window:
                 chunk = chunks[next_chunk]
+                mine = _rules_for(chunk, rules)  # only the chunk's: pickled with every task
                 pending.append(
-                    (chunk, pool.submit(_decode_chunk, chunk, preprocess, max_megapixels))
+                    (chunk, pool.submit(_decode_chunk, chunk, preprocess, max_megapixels, mine))
                 )
                 next_chunk += 1
             chunk, future = pending.popleft()
@@ -119,26 +126,36 @@ def decode_stream(
                 chunks[next_chunk:next_chunk] = [c for c, _ in pending]
                 pending.clear()
                 pool.shutdown(wait=False, cancel_futures=True)
-                pool, results = _isolate(chunk, preprocess, max_megapixels, workers)
+                pool, results = _isolate(chunk, preprocess, max_megapixels, workers, rules)
             yield from results
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _isolate(
-    chunk: Sequence[bytes], preprocess: Preprocess, max_megapixels: float, workers: int
+    chunk: Sequence[bytes],
+    preprocess: Preprocess,
+    max_megapixels: float,
+    workers: int,
+    rules: ReadRules | None,
 ) -> tuple[ProcessPoolExecutor, list[FileResult]]:
     pool = _new_pool(1)
     results = []
     for path in chunk:
         try:
-            results.extend(pool.submit(_decode_chunk, [path], preprocess, max_megapixels).result())
+            mine = _rules_for([path], rules)
+            one = pool.submit(_decode_chunk, [path], preprocess, max_megapixels, mine)
+            results.extend(one.result())
         except BrokenProcessPool:
             results.append(_crashed(path))
             pool.shutdown(wait=False, cancel_futures=True)
             pool = _new_pool(1)
     pool.shutdown(wait=True)
     return _new_pool(workers), results
+
+
+def _rules_for(paths: Sequence[bytes], rules: ReadRules | None) -> ReadRules | None:
+    return {p: rules[p] for p in paths if p in rules} if rules else None
 
 
 def _new_pool(workers: int) -> ProcessPoolExecutor:
@@ -153,9 +170,18 @@ def _init_worker() -> None:
 
 
 def _decode_chunk(
-    paths: Sequence[bytes], preprocess: Preprocess, max_megapixels: float
+    paths: Sequence[bytes],
+    preprocess: Preprocess,
+    max_megapixels: float,
+    rules: ReadRules | None = None,
 ) -> list[FileResult]:
-    return [load_file(p, preprocess, max_megapixels) for p in paths]
+    results = []
+    for path in paths:
+        follow, identity = rules.get(path, (False, None)) if rules else (False, None)
+        results.append(
+            load_file(path, preprocess, max_megapixels, follow_symlinks=follow, identity=identity)
+        )
+    return results
 
 
 def _crashed(path: bytes) -> FileResult:

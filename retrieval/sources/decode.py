@@ -13,11 +13,17 @@ the header (no pixels allocated); JPEGs with more than MAX_JPEG_SCANS scans are 
 (repeated progressive scans make libjpeg's time grow with scans x pixels); extreme aspect
 ratios are resampled only inside the crop window; only regular files are read, opened
 non-blocking (a FIFO or device swapped in after the scan neither blocks nor floods).
+
+A file is read only if it is the one the scan found: the indexer opens it with O_NOFOLLOW
+unless symbolic links are allowed (a link swapped in for an image after the scan is refused,
+not followed out of the folder), and compares the opened file's (st_dev, st_ino) with the
+scan's; either change is a per-file failure ("the file changed between scan and read").
 Fuzzed by tests/test_hostile.py; the inputs that once broke it are in tests/corpus/.
 """
 
 from __future__ import annotations
 
+import errno
 import functools
 import hashlib
 import io
@@ -26,6 +32,7 @@ import re
 import stat
 import struct
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -107,16 +114,32 @@ def hash_bytes(data: bytes) -> bytes:
     return hashlib.blake2b(data, digest_size=16).digest()
 
 
-def read_file(path: bytes) -> tuple[bytes, os.stat_result]:
+#: Start of the reason given for a file that is not the one the scan found.
+CHANGED_SINCE_SCAN = "the file changed between scan and read"
+_NOW_A_LINK = (
+    f"{CHANGED_SINCE_SCAN} (it is a symbolic link now, and links are followed only with "
+    "--follow-symlinks, in Python: IndexOptions(follow_symlinks=True)); skipped"
+)
+_NOW_ANOTHER = f"{CHANGED_SINCE_SCAN} (another file took its name); it is retried next run"
+
+
+def read_file(
+    path: bytes, *, follow_symlinks: bool = True, identity: tuple[int, int] | None = None
+) -> tuple[bytes, os.stat_result]:
     """Read a whole regular file; returns its bytes and the fstat of what was read.
 
     Raises BadImage for empty, oversized, vanished, unreadable, changing or non-regular
     files (directories, FIFOs, devices: opened non-blocking and refused after fstat, so a
-    FIFO or /dev/zero swapped in after the scan cannot block or flood the reader).
+    FIFO or /dev/zero swapped in after the scan cannot block or flood the reader). With
+    `follow_symlinks` False the file is opened with O_NOFOLLOW, so a symbolic link in its
+    place is refused; `identity` is the scan's (st_dev, st_ino), which the opened file must
+    have. (Query images follow links, as `open` does; the indexer passes both.)
     """
     try:
-        with open(path, "rb", opener=_open_nonblocking) as fh:
+        with open(path, "rb", opener=_opener(follow_symlinks)) as fh:
             before = os.fstat(fh.fileno())
+            if identity is not None and (before.st_dev, before.st_ino) != identity:
+                raise BadImage(_NOW_ANOTHER)
             if not stat.S_ISREG(before.st_mode):
                 raise BadImage("not a regular file (a FIFO, device or socket); skipped")
             if before.st_size > MAX_FILE_BYTES:
@@ -130,6 +153,8 @@ def read_file(path: bytes) -> tuple[bytes, os.stat_result]:
     except IsADirectoryError:
         raise BadImage("is a directory, not an image file") from None
     except OSError as exc:
+        if not follow_symlinks and exc.errno in _LINK_REFUSED:
+            raise BadImage(_NOW_A_LINK) from None
         raise BadImage(f"cannot read file: {exc.strerror or exc}") from None
     if (before.st_size, before.st_mtime_ns) != (after.st_size, after.st_mtime_ns) or len(
         data
@@ -140,18 +165,38 @@ def read_file(path: bytes) -> tuple[bytes, os.stat_result]:
     return data, after
 
 
-def _open_nonblocking(path: str | bytes, flags: int) -> int:
-    return os.open(path, flags | getattr(os, "O_NONBLOCK", 0))
+#: errno of open(O_NOFOLLOW) on a symbolic link: ELOOP (Linux, macOS), EMLINK (FreeBSD).
+_LINK_REFUSED = (errno.ELOOP, errno.EMLINK)
 
 
-def load_file(path: bytes, preprocess: Preprocess, max_megapixels: float) -> FileResult:
+def _opener(follow_symlinks: bool) -> Callable[[str | bytes, int], int]:
+    extra = getattr(os, "O_NONBLOCK", 0)
+    if not follow_symlinks:
+        extra |= getattr(os, "O_NOFOLLOW", 0)
+    return functools.partial(_open_with, extra)
+
+
+def _open_with(extra: int, path: str | bytes, flags: int) -> int:
+    return os.open(path, flags | extra)
+
+
+def load_file(
+    path: bytes,
+    preprocess: Preprocess,
+    max_megapixels: float,
+    *,
+    follow_symlinks: bool = False,
+    identity: tuple[int, int] | None = None,
+) -> FileResult:
     """Read, hash and decode one file. Never raises for bad input: errors go in the result.
 
+    The indexer's reader: a symbolic link is refused unless `follow_symlinks`, and the file
+    opened must have the scan's `identity` (st_dev, st_ino) when given (see `read_file`).
     A file that could not be read has size 0, mtime 0 and no hash, so the next run sees it
     as changed and tries again.
     """
     try:
-        data, st = read_file(path)
+        data, st = read_file(path, follow_symlinks=follow_symlinks, identity=identity)
     except BadImage as exc:
         return FileResult(path, 0, 0, None, error=str(exc))
     digest = hash_bytes(data)
@@ -267,7 +312,8 @@ def _orient(image: Image.Image) -> Image.Image:
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
-    """Any Pillow mode to 8-bit RGB: 16-bit scaled (not clipped), alpha composited."""
+    """Any Pillow mode to 8-bit RGB: 16-bit scaled (not clipped), alpha composited on the
+    background that contrasts with the visible content (`alpha_background`)."""
     mode = image.mode
     if mode in ("I;16", "I;16L", "I;16B", "I;16N"):
         # The mode fixes the range at 0..65535: a dark 16-bit image stays dark, not stretched.
@@ -280,11 +326,38 @@ def to_rgb(image: Image.Image) -> Image.Image:
     has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
     if has_alpha:
         rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (*defaults.ALPHA_BACKGROUND, 255))
+        background = Image.new("RGBA", rgba.size, (*alpha_background(rgba), 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     if mode == "RGB":
         return image
     return image.convert("RGB")
+
+
+#: Side of the thumbnail whose pixels choose the background (cheap at 100 MP, and enough
+#: to tell light content from dark).
+_ALPHA_PROBE = 256
+
+
+def alpha_background(rgba: Image.Image) -> tuple[int, int, int]:
+    """The background an RGBA image is composited on (see defaults.ALPHA_BACKGROUND_*).
+
+    Light visible content (alpha-weighted mean luminance >= ALPHA_LUMINANCE_SPLIT) gets
+    the dark background, anything else the light one. Measured on a box-filtered thumbnail
+    of at most _ALPHA_PROBE px a side (Pillow resamples RGBA premultiplied, so transparent
+    pixels' colours do not leak into it).
+    """
+    w, h = rgba.size
+    probe = rgba.resize((min(w, _ALPHA_PROBE), min(h, _ALPHA_PROBE)), Image.Resampling.BOX)
+    values = np.asarray(probe, dtype=np.float64)
+    alpha = values[..., 3]
+    weight = float(alpha.sum())
+    if weight <= 0.0:
+        return defaults.ALPHA_BACKGROUND_FOR_DARK
+    luminance = values[..., :3] @ np.array([0.299, 0.587, 0.114])
+    mean = float((luminance * alpha).sum()) / weight
+    if mean >= defaults.ALPHA_LUMINANCE_SPLIT:
+        return defaults.ALPHA_BACKGROUND_FOR_LIGHT
+    return defaults.ALPHA_BACKGROUND_FOR_DARK
 
 
 #: numpy dtypes of Pillow's one-channel 16/32-bit modes, as `tobytes()` lays them out.

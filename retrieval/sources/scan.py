@@ -25,11 +25,21 @@ from ..pathnames import display, to_bytes
 
 @dataclass(frozen=True)
 class FileEntry:
-    """A candidate image: absolute path (bytes), size in bytes, mtime in nanoseconds."""
+    """A candidate image: absolute path (bytes), size in bytes, mtime in nanoseconds, and
+    what the reader checks: the (st_dev, st_ino) the scan saw (0, 0: unknown) and whether
+    the name was a symbolic link the scan took (--follow-symlinks, or a file named directly);
+    only then may the reader follow a link there."""
 
     path: bytes
     size: int
     mtime_ns: int
+    device: int = 0
+    inode: int = 0
+    link: bool = False
+
+    @property
+    def identity(self) -> tuple[int, int] | None:
+        return (self.device, self.inode) if self.inode else None
 
 
 @dataclass(frozen=True)
@@ -129,7 +139,9 @@ def scan(
             problems = result.problems
             walker = _walk(root_b, st, patterns, follow_symlinks, allowed, problems, skipped)
         elif stat.S_ISREG(st.st_mode):
-            walker = iter([FileEntry(root_b, st.st_size, st.st_mtime_ns)])
+            link = os.path.islink(root_b)
+            single = FileEntry(root_b, st.st_size, st.st_mtime_ns, st.st_dev, st.st_ino, link)
+            walker = iter([single])
         else:
             result.problems.append(ScanProblem(root_b, NOT_REGULAR))
             continue
@@ -186,7 +198,14 @@ def _walk(
                 extension = os.path.splitext(entry.name)[1].decode("utf-8", "replace").lower()
                 if extension in allowed:
                     info = entry.stat(follow_symlinks=True)
-                    yield FileEntry(path, info.st_size, info.st_mtime_ns)
+                    yield FileEntry(
+                        path,
+                        info.st_size,
+                        info.st_mtime_ns,
+                        info.st_dev,
+                        info.st_ino,
+                        entry.is_symlink(),
+                    )
                 else:
                     skipped[extension] += 1
             except FileNotFoundError:
