@@ -21,10 +21,10 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from .. import defaults
-from ..errors import CatalogCorrupt, IndexNotFound, StorageError
+from ..errors import CatalogCorrupt, IndexNotFound, ReadOnlyIndex, StorageError
 from ..store import vectors
 from ..store.catalog import Catalog
-from ..store.files import WriterLock, atomic_write, is_temp
+from ..store.files import WriterLock, atomic_write, is_temp, open_regular, read_only_media
 from ..store.index_dir import IndexDir
 from ..store.manifest import Manifest
 
@@ -110,16 +110,15 @@ def check(
     if not os.path.isfile(path):
         raise IndexNotFound(directory)
     lock = WriterLock(os.path.join(directory, defaults.LOCK_FILE))
-    held = True
-    try:
-        lock.acquire(wait)
-    except PermissionError:
-        if repair:
-            raise StorageError(
-                f"cannot repair {directory}: permission denied; run the check as a user who "
-                "may write there"
-            ) from None
-        held = False  # a read-only medium: check without the lock
+    held = not read_only_media(directory)
+    if held:
+        try:
+            lock.acquire(wait)
+        except ReadOnlyIndex:
+            held = False
+    if not held and repair:
+        raise ReadOnlyIndex(directory)
+    # Without the lock (read-only media) nothing can change the index while we look.
     try:
         index_dir = IndexDir(directory, Catalog(path, writer=False), lock if held else None)
         with index_dir:
@@ -174,8 +173,8 @@ def _temp_files(directory: str) -> list[Problem]:
 def _manifest_file(directory: str, manifest: Manifest) -> list[Problem]:
     path = os.path.join(directory, defaults.MANIFEST_FILE)
     try:
-        with open(path, encoding="utf-8") as fh:
-            if fh.read() == manifest.to_json():
+        with open_regular(path) as fh:
+            if fh.read().decode("utf-8") == manifest.to_json():
                 return []
         problem = "differs from the catalogue's manifest"
     except FileNotFoundError:

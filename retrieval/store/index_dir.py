@@ -20,10 +20,25 @@ from typing import Any
 import numpy as np
 
 from .. import defaults
-from ..errors import CatalogCorrupt, IndexNotFound, RetrievalError, StorageError, UsageError
+from ..errors import (
+    CatalogCorrupt,
+    IndexNotFound,
+    ReadOnlyIndex,
+    RetrievalError,
+    StorageError,
+    UnsafeIndexFile,
+    UsageError,
+)
 from . import reduction, vectors
 from .catalog import Catalog, Delta
-from .files import WriterLock, atomic_write, describe_os_error, remove_stale_temps
+from .files import (
+    WriterLock,
+    atomic_write,
+    describe_os_error,
+    open_regular,
+    read_only_media,
+    remove_stale_temps,
+)
 from .manifest import Manifest
 
 #: A catalogue change larger than this (and than half the cache) rebuilds the cache instead
@@ -85,13 +100,10 @@ class IndexDir:
             raise StorageError(
                 f"cannot create the index directory {directory}: {describe_os_error(exc)}"
             ) from None
+        if read_only_media(directory):
+            raise ReadOnlyIndex(directory)
         lock = WriterLock(os.path.join(directory, defaults.LOCK_FILE))
-        try:
-            lock.acquire(wait)
-        except PermissionError:
-            raise StorageError(
-                f"cannot write to {directory}: permission denied; choose a writable --index"
-            ) from None
+        lock.acquire(wait)
         try:
             remove_stale_temps(directory)
             catalog = Catalog(os.path.join(directory, defaults.CATALOG_FILE), writer=True)
@@ -141,14 +153,16 @@ class IndexDir:
         path = os.path.join(self.directory, defaults.MANIFEST_FILE)
         expected = self.require_manifest().to_json()
         try:
-            with open(path, encoding="utf-8") as fh:
-                if fh.read() == expected:
+            with open_regular(path) as fh:
+                if fh.read().decode("utf-8") == expected:
                     return
             problem = "did not match the catalogue"
         except FileNotFoundError:
             problem = "was missing"
-        except (OSError, UnicodeDecodeError):
+        except UnicodeDecodeError:
             problem = "was unreadable"
+        except OSError as exc:
+            problem = f"was unreadable ({exc.strerror or exc})"
         try:
             self._write_manifest_file()
             self.notices.append(f"{path} {problem}; rewrote it from the catalogue")
@@ -202,6 +216,9 @@ class IndexDir:
             temporary = WriterLock(os.path.join(self.directory, defaults.LOCK_FILE))
             try:
                 temporary.acquire(wait=False)
+            except (ReadOnlyIndex, UnsafeIndexFile) as exc:
+                self.notices.append(f"searched an in-memory copy, not saved: {exc}")
+                return
             except (RetrievalError, OSError):
                 return  # a writer is running; it will write the cache itself
         try:

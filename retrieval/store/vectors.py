@@ -34,7 +34,7 @@ from typing import Any, BinaryIO
 import faiss
 import numpy as np
 
-from .files import atomic_write
+from .files import atomic_write, open_regular
 
 MAGIC = b"RTVFAISS"
 FORMAT = 2
@@ -548,7 +548,7 @@ def _seal(body_digest: bytes, generation: int, size: int, n_tomb: int) -> bytes:
 def read(path: str) -> Built:
     """Load and verify a vector index file; raises VectorsDamaged with the reason."""
     try:
-        with open(path, "rb") as fh:
+        with open_regular(path) as fh:
             return _read(fh)
     except FileNotFoundError:
         raise VectorsDamaged("missing") from None
