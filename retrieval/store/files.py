@@ -91,10 +91,7 @@ def atomic_write(path: str, write: Callable[[BinaryIO], None], what: str) -> Non
     tmp = temp_name(path)
     try:
         point = os.path.basename(path)
-        # A new file, never an existing name: a link planted at the temp name is refused
-        # (EEXIST), not followed.
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-        with os.fdopen(os.open(tmp, flags, 0o644), "wb") as fh:
+        with open(tmp, "wb", opener=_create_new) as fh:
             write(fh)
             fh.flush()
             fault_point(f"write-temp/{point}")
@@ -113,6 +110,13 @@ def atomic_write(path: str, write: Callable[[BinaryIO], None], what: str) -> Non
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def _create_new(path: str, flags: int) -> int:
+    """`open` opener: a new file, never an existing name (a link planted at a temporary
+    name is refused with EEXIST, not followed)."""
+    flags |= os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    return os.open(path, flags & ~os.O_TRUNC, 0o644)
 
 
 def open_regular(path: str) -> BinaryIO:
