@@ -18,7 +18,9 @@ import base64
 import contextlib
 import json
 import os
+import sqlite3
 import time
+import urllib.parse
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -53,7 +55,7 @@ from sqlalchemy.pool import NullPool
 from .. import defaults
 from ..errors import CatalogCorrupt, IndexNotFound, StorageError
 from ..pathnames import prefix_bounds
-from .files import fault_point
+from .files import fault_point, read_only_media
 
 SCHEMA_VERSION = 1
 
@@ -573,16 +575,52 @@ _BULK_COLUMNS = (
 )
 
 
+def catalog_uri(path: str, mode: str) -> str:
+    """A `file:` URI for SQLite naming exactly `path`: every byte but letters, digits and
+    "/-._~" percent-quoted, so `?`, `#`, `%` in a folder name stay part of the name (with a
+    plain "sqlite:///" URL SQLAlchemy read "?mode=ro" as options and opened another file).
+
+    `mode`: "rwc" (create), "rw" (an existing catalogue), "ro" or "immutable" (read-only
+    media: no locks, no -shm; only safe when no write-ahead log holds commits)."""
+    quoted = urllib.parse.quote(os.fsencode(os.path.abspath(path)), safe="/")
+    options = "mode=ro&immutable=1" if mode == "immutable" else f"mode={mode}"
+    return f"file:{quoted}?{options}"
+
+
+def _open_mode(path: str, writer: bool) -> str:
+    """How to open the catalogue: see `catalog_uri`."""
+    if writer:
+        return "rwc"
+    if not read_only_media(os.path.dirname(path) or "."):
+        return "rw"
+    # SQLite cannot create the -shm file here. A catalogue closed cleanly has no -wal, and
+    # immutable=1 reads it with no -shm at all; a -wal with commits needs its -shm beside it
+    # (mode=ro reads both), else immutable=1 would silently miss those commits.
+    try:
+        has_log = os.path.getsize(path + "-wal") > 0
+    except OSError:
+        has_log = False
+    return "ro" if has_log else "immutable"
+
+
 def _make_engine(path: str, writer: bool) -> Engine:
     if not writer and not os.path.exists(path):
         raise FileNotFoundError(path)
-    engine = create_engine(f"sqlite:///{path}", poolclass=NullPool)
+    uri = catalog_uri(path, _open_mode(path, writer))
+
+    def connect() -> sqlite3.Connection:
+        return sqlite3.connect(uri, uri=True)
+
+    # A creator, not a URL: SQLAlchemy would parse the path itself (and its "?").
+    engine = create_engine("sqlite://", creator=connect, poolclass=NullPool)
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         dbapi_conn.isolation_level = None  # we issue BEGIN ourselves (see "begin" below)
         cursor = dbapi_conn.cursor()
         cursor.execute(f"PRAGMA busy_timeout={defaults.BUSY_TIMEOUT_MS}")
+        # Functions named in the schema (triggers, views, indexes) never run with our rights.
+        cursor.execute("PRAGMA trusted_schema=OFF")
         if writer:
             # Only a new database takes it (before WAL mode writes its header). A row holds
             # a vector BLOB (2 KiB at 512-d float32): with 4 KiB pages one row fits per page
