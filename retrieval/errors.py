@@ -9,6 +9,7 @@ to do instead. The CLI prints `error: <message>` and exits 1; nothing else reach
     +-- IndexBusy                another process is writing to the index
     +-- IndexIncompatible        model / weights / dim differ from the index's manifest
     +-- CatalogCorrupt           the SQLite catalogue cannot be read
+    +-- CatalogTampered          the catalogue holds triggers or views retrieval did not create
     +-- StorageError             a write to disk failed (disk full, I/O error, read-only)
     |   +-- ReadOnlyIndex        the index is on read-only media (or not writable)
     +-- UnsafeIndexFile          a file in the index folder is a link, FIFO, ... (tampering)
@@ -71,6 +72,20 @@ class CatalogCorrupt(RetrievalError):
         super().__init__(
             f"the catalogue {path} is damaged ({reason}); restore it from a backup, or move "
             f"the index away and rebuild it: `retrieval index --index {directory} FOLDER...`"
+        )
+
+
+class CatalogTampered(RetrievalError):
+    """The catalogue holds a schema object (trigger, view) that retrieval did not create."""
+
+    def __init__(self, path: str, kind: str, name: str) -> None:
+        self.path = path
+        self.kind = kind
+        self.name = name
+        directory = os.path.dirname(path)
+        super().__init__(
+            f"the catalogue {path} holds a {kind} {name!r} that retrieval did not create; run "
+            f"`retrieval check --repair --index {directory}` to remove it"
         )
 
 

@@ -120,7 +120,8 @@ def check(
         raise ReadOnlyIndex(directory)
     # Without the lock (read-only media) nothing can change the index while we look.
     try:
-        index_dir = IndexDir(directory, Catalog(path, writer=False), lock if held else None)
+        catalog = Catalog(path, writer=False, refuse_foreign=False)
+        index_dir = IndexDir(directory, catalog, lock if held else None)
         with index_dir:
             found, facts = _inspect(index_dir)
             if not (repair and found):
@@ -156,10 +157,24 @@ def _inspect(index_dir: IndexDir) -> tuple[list[Problem], tuple[int, int, int]]:
     with catalog.read() as conn:
         counts = catalog.counts(conn)
         generation = catalog.generation(conn)
-    problems = _temp_files(index_dir.directory)
+    problems = _foreign_objects(catalog)
+    problems += _temp_files(index_dir.directory)
     problems += _manifest_file(index_dir.directory, manifest)
     problems += _vectors_file(index_dir, manifest, generation)
     return problems, (counts["ok"], counts["failed"], generation)
+
+
+#: The repair of a schema object retrieval did not create.
+_DROPS = "drops it"
+
+
+def _foreign_objects(catalog: Catalog) -> list[Problem]:
+    """Triggers, views, tables and indexes in the catalogue that retrieval did not create."""
+    return [
+        Problem(defaults.CATALOG_FILE, f"holds a {kind} {name!r} that retrieval did not create",
+                _DROPS)
+        for kind, name in catalog.foreign_objects()
+    ]
 
 
 def _temp_files(directory: str) -> list[Problem]:
@@ -257,6 +272,8 @@ def _differing(index: Any, index_dir: IndexDir, conn: Any, live: np.ndarray) -> 
 
 def _repair(index_dir: IndexDir, problems: list[Problem]) -> None:
     files = {p.file for p in problems}
+    if any(p.repair == _DROPS for p in problems):  # first: a trigger could fire on our writes
+        index_dir.catalog.drop_foreign()
     for name in files:
         if is_temp(name):
             try:

@@ -53,7 +53,7 @@ from sqlalchemy.exc import DatabaseError, OperationalError
 from sqlalchemy.pool import NullPool
 
 from .. import defaults
-from ..errors import CatalogCorrupt, IndexNotFound, StorageError
+from ..errors import CatalogCorrupt, CatalogTampered, IndexNotFound, StorageError
 from ..pathnames import prefix_bounds
 from .files import fault_point, read_only_media
 
@@ -138,18 +138,61 @@ class Delta:
 
 
 class Catalog:
-    """The SQLite catalogue of one index. `writer=True` opens writes with BEGIN IMMEDIATE."""
+    """The SQLite catalogue of one index. `writer=True` opens writes with BEGIN IMMEDIATE.
 
-    def __init__(self, path: str, *, writer: bool, vector_dtype: str = "float32") -> None:
+    Opening refuses a catalogue holding triggers or views retrieval did not create
+    (CatalogTampered) unless `refuse_foreign=False` (check, which reports and drops them)."""
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        writer: bool,
+        vector_dtype: str = "float32",
+        refuse_foreign: bool = True,
+    ) -> None:
         self.path = path
         self.writer = writer
         self.vector_dtype = np.dtype(vector_dtype)
         self.engine = _make_engine(path, writer)
         with self._guard("open"):
+            if refuse_foreign:
+                self._refuse_foreign()
             if writer:
                 metadata.create_all(self.engine)
             with self.engine.connect() as conn:
                 conn.exec_driver_sql("SELECT count(*) FROM sqlite_master").scalar()
+
+    def _refuse_foreign(self) -> None:
+        """Raise CatalogTampered for a trigger or view retrieval did not create: a trigger runs
+        inside our own writes (it could rewrite paths or delete rows), a view shadows nothing
+        of ours but has no business here either. `check --repair` drops them."""
+        for kind, name in self.foreign_objects():
+            if kind in ("trigger", "view"):
+                self.close()
+                raise CatalogTampered(self.path, kind, name)
+
+    def foreign_objects(self) -> list[tuple[str, str]]:
+        """(type, name) of every schema object retrieval did not create, sorted: triggers,
+        views, tables, indexes (SQLite's own sqlite_* objects are not foreign)."""
+        with self.read() as conn:
+            found = conn.exec_driver_sql("SELECT type, name FROM sqlite_master").all()
+        ours = _our_objects()
+        return sorted(
+            (kind, name)
+            for kind, name in found
+            if (kind, name) not in ours and not name.startswith("sqlite_")
+        )
+
+    def drop_foreign(self) -> list[tuple[str, str]]:
+        """Drop every foreign schema object (see `foreign_objects`); returns what was dropped."""
+        foreign = self.foreign_objects()
+        order = {"trigger": 0, "view": 1, "index": 2, "table": 3}
+        with self._guard("write"), self.engine.connect() as conn, conn.begin():
+            for kind, name in sorted(foreign, key=lambda o: order.get(o[0], 4)):
+                quoted = '"' + name.replace('"', '""') + '"'
+                conn.exec_driver_sql(f"DROP {kind.upper()} IF EXISTS {quoted}")
+        return foreign
 
     def close(self) -> None:
         self.engine.dispose()
@@ -636,6 +679,15 @@ def _make_engine(path: str, writer: bool) -> Engine:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if writer else "BEGIN")
 
     return engine
+
+
+def _our_objects() -> set[tuple[str, str]]:
+    """(type, name) of the tables and indexes `metadata` creates."""
+    ours = set()
+    for table in metadata.sorted_tables:
+        ours.add(("table", table.name))
+        ours.update(("index", str(index.name)) for index in table.indexes)
+    return ours
 
 
 def _get_int(conn: Connection, key: str, default: int) -> int:

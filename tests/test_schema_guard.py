@@ -1,0 +1,137 @@
+"""Schema objects retrieval did not create in catalog.sqlite (security issue 11.5).
+
+A trigger added to the catalogue ran inside the next `index` (rewriting paths, deleting rows)
+and `check` said ok. Now every open refuses a catalogue with a foreign trigger or view, in one
+line that names it and the repair; `check` lists every foreign object (triggers, views,
+tables, indexes) and `check --repair` drops them.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+from pathlib import Path
+
+import _procs as P
+import pytest
+from _procs import one_cpu  # noqa: F401 - autouse fixture
+from conftest import run_cli
+
+from retrieval import Index
+from retrieval.errors import CatalogTampered
+
+N = 6
+
+TRIGGER = """CREATE TRIGGER rewrite AFTER UPDATE ON meta BEGIN
+    UPDATE images SET path = CAST('/tmp/evil/' || id AS BLOB);
+    DELETE FROM images WHERE id = (SELECT min(id) FROM images);
+END"""
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("schema")
+    photos = root / "photos"
+    P.make_images(photos, N)
+    index = root / "index"
+    assert run_cli("index", photos, "--index", index, *P.FAST).exit_code == 0
+    return photos, index
+
+
+@pytest.fixture
+def copy(built: tuple[Path, Path], tmp_path: Path) -> Path:
+    index = tmp_path / "index"
+    shutil.copytree(built[1], index)
+    return index
+
+
+def _sql(index: Path, *statements: str) -> None:
+    conn = sqlite3.connect(index / "catalog.sqlite")
+    for statement in statements:
+        conn.execute(statement)
+    conn.commit()
+    conn.close()
+
+
+def _schema(index: Path) -> list[tuple[str, str]]:
+    conn = sqlite3.connect(index / "catalog.sqlite")
+    found = conn.execute("SELECT type, name FROM sqlite_master ORDER BY type, name").fetchall()
+    conn.close()
+    return found
+
+
+def _refusal(index: Path, kind: str, name: str) -> str:
+    return (
+        f"error: the catalogue {index / 'catalog.sqlite'} holds a {kind} '{name}' that "
+        f"retrieval did not create; run `retrieval check --repair --index {index}` to remove it\n"
+    )
+
+
+@pytest.mark.parametrize("command", ["index", "search", "info", "export"])
+def test_trigger_is_refused_before_it_can_run(built, copy: Path, tmp_path: Path, command: str):
+    photos = built[0]
+    P.make_images(photos.parent / "more", 2, seed=5, start=300)
+    _sql(copy, TRIGGER)
+    before = P.rows(copy)
+    if command == "index":
+        result = run_cli("index", photos, photos.parent / "more", "--index", copy, *P.FAST)
+    elif command == "search":
+        result = run_cli("search", photos / "img_0001.png", "--index", copy)
+    elif command == "info":
+        result = run_cli("info", "--index", copy)
+    else:
+        result = run_cli("export", "--index", copy, "-o", tmp_path / "x.parquet")
+    assert (result.exit_code, result.stderr) == (1, _refusal(copy, "trigger", "rewrite"))
+    assert P.rows(copy) == before
+
+
+def test_view_is_refused(copy: Path):
+    _sql(copy, "CREATE VIEW peek AS SELECT path FROM images")
+    with pytest.raises(CatalogTampered) as caught:
+        Index(copy).info()
+    assert (caught.value.kind, caught.value.name) == ("view", "peek")
+
+
+def test_check_lists_every_foreign_object_and_repair_drops_them(built, copy: Path):
+    ours = _schema(copy)
+    _sql(
+        copy,
+        TRIGGER,
+        "CREATE VIEW peek AS SELECT path FROM images",
+        "CREATE TABLE notes (x)",
+        "CREATE INDEX ix_extra ON images (size)",
+    )
+    result = run_cli("check", "--index", copy)
+    assert (result.exit_code, result.stderr) == (1, "")
+    assert result.stdout.splitlines()[1:-1] == [
+        f"  catalog.sqlite: holds a {kind} '{name}' that retrieval did not create "
+        "(--repair drops it)"
+        for kind, name in [
+            ("index", "ix_extra"),
+            ("table", "notes"),
+            ("trigger", "rewrite"),
+            ("view", "peek"),
+        ]
+    ]
+    before = P.rows(copy)
+    repaired = run_cli("check", "--index", copy, "--repair")
+    assert repaired.exit_code == 0, repaired.stdout + repaired.stderr
+    assert _schema(copy) == ours
+    assert P.rows(copy) == before
+    result = run_cli("index", built[0], "--index", copy, *P.FAST, "--json")
+    assert result.exit_code == 0, result.stderr
+    assert result.json()["unchanged"] == N
+    assert P.rows(copy) == before
+
+
+def test_schema_functions_are_not_trusted(copy: Path):
+    """trusted_schema=OFF: a view calling a function with side effects is not run by us."""
+    catalog_path = copy / "catalog.sqlite"
+    from retrieval.store.catalog import Catalog
+
+    catalog = Catalog(str(catalog_path), writer=False, refuse_foreign=False)
+    try:
+        with catalog.read() as conn:
+            assert conn.exec_driver_sql("PRAGMA trusted_schema").scalar() == 0
+    finally:
+        catalog.close()
