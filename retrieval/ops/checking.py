@@ -207,6 +207,8 @@ def _vectors_file(index_dir: IndexDir, manifest: Manifest, generation: int) -> l
         built = vectors.read(index_dir.vectors_path)
     except vectors.VectorsDamaged as exc:
         return problem(str(exc))
+    if built.catalog_id != index_dir.catalog_id:
+        return problem("was built from another catalogue (its catalogue id differs)")
     if built.index.d != manifest.cache_dim:
         return problem(f"holds {built.index.d}-d vectors, the manifest says {manifest.cache_dim}")
     if built.generation > generation:

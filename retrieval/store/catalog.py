@@ -4,7 +4,7 @@ Tables:
   images    one row per file: path (raw bytes), size, mtime_ns, content_hash, width, height,
             format, status ('ok' | 'failed'), error, vector (BLOB), gen, indexed_at
   removals  ids deleted from `images`, with the generation that deleted them
-  meta      key/value: 'generation', 'manifest' (JSON)
+  meta      key/value: 'generation', 'manifest' (JSON), 'catalog_id' (uuid4 hex)
 
 Every write transaction bumps `generation` and stamps the rows it touches with it, so a
 vector-index file built at generation G can be brought up to date from the rows with
@@ -21,6 +21,7 @@ import os
 import sqlite3
 import time
 import urllib.parse
+import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -58,6 +59,8 @@ from ..pathnames import prefix_bounds
 from .files import fault_point, read_only_media
 
 SCHEMA_VERSION = 1
+#: The meta key of the catalogue's random id (uuid4 hex), set when it is first written.
+CATALOG_ID_KEY = "catalog_id"
 
 metadata = MetaData()
 
@@ -269,6 +272,21 @@ class Catalog:
         """Set a bookkeeping value without bumping the generation."""
         with self._guard("write"), self.engine.connect() as conn, conn.begin():
             _set(conn, key, value)
+
+    def catalog_id(self) -> str:
+        """This catalogue's random hex id ("" for one made before ids existed and not yet
+        opened for writing); caches written from it carry it (see vectors.write)."""
+        return self.get_meta(CATALOG_ID_KEY) or ""
+
+    def ensure_catalog_id(self) -> str:
+        """The catalogue's id, given one first if it has none (writers only)."""
+        with self._guard("write"), self.engine.connect() as conn, conn.begin():
+            found = conn.execute(select(meta.c.value).where(meta.c.key == CATALOG_ID_KEY)).scalar()
+            if found:
+                return str(found)
+            made = uuid.uuid4().hex
+            _set(conn, CATALOG_ID_KEY, made)
+            return made
 
     # -- incremental indexing -------------------------------------------------------------
 

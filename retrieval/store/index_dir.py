@@ -73,6 +73,8 @@ class IndexDir:
         self._base: vectors.Built | None = None
         self._reduction: reduction.Reduction | None = None
         self._reduction_sha: str | None = None  # the checksum it was loaded or learned with
+        #: The catalogue's id, which binds vectors.faiss to it ("" for an old catalogue).
+        self.catalog_id = catalog.catalog_id()
 
     # -- opening ----------------------------------------------------------------------------
 
@@ -111,6 +113,11 @@ class IndexDir:
             lock.release()
             raise
         opened = cls(directory, catalog, lock)
+        try:
+            opened.catalog_id = catalog.ensure_catalog_id()
+        except BaseException:
+            opened.close()
+            raise
         if opened.manifest is not None:
             opened._sync_manifest_file()
         return opened
@@ -185,6 +192,8 @@ class IndexDir:
         if self._base is None:
             try:
                 self._base = vectors.read(self.vectors_path)
+                if self._base.catalog_id != self.catalog_id:
+                    raise vectors.VectorsDamaged("it was built from another catalogue")
                 if self._base.index.d != self.require_manifest().cache_dim:
                     self._manifest = None  # a writer may have learned a reduction since
                     if self._base.index.d != self.require_manifest().cache_dim:
@@ -301,7 +310,7 @@ class IndexDir:
         return manifest
 
     def _write_vectors(self, built: vectors.Built) -> None:
-        vectors.write(self.vectors_path, built)
+        vectors.write(self.vectors_path, built, catalog_id=self.catalog_id)
         if not self.catalog.get_meta("vectors_written"):
             self.catalog.set_meta("vectors_written", "1")
 
