@@ -8,6 +8,7 @@ tables, indexes) and `check --repair` drops them.
 
 from __future__ import annotations
 
+import json
 import shutil
 import sqlite3
 from pathlib import Path
@@ -135,3 +136,99 @@ def test_schema_functions_are_not_trusted(copy: Path):
             assert conn.exec_driver_sql("PRAGMA trusted_schema").scalar() == 0
     finally:
         catalog.close()
+
+
+# -- a manifest edited inside the catalogue (issue 11.10) --------------------------------------
+
+
+def _edit_manifest(index: Path, **changes) -> None:
+    conn = sqlite3.connect(index / "catalog.sqlite")
+    raw = conn.execute("SELECT value FROM meta WHERE key = 'manifest'").fetchone()[0]
+    manifest = {**json.loads(raw), **changes}
+    conn.execute("UPDATE meta SET value = ? WHERE key = 'manifest'", (json.dumps(manifest),))
+    conn.commit()
+    conn.close()
+
+
+def _damaged(index: Path, reason: str) -> str:
+    return (
+        f"error: the catalogue {index / 'catalog.sqlite'} is damaged ({reason}); restore it "
+        f"from a backup, or move the index away and rebuild it: "
+        f"`retrieval index --index {index} FOLDER...`\n"
+    )
+
+
+@pytest.mark.parametrize("command", ["search", "index", "info", "export"])
+def test_manifest_edited_in_the_catalogue_is_one_line(built, copy: Path, tmp_path: Path,
+                                                      command: str):
+    photos = built[0]
+    _edit_manifest(copy, model="resnet18", dim=512)
+    manifest_file = (copy / "manifest.json").read_bytes()
+    before = P.rows(copy)
+    if command == "search":
+        result = run_cli("search", photos / "img_0001.png", "--index", copy)
+    elif command == "index":
+        P.make_images(tmp_path / "more", 2, seed=4, start=200)
+        result = run_cli("index", photos, tmp_path / "more", "--index", copy, *P.FAST[2:])
+    elif command == "info":
+        result = run_cli("info", "--index", copy)
+    else:
+        result = run_cli("export", "--index", copy, "-o", tmp_path / "x.parquet")
+    reason = "its stored vectors are 96-d but its manifest says 512-d float32 (resnet18)"
+    assert (result.exit_code, result.stderr) == (1, _damaged(copy, reason))
+    assert P.rows(copy) == before
+    assert (copy / "manifest.json").read_bytes() == manifest_file  # not "repaired" from it
+
+
+def test_check_reports_vectors_that_do_not_fit_the_manifest(copy: Path):
+    _edit_manifest(copy, model="resnet18", dim=512)
+    manifest_file = (copy / "manifest.json").read_bytes()
+    line = (
+        f"  catalog.sqlite: holds {N} vectors of 96 values but its manifest says 512-d float32 "
+        "(resnet18) (--repair cannot fix this: restore the catalogue from a backup, or rebuild "
+        "the index)"
+    )
+    for repair in ([], ["--repair"]):
+        result = run_cli("check", "--index", copy, *repair)
+        assert (result.exit_code, result.stderr) == (1, "")
+        assert result.stdout.splitlines()[1:-1] == [line]
+    assert (copy / "manifest.json").read_bytes() == manifest_file
+
+
+def test_one_stored_vector_of_the_wrong_size(built, copy: Path):
+    conn = sqlite3.connect(copy / "catalog.sqlite")
+    conn.execute("UPDATE images SET vector = substr(vector, 1, 192) WHERE id = (SELECT max(id) FROM images)")
+    conn.commit()
+    conn.close()
+    (copy / "vectors.faiss").unlink()  # so that search rebuilds the cache from every vector
+    result = run_cli("search", built[0] / "img_0001.png", "--index", copy)
+    assert (result.exit_code, result.stderr) == (
+        1,
+        _damaged(copy, "its stored vectors are not 96-d as its manifest says"),
+    )
+    check = run_cli("check", "--index", copy)
+    assert check.exit_code == 1
+    assert check.stdout.splitlines()[1] == (
+        "  catalog.sqlite: holds 1 vectors of 48 values but its manifest says 96-d float32 "
+        "(test_resnet) (--repair cannot fix this: restore the catalogue from a backup, or "
+        "rebuild the index)"
+    )
+
+
+def test_a_vector_of_another_size_is_never_stored(copy: Path):
+    import numpy as np
+
+    from retrieval.errors import IndexIncompatible
+    from retrieval.store.catalog import NewRow
+    from retrieval.store.index_dir import IndexDir
+
+    before = P.rows(copy)
+    with IndexDir.open_writer(copy) as index_dir:
+        generation = index_dir.catalog.generation()
+        row = NewRow(b"/x/new.png", 1, 1, b"h" * 32, 8, 8, "PNG", np.ones(2048, np.float32), None)
+        with pytest.raises(IndexIncompatible, match="a 2048-d vector cannot be stored"):
+            index_dir.catalog.store([row], {})
+        with pytest.raises(IndexIncompatible):
+            index_dir.catalog.store_many([row])
+        assert index_dir.catalog.generation() == generation
+    assert P.rows(copy) == before

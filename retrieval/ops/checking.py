@@ -159,9 +159,28 @@ def _inspect(index_dir: IndexDir) -> tuple[list[Problem], tuple[int, int, int]]:
         generation = catalog.generation(conn)
     problems = _foreign_objects(catalog)
     problems += _temp_files(index_dir.directory)
+    sizes = _vector_sizes(catalog, manifest)
+    if sizes:
+        # The manifest does not describe the vectors: nothing derived from it is checked,
+        # and --repair rewrites nothing from it.
+        return problems + sizes, (counts["ok"], counts["failed"], generation)
     problems += _manifest_file(index_dir.directory, manifest)
     problems += _vectors_file(index_dir, manifest, generation)
     return problems, (counts["ok"], counts["failed"], generation)
+
+
+def _vector_sizes(catalog: Catalog, manifest: Manifest) -> list[Problem]:
+    """Stored vectors whose size is not the manifest's dim (an edited manifest, say)."""
+    wrong = {size: n for size, n in catalog.vector_sizes().items() if size != manifest.dim}
+    return [
+        Problem(
+            defaults.CATALOG_FILE,
+            f"holds {n} vectors of {size} values but its manifest says {manifest.dim}-d "
+            f"{manifest.vector_dtype} ({manifest.model.name})",
+            "cannot fix this: restore the catalogue from a backup, or rebuild the index",
+        )
+        for size, n in sorted(wrong.items())
+    ]
 
 
 #: The repair of a schema object retrieval did not create.

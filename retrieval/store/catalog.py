@@ -54,7 +54,13 @@ from sqlalchemy.exc import DatabaseError, OperationalError
 from sqlalchemy.pool import NullPool
 
 from .. import defaults
-from ..errors import CatalogCorrupt, CatalogTampered, IndexNotFound, StorageError
+from ..errors import (
+    CatalogCorrupt,
+    CatalogTampered,
+    IndexIncompatible,
+    IndexNotFound,
+    StorageError,
+)
 from ..pathnames import prefix_bounds
 from .files import fault_point, read_only_media
 
@@ -157,6 +163,8 @@ class Catalog:
         self.path = path
         self.writer = writer
         self.vector_dtype = np.dtype(vector_dtype)
+        #: Values per vector (the manifest's dim), once known: `encode` refuses other sizes.
+        self.dim: int | None = None
         self.engine = _make_engine(path, writer)
         with self._guard("open"):
             if refuse_foreign:
@@ -385,14 +393,42 @@ class Catalog:
     # -- vectors -------------------------------------------------------------------------
 
     def encode(self, vector: np.ndarray) -> bytes:
-        return np.asarray(vector, dtype=self.vector_dtype).tobytes()
+        """A vector as stored; raises IndexIncompatible (inside the caller's transaction, so
+        nothing of it is stored) when its size is not the manifest's `dim`."""
+        vector = np.asarray(vector, dtype=self.vector_dtype)
+        if self.dim is not None and vector.size != self.dim:
+            raise IndexIncompatible(
+                f"a {vector.size}-d vector cannot be stored in {self.path}, whose manifest says "
+                f"{self.dim}-d; nothing from this batch was stored"
+            )
+        return vector.tobytes()
 
     def decode(self, blobs: Sequence[bytes], dim: int) -> np.ndarray:
-        """BLOBs -> (n, dim) float32."""
+        """BLOBs -> (n, dim) float32; raises CatalogCorrupt when they do not hold n x dim."""
         if not blobs:
             return np.zeros((0, dim), dtype=np.float32)
         flat = np.frombuffer(b"".join(blobs), dtype=self.vector_dtype)
+        if flat.size != len(blobs) * dim:
+            raise CatalogCorrupt(self.path, f"its stored vectors are not {dim}-d as its manifest says")
         return flat.reshape(len(blobs), dim).astype(np.float32)
+
+    def vector_sizes(self) -> dict[int, int]:
+        """{values per stored vector: how many 'ok' rows have that many} (a full scan)."""
+        itemsize = self.vector_dtype.itemsize
+        with self.read() as conn:
+            found = conn.exec_driver_sql(
+                "SELECT length(vector), count(*) FROM images WHERE status = 'ok' GROUP BY 1"
+            ).all()
+        return {int(size or 0) // itemsize: int(n) for size, n in found}
+
+    def first_vector_size(self) -> int | None:
+        """Values in the first stored vector (by id), or None when none is stored: a cheap
+        check, on every open, that the manifest describes the vectors."""
+        with self.read() as conn:
+            size = conn.exec_driver_sql(
+                "SELECT length(vector) FROM images WHERE status = 'ok' ORDER BY id LIMIT 1"
+            ).scalar()
+        return None if size is None else int(size) // self.vector_dtype.itemsize
 
     def iter_vectors(
         self, conn: Connection, dim: int, batch: int = 65536, since: int | None = None

@@ -86,9 +86,13 @@ class IndexDir:
         if not os.path.isfile(path):
             raise IndexNotFound(directory)
         opened = cls(directory, Catalog(path, writer=False), None)
-        if opened.manifest is None:
+        try:
+            if opened.manifest is None:
+                raise IndexNotFound(directory)
+            opened.verify_vector_size()
+        except BaseException:
             opened.close()
-            raise IndexNotFound(directory)
+            raise
         opened._sync_manifest_file()
         return opened
 
@@ -115,6 +119,8 @@ class IndexDir:
         opened = cls(directory, catalog, lock)
         try:
             opened.catalog_id = catalog.ensure_catalog_id()
+            if opened.manifest is not None:
+                opened.verify_vector_size()
         except BaseException:
             opened.close()
             raise
@@ -143,7 +149,26 @@ class IndexDir:
             self._manifest = Manifest.from_dict(raw) if raw else None
             if self._manifest is not None:
                 self.catalog.vector_dtype = np.dtype(self._manifest.vector_dtype)
+                self.catalog.dim = self._manifest.dim
         return self._manifest
+
+    def vector_size_problem(self) -> str | None:
+        """Why the stored vectors do not fit the manifest (a manifest edited inside the
+        catalogue), or None. Checks the first stored vector only; `check` checks them all."""
+        manifest = self.require_manifest()
+        found = self.catalog.first_vector_size()
+        if found is None or found == manifest.dim:
+            return None
+        return (
+            f"its stored vectors are {found}-d but its manifest says {manifest.dim}-d "
+            f"{manifest.vector_dtype} ({manifest.model.name})"
+        )
+
+    def verify_vector_size(self) -> None:
+        """Raise CatalogCorrupt when the stored vectors do not fit the manifest."""
+        problem = self.vector_size_problem()
+        if problem:
+            raise CatalogCorrupt(self.catalog.path, problem)
 
     def require_manifest(self) -> Manifest:
         if self.manifest is None:
@@ -154,6 +179,7 @@ class IndexDir:
         self.catalog.set_manifest(manifest.to_dict(), blobs)
         self._manifest = manifest
         self.catalog.vector_dtype = np.dtype(manifest.vector_dtype)
+        self.catalog.dim = manifest.dim
         self._write_manifest_file()
 
     def _sync_manifest_file(self) -> None:
