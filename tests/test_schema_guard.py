@@ -232,3 +232,29 @@ def test_a_vector_of_another_size_is_never_stored(copy: Path):
             index_dir.catalog.store_many([row])
         assert index_dir.catalog.generation() == generation
     assert P.rows(copy) == before
+
+
+# -- a row the schema refuses (issue 11.14, catalogue side) --------------------------------------
+
+
+def test_a_row_without_a_path_is_not_called_damage(copy: Path):
+    """A NULL path (an import row with a null path_bytes) is refused by the schema: the
+    message says so; it used to say the catalogue was damaged."""
+    import numpy as np
+
+    from retrieval.errors import CatalogCorrupt, StorageError
+    from retrieval.store.catalog import NewRow
+    from retrieval.store.index_dir import IndexDir
+
+    before = P.rows(copy)
+    row = NewRow(None, 1, 1, None, None, None, None, np.ones(96, np.float32), None)
+    with IndexDir.open_writer(copy) as index_dir:
+        with pytest.raises(StorageError) as caught:
+            index_dir.catalog.store_many([row])
+    assert not isinstance(caught.value, CatalogCorrupt)
+    assert str(caught.value) == (
+        f"could not write the catalogue {copy / 'catalog.sqlite'}: a row was refused "
+        "(NOT NULL constraint failed: images.path); nothing from this batch was stored"
+    )
+    assert P.rows(copy) == before
+    assert run_cli("check", "--index", copy).exit_code == 0

@@ -50,7 +50,7 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.exc import DatabaseError, OperationalError
+from sqlalchemy.exc import DatabaseError, IntegrityError, OperationalError
 from sqlalchemy.pool import NullPool
 
 from .. import defaults
@@ -244,6 +244,12 @@ class Catalog:
                 # The first run was stopped before it created the tables: an empty index.
                 raise IndexNotFound(os.path.dirname(self.path)) from None
             raise CatalogCorrupt(self.path, text) from None
+        except IntegrityError as exc:
+            # A row the schema refuses (a NULL path, say): bad input, not a damaged file.
+            raise StorageError(
+                f"could not {action} the catalogue {self.path}: a row was refused "
+                f"({exc.orig}); nothing from this batch was stored"
+            ) from None
         except DatabaseError as exc:
             raise CatalogCorrupt(self.path, str(exc.orig)) from None
 
