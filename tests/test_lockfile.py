@@ -163,3 +163,33 @@ def test_unsafe_lock_from_the_library(copy: Path):
     with pytest.raises(UnsafeIndexFile) as caught:
         IndexDir.open_writer(copy)
     assert caught.value.path == str(copy / "writer.lock")
+
+
+@pytest.mark.parametrize("name", ["catalog.sqlite", "catalog.sqlite-wal", "catalog.sqlite-journal"])
+@pytest.mark.parametrize("command", ["index", "search", "check"])
+def test_catalogue_files_planted_as_links_are_refused(built, copy: Path, tmp_path: Path,
+                                                     name: str, command: str):
+    """SQLite follows links when it opens its database, -wal and -journal: a planted link
+    would let it write (or truncate) some other file of the user's."""
+    victim = tmp_path / "victim.txt"
+    victim.write_bytes(b"")  # SQLite would happily turn an empty file into a database
+    path = copy / name
+    if name == "catalog.sqlite":
+        shutil.move(path, tmp_path / "real.sqlite")
+    path.symlink_to(victim)
+    result = _run(command, built[0], copy)
+    assert (result.exit_code, result.stderr) == (
+        1,
+        f"error: remove {path}: it is a symlink, not a SQLite file\n",
+    )
+    assert victim.read_bytes() == b""
+
+
+def test_catalogue_that_is_a_fifo_does_not_hang(built, copy: Path):
+    (copy / "catalog.sqlite").unlink()
+    os.mkfifo(copy / "catalog.sqlite")
+    result = _run("search", built[0], copy)
+    assert (result.exit_code, result.stderr) == (
+        1,
+        f"error: remove {copy / 'catalog.sqlite'}: it is a FIFO, not a SQLite file\n",
+    )

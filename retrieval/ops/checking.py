@@ -107,7 +107,7 @@ def check(
     """
     directory = os.path.abspath(os.fspath(directory))
     path = os.path.join(directory, defaults.CATALOG_FILE)
-    if not os.path.isfile(path):
+    if not os.path.lexists(path):
         raise IndexNotFound(directory)
     lock = WriterLock(os.path.join(directory, defaults.LOCK_FILE))
     held = not read_only_media(directory)

@@ -60,9 +60,10 @@ from ..errors import (
     IndexIncompatible,
     IndexNotFound,
     StorageError,
+    UnsafeIndexFile,
 )
 from ..pathnames import prefix_bounds
-from .files import fault_point, read_only_media
+from .files import fault_point, file_kind, read_only_media
 
 SCHEMA_VERSION = 1
 #: The meta key of the catalogue's random id (uuid4 hex), set when it is first written.
@@ -162,6 +163,7 @@ class Catalog:
     ) -> None:
         self.path = path
         self.writer = writer
+        _refuse_links(path)
         self.vector_dtype = np.dtype(vector_dtype)
         #: Values per vector (the manifest's dim), once known: `encode` refuses other sizes.
         self.dim: int | None = None
@@ -739,6 +741,19 @@ def _make_engine(path: str, writer: bool) -> Engine:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if writer else "BEGIN")
 
     return engine
+
+
+def _refuse_links(path: str) -> None:
+    """Raise UnsafeIndexFile when the catalogue or a file SQLite keeps beside it is a symlink,
+    folder, FIFO...: SQLite follows links when it opens (and truncates) its -wal and -journal,
+    so a planted link would let it write some other file; a FIFO would hang every reader."""
+    for name in (path, path + "-wal", path + "-shm", path + "-journal"):
+        try:
+            kind = file_kind(os.lstat(name).st_mode)
+        except FileNotFoundError:
+            continue
+        if kind != "file":
+            raise UnsafeIndexFile(name, kind, "a SQLite file")
 
 
 def _our_objects() -> set[tuple[str, str]]:

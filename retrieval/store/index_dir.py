@@ -83,7 +83,7 @@ class IndexDir:
         """Open an existing index for reading; raises IndexNotFound."""
         directory = os.path.abspath(os.fspath(directory))
         path = os.path.join(directory, defaults.CATALOG_FILE)
-        if not os.path.isfile(path):
+        if not os.path.lexists(path):  # a planted FIFO or link is refused by Catalog
             raise IndexNotFound(directory)
         opened = cls(directory, Catalog(path, writer=False), None)
         try:
