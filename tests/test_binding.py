@@ -43,7 +43,8 @@ def test_foreign_cache_with_same_ids_and_generation_is_rebuilt(two, tmp_path: Pa
     photos, pristine, other = two
     copy = tmp_path / "index"
     shutil.copytree(pristine, copy)
-    ours, theirs = vectors.read(str(copy / "vectors.faiss")), vectors.read(str(other / "vectors.faiss"))
+    ours = vectors.read(str(copy / "vectors.faiss"))
+    theirs = vectors.read(str(other / "vectors.faiss"))
     assert ours.generation == theirs.generation
     assert (vectors.stored_ids(ours.index) == vectors.stored_ids(theirs.index)).all()
     assert ours.catalog_id and ours.catalog_id != theirs.catalog_id

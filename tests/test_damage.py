@@ -250,7 +250,8 @@ def test_vectors_file_of_another_index_is_rebuilt_on_search(built, copy: Path):
     path = copy / "vectors.faiss"
     before = vectors.read(str(path))
     # Bound to this catalogue (a cache of another one is refused by its id: test_binding.py).
-    vectors.write(str(path), vectors.build(xb, ids), before.generation, catalog_id=before.catalog_id)
+    index = vectors.build(xb, ids)
+    vectors.write(str(path), index, before.generation, catalog_id=before.catalog_id)
     result = _command("search", photos, copy)
     assert result.exit_code == 0, result.stderr
     assert result.stderr.splitlines()[-1] == (

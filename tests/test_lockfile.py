@@ -52,8 +52,9 @@ def _run(command: str, photos: Path, index: Path):
 
 
 @pytest.mark.parametrize("command", ["index", "search", "check"])
-def test_symlinked_lock_is_refused_and_its_target_untouched(built, copy: Path, tmp_path: Path,
-                                                           command: str):
+def test_symlinked_lock_is_refused_and_its_target_untouched(
+    built, copy: Path, tmp_path: Path, command: str
+):
     victim = tmp_path / "victim.txt"
     victim.write_bytes(VICTIM)
     lock = copy / "writer.lock"
@@ -167,8 +168,9 @@ def test_unsafe_lock_from_the_library(copy: Path):
 
 @pytest.mark.parametrize("name", ["catalog.sqlite", "catalog.sqlite-wal", "catalog.sqlite-journal"])
 @pytest.mark.parametrize("command", ["index", "search", "check"])
-def test_catalogue_files_planted_as_links_are_refused(built, copy: Path, tmp_path: Path,
-                                                     name: str, command: str):
+def test_catalogue_files_planted_as_links_are_refused(
+    built, copy: Path, tmp_path: Path, name: str, command: str
+):
     """SQLite follows links when it opens its database, -wal and -journal: a planted link
     would let it write (or truncate) some other file of the user's."""
     victim = tmp_path / "victim.txt"

@@ -13,7 +13,7 @@ import os
 import shutil
 import sqlite3
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import _procs as P
@@ -36,7 +36,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 @pytest.fixture
-def read_only(tmp_path: Path) -> Iterator[callable]:
+def read_only(tmp_path: Path) -> Iterator[Callable[[Path], Path]]:
     """mount(src) -> a read-only view of folder `src`; unmounted after the test."""
     mounted: list[Path] = []
 
@@ -98,7 +98,7 @@ def test_check_reports_without_repairing(built, tmp_path: Path, read_only):
     result = run_cli("check", "--index", index)
     assert result.exit_code == 1, result.stderr
     assert result.stderr == ""
-    assert f"  manifest.json: differs from the catalogue's manifest" in result.stdout
+    assert "  manifest.json: differs from the catalogue's manifest" in result.stdout
     repair = run_cli("check", "--index", index, "--repair")
     assert (repair.exit_code, repair.stdout, repair.stderr) == (1, "", _message(index))
 
@@ -143,7 +143,6 @@ def test_stale_cache_is_rebuilt_in_memory_with_a_notice(built, tmp_path: Path, r
 def test_catalogue_copied_with_its_write_ahead_log(built, tmp_path: Path, read_only):
     """Copied while a reader kept the log alive: the -wal holds commits that immutable=1
     would not see; with its -shm beside it, they are read."""
-    photos = built[0]
     media = _copy(built, tmp_path)
     more = tmp_path / "more"
     P.make_images(more, 3, seed=9, start=500)
@@ -163,7 +162,6 @@ def test_catalogue_copied_with_its_write_ahead_log(built, tmp_path: Path, read_o
     found = run_cli("search", more / "img_0501.png", "--index", index, "--format", "json")
     assert found.exit_code == 0, found.stderr
     assert found.json()[0]["results"][0]["path"] == str(more / "img_0501.png")
-    del photos
 
 
 def test_refusal_without_a_mount(built, tmp_path: Path, monkeypatch):

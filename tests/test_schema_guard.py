@@ -159,8 +159,9 @@ def _damaged(index: Path, reason: str) -> str:
 
 
 @pytest.mark.parametrize("command", ["search", "index", "info", "export"])
-def test_manifest_edited_in_the_catalogue_is_one_line(built, copy: Path, tmp_path: Path,
-                                                      command: str):
+def test_manifest_edited_in_the_catalogue_is_one_line(
+    built, copy: Path, tmp_path: Path, command: str
+):
     photos = built[0]
     _edit_manifest(copy, model="resnet18", dim=512)
     manifest_file = (copy / "manifest.json").read_bytes()
@@ -197,7 +198,8 @@ def test_check_reports_vectors_that_do_not_fit_the_manifest(copy: Path):
 
 def test_one_stored_vector_of_the_wrong_size(built, copy: Path):
     conn = sqlite3.connect(copy / "catalog.sqlite")
-    conn.execute("UPDATE images SET vector = substr(vector, 1, 192) WHERE id = (SELECT max(id) FROM images)")
+    last = "(SELECT max(id) FROM images)"
+    conn.execute(f"UPDATE images SET vector = substr(vector, 1, 192) WHERE id = {last}")
     conn.commit()
     conn.close()
     (copy / "vectors.faiss").unlink()  # so that search rebuilds the cache from every vector

@@ -190,8 +190,9 @@ _DROPS = "drops it"
 def _foreign_objects(catalog: Catalog) -> list[Problem]:
     """Triggers, views, tables and indexes in the catalogue that retrieval did not create."""
     return [
-        Problem(defaults.CATALOG_FILE, f"holds a {kind} {name!r} that retrieval did not create",
-                _DROPS)
+        Problem(
+            defaults.CATALOG_FILE, f"holds a {kind} {name!r} that retrieval did not create", _DROPS
+        )
         for kind, name in catalog.foreign_objects()
     ]
 

@@ -417,7 +417,8 @@ class Catalog:
             return np.zeros((0, dim), dtype=np.float32)
         flat = np.frombuffer(b"".join(blobs), dtype=self.vector_dtype)
         if flat.size != len(blobs) * dim:
-            raise CatalogCorrupt(self.path, f"its stored vectors are not {dim}-d as its manifest says")
+            reason = f"its stored vectors are not {dim}-d as its manifest says"
+            raise CatalogCorrupt(self.path, reason)
         return flat.reshape(len(blobs), dim).astype(np.float32)
 
     def vector_sizes(self) -> dict[int, int]:
