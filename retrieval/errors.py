@@ -11,7 +11,10 @@ The CLI prints `error: <message>` and exits 1; nothing else reaches the user.
     +-- IndexBusy                another process is writing to the index
     +-- IndexIncompatible        model / weights / dim differ from the index's manifest
     +-- CatalogCorrupt           the SQLite catalogue cannot be read
+    +-- CatalogTampered          the catalogue holds triggers or views retrieval did not create
     +-- StorageError             a write to disk failed (disk full, I/O error, read-only)
+    |   +-- ReadOnlyIndex        the index is on read-only media (or not writable)
+    +-- UnsafeIndexFile          a file in the index folder is a link, FIFO, ... (tampering)
     +-- ModelError               the backbone cannot be created
     |   +-- WeightsUnavailable   pretrained weights are neither cached nor downloadable
     |   +-- WeightsMismatch      weights do not fit the architecture, or changed since indexing
@@ -74,8 +77,43 @@ class CatalogCorrupt(RetrievalError):
         )
 
 
+class CatalogTampered(RetrievalError):
+    """The catalogue holds a schema object (trigger, view) that retrieval did not create."""
+
+    def __init__(self, path: str, kind: str, name: str) -> None:
+        self.path = path
+        self.kind = kind
+        self.name = name
+        directory = os.path.dirname(path)
+        super().__init__(
+            f"the catalogue {path} holds a {kind} {name!r} that retrieval did not create; run "
+            f"`retrieval check --repair --index {directory}` to remove it"
+        )
+
+
 class StorageError(RetrievalError):
     """Writing to disk failed; the previous state of the index is intact."""
+
+
+class ReadOnlyIndex(StorageError):
+    """The index cannot be changed: its folder is on read-only media or not writable."""
+
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+        super().__init__(
+            f"the index at {directory} is on read-only media (or not writable); copy it to "
+            "writable storage to change it"
+        )
+
+
+class UnsafeIndexFile(RetrievalError):
+    """A file in the index folder is not what retrieval writes there (a symlink, a folder, a
+    FIFO...): following it could overwrite some other file, so it is refused."""
+
+    def __init__(self, path: str, kind: str, expected: str) -> None:
+        self.path = path
+        self.kind = kind
+        super().__init__(f"remove {path}: it is {kind}, not {expected}")
 
 
 class ModelError(RetrievalError):

@@ -85,7 +85,9 @@ def _rewrite_vectors(transform: Callable[[np.ndarray, np.ndarray], tuple]) -> Ca
     def damage(index: Path) -> None:
         ids, xb = _stored(index)
         ids, xb, generation = transform(ids, xb.copy(), _generation(index))
-        vectors.write(str(index / "vectors.faiss"), vectors.build(xb, ids), generation)
+        path = str(index / "vectors.faiss")
+        owner = vectors.read(path).catalog_id  # this index's own: only the content is wrong
+        vectors.write(path, vectors.build(xb, ids), generation, catalog_id=owner)
 
     return damage
 

@@ -80,13 +80,16 @@ def _flip(offset: Callable[[int], int], bit: int = 0) -> Callable[[bytes], bytes
 
 
 def _other_dimension(data: bytes) -> bytes:
-    """A sound file of another index: 8-d vectors, the same generation."""
+    """A sound file of this catalogue with 8-d vectors, the same generation."""
     generation = struct.unpack_from("<Q", data, 12)[0]
     xb = np.eye(8, dtype=np.float32)
     index = vectors.build(xb, np.arange(1, 9, dtype=np.int64))
     with tempfile.TemporaryDirectory() as folder:
         path = os.path.join(folder, "other.faiss")
-        vectors.write(path, index, generation)
+        with open(path, "wb") as fh:
+            fh.write(data)
+        owner = vectors.read(path).catalog_id
+        vectors.write(path, index, generation, catalog_id=owner)
         with open(path, "rb") as fh:
             return fh.read()
 
@@ -238,15 +241,17 @@ def test_garbage_wal_and_shm_are_ignored(built, copy: Path):
 
 
 def test_vectors_file_of_another_index_is_rebuilt_on_search(built, copy: Path):
-    """A sound, checksummed vectors.faiss whose ids are not this catalogue's (copied from
-    another index): the first search notices the unknown ids and rebuilds the cache."""
+    """A sound, checksummed vectors.faiss of this catalogue whose ids are not its rows' (a
+    cache gone wrong): the first search notices the unknown ids and rebuilds the cache."""
     photos, pristine = built
     rows = sorted(P.rows(copy).values(), key=lambda r: r.id)
     ids = np.array([r.id for r in rows], np.int64) + 1000
     xb = np.stack([np.frombuffer(r.vector, np.float32) for r in rows])
     path = copy / "vectors.faiss"
-    generation = vectors.read(str(path)).generation
-    vectors.write(str(path), vectors.build(xb, ids), generation)
+    before = vectors.read(str(path))
+    # Bound to this catalogue (a cache of another one is refused by its id: test_binding.py).
+    index = vectors.build(xb, ids)
+    vectors.write(str(path), index, before.generation, catalog_id=before.catalog_id)
     result = _command("search", photos, copy)
     assert result.exit_code == 0, result.stderr
     assert result.stderr.splitlines()[-1] == (

@@ -24,11 +24,11 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from .. import defaults
-from ..errors import CatalogCorrupt, IndexNotFound, StorageError
+from ..errors import CatalogCorrupt, IndexNotFound, ReadOnlyIndex, StorageError
 from ..pathnames import display
 from ..store import vectors
 from ..store.catalog import Catalog
-from ..store.files import WriterLock, atomic_write, is_temp
+from ..store.files import WriterLock, atomic_write, is_temp, open_regular, read_only_media
 from ..store.index_dir import IndexDir
 from ..store.manifest import Manifest
 from . import pruning
@@ -125,21 +125,21 @@ def check(
     """
     directory = os.path.abspath(os.fspath(directory))
     path = os.path.join(directory, defaults.CATALOG_FILE)
-    if not os.path.isfile(path):
+    if not os.path.lexists(path):
         raise IndexNotFound(directory)
     lock = WriterLock(os.path.join(directory, defaults.LOCK_FILE))
-    held = True
+    held = not read_only_media(directory)
+    if held:
+        try:
+            lock.acquire(wait)
+        except ReadOnlyIndex:
+            held = False
+    if not held and repair:
+        raise ReadOnlyIndex(directory)
+    # Without the lock (read-only media) nothing can change the index while we look.
     try:
-        lock.acquire(wait)
-    except PermissionError:
-        if repair:
-            raise StorageError(
-                f"cannot repair {directory}: permission denied; run the check as a user who "
-                "may write there"
-            ) from None
-        held = False  # a read-only medium: check without the lock
-    try:
-        index_dir = IndexDir(directory, Catalog(path, writer=False), lock if held else None)
+        catalog = Catalog(path, writer=False, refuse_foreign=False)
+        index_dir = IndexDir(directory, catalog, lock if held else None)
         with index_dir:
             found, facts = _inspect(index_dir)
             gone = pruning.missing_files(index_dir.catalog)
@@ -181,10 +181,44 @@ def _inspect(index_dir: IndexDir) -> tuple[list[Problem], tuple[int, int, int]]:
     with catalog.read() as conn:
         counts = catalog.counts(conn)
         generation = catalog.generation(conn)
-    problems = _temp_files(index_dir.directory)
+    problems = _foreign_objects(catalog)
+    problems += _temp_files(index_dir.directory)
+    sizes = _vector_sizes(catalog, manifest)
+    if sizes:
+        # The manifest does not describe the vectors: nothing derived from it is checked,
+        # and --repair rewrites nothing from it.
+        return problems + sizes, (counts["ok"], counts["failed"], generation)
     problems += _manifest_file(index_dir.directory, manifest)
     problems += _vectors_file(index_dir, manifest, generation)
     return problems, (counts["ok"], counts["failed"], generation)
+
+
+def _vector_sizes(catalog: Catalog, manifest: Manifest) -> list[Problem]:
+    """Stored vectors whose size is not the manifest's dim (an edited manifest, say)."""
+    wrong = {size: n for size, n in catalog.vector_sizes().items() if size != manifest.dim}
+    return [
+        Problem(
+            defaults.CATALOG_FILE,
+            f"holds {n} vectors of {size} values but its manifest says {manifest.dim}-d "
+            f"{manifest.vector_dtype} ({manifest.model.name})",
+            "cannot fix this: restore the catalogue from a backup, or rebuild the index",
+        )
+        for size, n in sorted(wrong.items())
+    ]
+
+
+#: The repair of a schema object retrieval did not create.
+_DROPS = "drops it"
+
+
+def _foreign_objects(catalog: Catalog) -> list[Problem]:
+    """Triggers, views, tables and indexes in the catalogue that retrieval did not create."""
+    return [
+        Problem(
+            defaults.CATALOG_FILE, f"holds a {kind} {name!r} that retrieval did not create", _DROPS
+        )
+        for kind, name in catalog.foreign_objects()
+    ]
 
 
 def _temp_files(directory: str) -> list[Problem]:
@@ -198,8 +232,8 @@ def _temp_files(directory: str) -> list[Problem]:
 def _manifest_file(directory: str, manifest: Manifest) -> list[Problem]:
     path = os.path.join(directory, defaults.MANIFEST_FILE)
     try:
-        with open(path, encoding="utf-8") as fh:
-            if fh.read() == manifest.to_json():
+        with open_regular(path) as fh:
+            if fh.read().decode("utf-8") == manifest.to_json():
                 return []
         problem = "differs from the catalogue's manifest"
     except FileNotFoundError:
@@ -217,6 +251,8 @@ def _vectors_file(index_dir: IndexDir, manifest: Manifest, generation: int) -> l
         built = vectors.read(index_dir.vectors_path)
     except vectors.VectorsDamaged as exc:
         return problem(str(exc))
+    if built.catalog_id != index_dir.catalog_id:
+        return problem("was built from another catalogue (its catalogue id differs)")
     if built.index.d != manifest.cache_dim:
         return problem(f"holds {built.index.d}-d vectors, the manifest says {manifest.cache_dim}")
     if built.generation > generation:
@@ -282,6 +318,8 @@ def _differing(index: Any, index_dir: IndexDir, conn: Any, live: np.ndarray) -> 
 
 def _repair(index_dir: IndexDir, problems: list[Problem]) -> None:
     files = {p.file for p in problems}
+    if any(p.repair == _DROPS for p in problems):  # first: a trigger could fire on our writes
+        index_dir.catalog.drop_foreign()
     for name in files:
         if is_temp(name):
             try:

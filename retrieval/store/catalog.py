@@ -4,7 +4,7 @@ Tables:
   images    one row per file: path (raw bytes), size, mtime_ns, content_hash, width, height,
             format, status ('ok' | 'failed'), error, vector (BLOB), gen, indexed_at
   removals  ids deleted from `images`, with the generation that deleted them
-  meta      key/value: 'generation', 'manifest' (JSON)
+  meta      key/value: 'generation', 'manifest' (JSON), 'catalog_id' (uuid4 hex)
   roots     the paths given to `retrieval index` (raw bytes), so `retrieval index` with no
             path can re-scan them (schema 2; a schema-1 catalogue gets the table, empty, the
             first time it is opened for writing: roots are not guessed from its rows)
@@ -21,7 +21,10 @@ import base64
 import contextlib
 import json
 import os
+import sqlite3
 import time
+import urllib.parse
+import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -50,15 +53,24 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.exc import DatabaseError, OperationalError
+from sqlalchemy.exc import DatabaseError, IntegrityError, OperationalError
 from sqlalchemy.pool import NullPool
 
 from .. import defaults
-from ..errors import CatalogCorrupt, IndexNotFound, StorageError
+from ..errors import (
+    CatalogCorrupt,
+    CatalogTampered,
+    IndexIncompatible,
+    IndexNotFound,
+    StorageError,
+    UnsafeIndexFile,
+)
 from ..pathnames import prefix_bounds
-from .files import fault_point
+from .files import fault_point, file_kind, read_only_media
 
 SCHEMA_VERSION = 2
+#: The meta key of the catalogue's random id (uuid4 hex), set when it is first written.
+CATALOG_ID_KEY = "catalog_id"
 
 metadata = MetaData()
 
@@ -146,18 +158,64 @@ class Delta:
 
 
 class Catalog:
-    """The SQLite catalogue of one index. `writer=True` opens writes with BEGIN IMMEDIATE."""
+    """The SQLite catalogue of one index. `writer=True` opens writes with BEGIN IMMEDIATE.
 
-    def __init__(self, path: str, *, writer: bool, vector_dtype: str = "float32") -> None:
+    Opening refuses a catalogue holding triggers or views retrieval did not create
+    (CatalogTampered) unless `refuse_foreign=False` (check, which reports and drops them)."""
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        writer: bool,
+        vector_dtype: str = "float32",
+        refuse_foreign: bool = True,
+    ) -> None:
         self.path = path
         self.writer = writer
+        _refuse_links(path)
         self.vector_dtype = np.dtype(vector_dtype)
+        #: Values per vector (the manifest's dim), once known: `encode` refuses other sizes.
+        self.dim: int | None = None
         self.engine = _make_engine(path, writer)
         with self._guard("open"):
+            if refuse_foreign:
+                self._refuse_foreign()
             if writer:
                 metadata.create_all(self.engine)
             with self.engine.connect() as conn:
                 conn.exec_driver_sql("SELECT count(*) FROM sqlite_master").scalar()
+
+    def _refuse_foreign(self) -> None:
+        """Raise CatalogTampered for a trigger or view retrieval did not create: a trigger runs
+        inside our own writes (it could rewrite paths or delete rows), a view shadows nothing
+        of ours but has no business here either. `check --repair` drops them."""
+        for kind, name in self.foreign_objects():
+            if kind in ("trigger", "view"):
+                self.close()
+                raise CatalogTampered(self.path, kind, name)
+
+    def foreign_objects(self) -> list[tuple[str, str]]:
+        """(type, name) of every schema object retrieval did not create, sorted: triggers,
+        views, tables, indexes (SQLite's own sqlite_* objects are not foreign)."""
+        with self.read() as conn:
+            found = conn.exec_driver_sql("SELECT type, name FROM sqlite_master").all()
+        ours = _our_objects()
+        return sorted(
+            (kind, name)
+            for kind, name in found
+            if (kind, name) not in ours and not name.startswith("sqlite_")
+        )
+
+    def drop_foreign(self) -> list[tuple[str, str]]:
+        """Drop every foreign schema object (see `foreign_objects`); returns what was dropped."""
+        foreign = self.foreign_objects()
+        order = {"trigger": 0, "view": 1, "index": 2, "table": 3}
+        with self._guard("write"), self.engine.connect() as conn, conn.begin():
+            for kind, name in sorted(foreign, key=lambda o: order.get(o[0], 4)):
+                quoted = '"' + name.replace('"', '""') + '"'
+                conn.exec_driver_sql(f"DROP {kind.upper()} IF EXISTS {quoted}")
+        return foreign
 
     def close(self) -> None:
         self.engine.dispose()
@@ -198,6 +256,12 @@ class Catalog:
                 # The first run was stopped before it created the tables: an empty index.
                 raise IndexNotFound(os.path.dirname(self.path)) from None
             raise CatalogCorrupt(self.path, text) from None
+        except IntegrityError as exc:
+            # A row the schema refuses (a NULL path, say): bad input, not a damaged file.
+            raise StorageError(
+                f"could not {action} the catalogue {self.path}: a row was refused "
+                f"({exc.orig}); nothing from this batch was stored"
+            ) from None
         except DatabaseError as exc:
             raise CatalogCorrupt(self.path, str(exc.orig)) from None
 
@@ -234,6 +298,21 @@ class Catalog:
         """Set a bookkeeping value without bumping the generation."""
         with self._guard("write"), self.engine.connect() as conn, conn.begin():
             _set(conn, key, value)
+
+    def catalog_id(self) -> str:
+        """This catalogue's random hex id ("" for one made before ids existed and not yet
+        opened for writing); caches written from it carry it (see vectors.write)."""
+        return self.get_meta(CATALOG_ID_KEY) or ""
+
+    def ensure_catalog_id(self) -> str:
+        """The catalogue's id, given one first if it has none (writers only)."""
+        with self._guard("write"), self.engine.connect() as conn, conn.begin():
+            found = conn.execute(select(meta.c.value).where(meta.c.key == CATALOG_ID_KEY)).scalar()
+            if found:
+                return str(found)
+            made = uuid.uuid4().hex
+            _set(conn, CATALOG_ID_KEY, made)
+            return made
 
     # -- incremental indexing -------------------------------------------------------------
 
@@ -332,14 +411,43 @@ class Catalog:
     # -- vectors -------------------------------------------------------------------------
 
     def encode(self, vector: np.ndarray) -> bytes:
-        return np.asarray(vector, dtype=self.vector_dtype).tobytes()
+        """A vector as stored; raises IndexIncompatible (inside the caller's transaction, so
+        nothing of it is stored) when its size is not the manifest's `dim`."""
+        vector = np.asarray(vector, dtype=self.vector_dtype)
+        if self.dim is not None and vector.size != self.dim:
+            raise IndexIncompatible(
+                f"a {vector.size}-d vector cannot be stored in {self.path}, whose manifest says "
+                f"{self.dim}-d; nothing from this batch was stored"
+            )
+        return vector.tobytes()
 
     def decode(self, blobs: Sequence[bytes], dim: int) -> np.ndarray:
-        """BLOBs -> (n, dim) float32."""
+        """BLOBs -> (n, dim) float32; raises CatalogCorrupt when they do not hold n x dim."""
         if not blobs:
             return np.zeros((0, dim), dtype=np.float32)
         flat = np.frombuffer(b"".join(blobs), dtype=self.vector_dtype)
+        if flat.size != len(blobs) * dim:
+            reason = f"its stored vectors are not {dim}-d as its manifest says"
+            raise CatalogCorrupt(self.path, reason)
         return flat.reshape(len(blobs), dim).astype(np.float32)
+
+    def vector_sizes(self) -> dict[int, int]:
+        """{values per stored vector: how many 'ok' rows have that many} (a full scan)."""
+        itemsize = self.vector_dtype.itemsize
+        with self.read() as conn:
+            found = conn.exec_driver_sql(
+                "SELECT length(vector), count(*) FROM images WHERE status = 'ok' GROUP BY 1"
+            ).all()
+        return {int(size or 0) // itemsize: int(n) for size, n in found}
+
+    def first_vector_size(self) -> int | None:
+        """Values in the first stored vector (by id), or None when none is stored: a cheap
+        check, on every open, that the manifest describes the vectors."""
+        with self.read() as conn:
+            size = conn.exec_driver_sql(
+                "SELECT length(vector) FROM images WHERE status = 'ok' ORDER BY id LIMIT 1"
+            ).scalar()
+        return None if size is None else int(size) // self.vector_dtype.itemsize
 
     def iter_vectors(
         self, conn: Connection, dim: int, batch: int = 65536, since: int | None = None
@@ -646,16 +754,52 @@ _BULK_COLUMNS = (
 )
 
 
+def catalog_uri(path: str, mode: str) -> str:
+    """A `file:` URI for SQLite naming exactly `path`: every byte but letters, digits and
+    "/-._~" percent-quoted, so `?`, `#`, `%` in a folder name stay part of the name (with a
+    plain "sqlite:///" URL SQLAlchemy read "?mode=ro" as options and opened another file).
+
+    `mode`: "rwc" (create), "rw" (an existing catalogue), "ro" or "immutable" (read-only
+    media: no locks, no -shm; only safe when no write-ahead log holds commits)."""
+    quoted = urllib.parse.quote(os.fsencode(os.path.abspath(path)), safe="/")
+    options = "mode=ro&immutable=1" if mode == "immutable" else f"mode={mode}"
+    return f"file:{quoted}?{options}"
+
+
+def _open_mode(path: str, writer: bool) -> str:
+    """How to open the catalogue: see `catalog_uri`."""
+    if writer:
+        return "rwc"
+    if not read_only_media(os.path.dirname(path) or "."):
+        return "rw"
+    # SQLite cannot create the -shm file here. A catalogue closed cleanly has no -wal, and
+    # immutable=1 reads it with no -shm at all; a -wal with commits needs its -shm beside it
+    # (mode=ro reads both), else immutable=1 would silently miss those commits.
+    try:
+        has_log = os.path.getsize(path + "-wal") > 0
+    except OSError:
+        has_log = False
+    return "ro" if has_log else "immutable"
+
+
 def _make_engine(path: str, writer: bool) -> Engine:
     if not writer and not os.path.exists(path):
         raise FileNotFoundError(path)
-    engine = create_engine(f"sqlite:///{path}", poolclass=NullPool)
+    uri = catalog_uri(path, _open_mode(path, writer))
+
+    def connect() -> sqlite3.Connection:
+        return sqlite3.connect(uri, uri=True)
+
+    # A creator, not a URL: SQLAlchemy would parse the path itself (and its "?").
+    engine = create_engine("sqlite://", creator=connect, poolclass=NullPool)
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         dbapi_conn.isolation_level = None  # we issue BEGIN ourselves (see "begin" below)
         cursor = dbapi_conn.cursor()
         cursor.execute(f"PRAGMA busy_timeout={defaults.BUSY_TIMEOUT_MS}")
+        # Functions named in the schema (triggers, views, indexes) never run with our rights.
+        cursor.execute("PRAGMA trusted_schema=OFF")
         if writer:
             # Only a new database takes it (before WAL mode writes its header). A row holds
             # a vector BLOB (2 KiB at 512-d float32): with 4 KiB pages one row fits per page
@@ -678,6 +822,28 @@ def _has_table(conn: Connection, name: str) -> bool:
         "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)
     ).scalar()
     return found is not None
+
+
+def _refuse_links(path: str) -> None:
+    """Raise UnsafeIndexFile when the catalogue or a file SQLite keeps beside it is a symlink,
+    folder, FIFO...: SQLite follows links when it opens (and truncates) its -wal and -journal,
+    so a planted link would let it write some other file; a FIFO would hang every reader."""
+    for name in (path, path + "-wal", path + "-shm", path + "-journal"):
+        try:
+            kind = file_kind(os.lstat(name).st_mode)
+        except FileNotFoundError:
+            continue
+        if kind != "file":
+            raise UnsafeIndexFile(name, kind, "a SQLite file")
+
+
+def _our_objects() -> set[tuple[str, str]]:
+    """(type, name) of the tables and indexes `metadata` creates."""
+    ours = set()
+    for table in metadata.sorted_tables:
+        ours.add(("table", table.name))
+        ours.update(("index", str(index.name)) for index in table.indexes)
+    return ours
 
 
 def _get_int(conn: Connection, key: str, default: int) -> int:

@@ -13,11 +13,12 @@ import fcntl
 import os
 import signal
 import socket
+import stat
 import time
 from collections.abc import Callable, Iterator
 from typing import BinaryIO
 
-from ..errors import IndexBusy, StorageError
+from ..errors import IndexBusy, ReadOnlyIndex, StorageError, UnsafeIndexFile
 
 TEMP_MARK = ".tmp-"
 
@@ -90,7 +91,7 @@ def atomic_write(path: str, write: Callable[[BinaryIO], None], what: str) -> Non
     tmp = temp_name(path)
     try:
         point = os.path.basename(path)
-        with open(tmp, "wb") as fh:
+        with open(tmp, "wb", opener=_create_new) as fh:
             write(fh)
             fh.flush()
             fault_point(f"write-temp/{point}")
@@ -99,6 +100,8 @@ def atomic_write(path: str, write: Callable[[BinaryIO], None], what: str) -> Non
         os.replace(tmp, path)
         fault_point(f"write-renamed/{point}")
         fsync_dir(os.path.dirname(path) or ".")
+    except FileExistsError:
+        raise StorageError(f"could not write {what} {path}: {tmp} already exists") from None
     except OSError as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
@@ -107,6 +110,55 @@ def atomic_write(path: str, write: Callable[[BinaryIO], None], what: str) -> Non
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def _create_new(path: str, flags: int) -> int:
+    """`open` opener: a new file, never an existing name (a link planted at a temporary
+    name is refused with EEXIST, not followed)."""
+    flags |= os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    return os.open(path, flags & ~os.O_TRUNC, 0o644)
+
+
+def open_regular(path: str) -> BinaryIO:
+    """Open `path` for reading only if it is a regular file itself (not a link, FIFO, device
+    or folder); raises FileNotFoundError, or OSError(EINVAL) naming what it is instead.
+
+    O_NONBLOCK: opening a FIFO planted in the index folder must not wait for a writer."""
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise OSError(errno.EINVAL, "a symlink, not a regular file") from None
+        raise
+    kind = file_kind(os.fstat(fd).st_mode)
+    if kind != "file":
+        os.close(fd)
+        raise OSError(errno.EINVAL, f"{kind}, not a regular file")
+    return os.fdopen(fd, "rb")
+
+
+def file_kind(mode: int) -> str:
+    """'file', or what a non-regular file is, for messages: 'a directory', 'a FIFO', ..."""
+    if stat.S_ISREG(mode):
+        return "file"
+    if stat.S_ISLNK(mode):
+        return "a symlink"
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "a device"
+
+
+def read_only_media(directory: str) -> bool:
+    """Whether the file system holding `directory` is mounted read-only."""
+    try:
+        return bool(os.statvfs(directory).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
 
 
 def fsync_dir(folder: str) -> None:
@@ -136,17 +188,48 @@ class WriterLock:
         self._fd: int | None = None
 
     def acquire(self, wait: bool = False) -> None:
-        """Take the lock; if another process holds it, wait (wait=True) or raise IndexBusy."""
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        """Take the lock; if another process holds it, wait (wait=True) or raise IndexBusy.
+
+        Raises UnsafeIndexFile when the lock is not a plain file of its own (a symlink, hard
+        link, folder, FIFO...): anyone who can write into the index folder could otherwise
+        make this process truncate any file it may write. ReadOnlyIndex when it cannot be
+        created for lack of permission or a read-only file system."""
+        fd = self._open()
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:
             holder = _read_holder(fd)
             os.close(fd)
             raise IndexBusy(os.path.dirname(self.path), holder) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode())
+        try:
+            # Through our own descriptor of a file checked to be a plain, single-named one.
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
+        except OSError:
+            pass  # the holder's name is a courtesy to the next process; the flock is the lock
         self._fd = fd
+
+    def _open(self) -> int:
+        flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+        try:
+            fd = os.open(self.path, flags, 0o644)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise UnsafeIndexFile(self.path, "a symlink", "a lock file") from None
+            if exc.errno in (errno.EISDIR, errno.ENXIO):
+                kind = file_kind(os.lstat(self.path).st_mode)
+                raise UnsafeIndexFile(self.path, kind, "a lock file") from None
+            if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+                raise ReadOnlyIndex(os.path.dirname(self.path)) from None
+            raise
+        info = os.fstat(fd)
+        kind = file_kind(info.st_mode)
+        if kind == "file" and info.st_nlink > 1:
+            kind = "a hard link to another file"
+        if kind != "file":
+            os.close(fd)
+            raise UnsafeIndexFile(self.path, kind, "a lock file")
+        return fd
 
     def release(self) -> None:
         if self._fd is not None:

@@ -20,10 +20,25 @@ from typing import Any
 import numpy as np
 
 from .. import defaults
-from ..errors import CatalogCorrupt, IndexNotFound, RetrievalError, StorageError, UsageError
+from ..errors import (
+    CatalogCorrupt,
+    IndexNotFound,
+    ReadOnlyIndex,
+    RetrievalError,
+    StorageError,
+    UnsafeIndexFile,
+    UsageError,
+)
 from . import reduction, vectors
 from .catalog import Catalog, Delta
-from .files import WriterLock, atomic_write, describe_os_error, remove_stale_temps
+from .files import (
+    WriterLock,
+    atomic_write,
+    describe_os_error,
+    open_regular,
+    read_only_media,
+    remove_stale_temps,
+)
 from .manifest import Manifest
 
 #: A catalogue change larger than this (and than half the cache) rebuilds the cache instead
@@ -58,6 +73,8 @@ class IndexDir:
         self._base: vectors.Built | None = None
         self._reduction: reduction.Reduction | None = None
         self._reduction_sha: str | None = None  # the checksum it was loaded or learned with
+        #: The catalogue's id, which binds vectors.faiss to it ("" for an old catalogue).
+        self.catalog_id = catalog.catalog_id()
 
     # -- opening ----------------------------------------------------------------------------
 
@@ -66,12 +83,16 @@ class IndexDir:
         """Open an existing index for reading; raises IndexNotFound."""
         directory = os.path.abspath(os.fspath(directory))
         path = os.path.join(directory, defaults.CATALOG_FILE)
-        if not os.path.isfile(path):
+        if not os.path.lexists(path):  # a planted FIFO or link is refused by Catalog
             raise IndexNotFound(directory)
         opened = cls(directory, Catalog(path, writer=False), None)
-        if opened.manifest is None:
+        try:
+            if opened.manifest is None:
+                raise IndexNotFound(directory)
+            opened.verify_vector_size()
+        except BaseException:
             opened.close()
-            raise IndexNotFound(directory)
+            raise
         opened._sync_manifest_file()
         return opened
 
@@ -85,13 +106,10 @@ class IndexDir:
             raise StorageError(
                 f"cannot create the index directory {directory}: {describe_os_error(exc)}"
             ) from None
+        if read_only_media(directory):
+            raise ReadOnlyIndex(directory)
         lock = WriterLock(os.path.join(directory, defaults.LOCK_FILE))
-        try:
-            lock.acquire(wait)
-        except PermissionError:
-            raise StorageError(
-                f"cannot write to {directory}: permission denied; choose a writable --index"
-            ) from None
+        lock.acquire(wait)
         try:
             remove_stale_temps(directory)
             catalog = Catalog(os.path.join(directory, defaults.CATALOG_FILE), writer=True)
@@ -99,6 +117,13 @@ class IndexDir:
             lock.release()
             raise
         opened = cls(directory, catalog, lock)
+        try:
+            opened.catalog_id = catalog.ensure_catalog_id()
+            if opened.manifest is not None:
+                opened.verify_vector_size()
+        except BaseException:
+            opened.close()
+            raise
         if opened.manifest is not None:
             opened._sync_manifest_file()
         return opened
@@ -124,7 +149,26 @@ class IndexDir:
             self._manifest = Manifest.from_dict(raw) if raw else None
             if self._manifest is not None:
                 self.catalog.vector_dtype = np.dtype(self._manifest.vector_dtype)
+                self.catalog.dim = self._manifest.dim
         return self._manifest
+
+    def vector_size_problem(self) -> str | None:
+        """Why the stored vectors do not fit the manifest (a manifest edited inside the
+        catalogue), or None. Checks the first stored vector only; `check` checks them all."""
+        manifest = self.require_manifest()
+        found = self.catalog.first_vector_size()
+        if found is None or found == manifest.dim:
+            return None
+        return (
+            f"its stored vectors are {found}-d but its manifest says {manifest.dim}-d "
+            f"{manifest.vector_dtype} ({manifest.model.name})"
+        )
+
+    def verify_vector_size(self) -> None:
+        """Raise CatalogCorrupt when the stored vectors do not fit the manifest."""
+        problem = self.vector_size_problem()
+        if problem:
+            raise CatalogCorrupt(self.catalog.path, problem)
 
     def require_manifest(self) -> Manifest:
         if self.manifest is None:
@@ -135,20 +179,23 @@ class IndexDir:
         self.catalog.set_manifest(manifest.to_dict(), blobs)
         self._manifest = manifest
         self.catalog.vector_dtype = np.dtype(manifest.vector_dtype)
+        self.catalog.dim = manifest.dim
         self._write_manifest_file()
 
     def _sync_manifest_file(self) -> None:
         path = os.path.join(self.directory, defaults.MANIFEST_FILE)
         expected = self.require_manifest().to_json()
         try:
-            with open(path, encoding="utf-8") as fh:
-                if fh.read() == expected:
+            with open_regular(path) as fh:
+                if fh.read().decode("utf-8") == expected:
                     return
             problem = "did not match the catalogue"
         except FileNotFoundError:
             problem = "was missing"
-        except (OSError, UnicodeDecodeError):
+        except UnicodeDecodeError:
             problem = "was unreadable"
+        except OSError as exc:
+            problem = f"was unreadable ({exc.strerror or exc})"
         try:
             self._write_manifest_file()
             self.notices.append(f"{path} {problem}; rewrote it from the catalogue")
@@ -171,6 +218,8 @@ class IndexDir:
         if self._base is None:
             try:
                 self._base = vectors.read(self.vectors_path)
+                if self._base.catalog_id != self.catalog_id:
+                    raise vectors.VectorsDamaged("it was built from another catalogue")
                 if self._base.index.d != self.require_manifest().cache_dim:
                     self._manifest = None  # a writer may have learned a reduction since
                     if self._base.index.d != self.require_manifest().cache_dim:
@@ -202,6 +251,9 @@ class IndexDir:
             temporary = WriterLock(os.path.join(self.directory, defaults.LOCK_FILE))
             try:
                 temporary.acquire(wait=False)
+            except (ReadOnlyIndex, UnsafeIndexFile) as exc:
+                self.notices.append(f"searched an in-memory copy, not saved: {exc}")
+                return
             except (RetrievalError, OSError):
                 return  # a writer is running; it will write the cache itself
         try:
@@ -284,7 +336,7 @@ class IndexDir:
         return manifest
 
     def _write_vectors(self, built: vectors.Built) -> None:
-        vectors.write(self.vectors_path, built)
+        vectors.write(self.vectors_path, built, catalog_id=self.catalog_id)
         if not self.catalog.get_meta("vectors_written"):
             self.catalog.set_meta("vectors_written", "1")
 

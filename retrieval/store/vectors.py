@@ -3,16 +3,18 @@
 The file holds a small header, the serialised FAISS index and the index's tombstones:
 
     magic b"RTVFAISS" | u32 format | u64 generation | u64 payload bytes | u64 tombstones
-    | 32-byte seal | payload | tombstones (int64 ids)
+    | 32-byte seal | 16-byte catalogue id | payload | tombstones (int64 ids)
 
-(the seal is a SHA-256 over the generation, both sizes and the SHA-256 of everything after
-the header; see `_seal`)
+(the seal is a SHA-256 over the generation, both sizes, the catalogue id and the SHA-256 of
+everything after the header; see `_seal`). The catalogue id (a random UUID the catalogue
+keeps; zeros for a catalogue made before ids existed) binds the file to its catalogue: a
+sound file copied from another index with the same ids and generation is not this index's.
 
 so a truncated or bit-flipped file is detected (`VectorsDamaged`) instead of being trusted, and
 `generation` says which catalogue state it was built from. Tombstones are ids still inside an
 HNSW graph (which cannot remove ids) but deleted since: searches exclude them, and the graph is
-rebuilt ("compacted") once they pass `COMPACT_RATIO` of it. Format 1 files (no tombstones) are
-still read.
+rebuilt ("compacted") once they pass `COMPACT_RATIO` of it. Format 1 files (no tombstones) and
+format 2 files (no catalogue id) are still read.
 
 Vectors are L2-normalised; the metric is inner product, so a score is a cosine similarity in
 [-1, 1]. Index types: "flat" (exact), "hnsw" (graph), "ivf" (inverted lists of full vectors),
@@ -34,13 +36,14 @@ from typing import Any, BinaryIO
 import faiss
 import numpy as np
 
-from .files import atomic_write
+from .files import atomic_write, open_regular
 
 MAGIC = b"RTVFAISS"
-FORMAT = 2
+FORMAT = 3
 _PREFIX = struct.Struct("<8sI")
 _HEADER_V1 = struct.Struct("<8sIQQ32s")
-_HEADER = struct.Struct("<8sIQQQ32s")
+_HEADER_V2 = struct.Struct("<8sIQQQ32s")
+_HEADER = struct.Struct("<8sIQQQ32s16s")
 INDEX_TYPES = ("flat", "hnsw", "ivf", "ivfpq")
 VECTOR_DTYPES = ("float32", "float16")
 
@@ -78,11 +81,13 @@ class Built:
     """An in-memory FAISS index, the catalogue generation it reflects and its tombstones.
 
     `tombstones` (sorted int64) are ids still stored in `index` that must never be returned.
+    `catalog_id`: the hex id of the catalogue it was read as built from ("" for none).
     """
 
     index: Any
     generation: int
     tombstones: np.ndarray = field(default_factory=_no_ids)
+    catalog_id: str = ""
 
 
 # -- choosing a type ---------------------------------------------------------------------------
@@ -490,8 +495,11 @@ def _params_for(index: Any, selector: Any, exhaustive: bool = False) -> Any:
 # -- the file ---------------------------------------------------------------------------------
 
 
-def write(path: str, built_or_index: Any, generation: int | None = None) -> None:
-    """Write a Built (or an index stamped with `generation`) atomically, streaming the payload.
+def write(
+    path: str, built_or_index: Any, generation: int | None = None, *, catalog_id: str = ""
+) -> None:
+    """Write a Built (or an index stamped with `generation`) atomically, streaming the payload,
+    bound to the catalogue with hex id `catalog_id` ("" for none).
 
     The index is serialised straight into the temporary file (no second copy in memory);
     the header, written last, holds the payload size and the checksum.
@@ -502,6 +510,7 @@ def write(path: str, built_or_index: Any, generation: int | None = None) -> None
         assert generation is not None
         built = Built(built_or_index, generation)
     tombstones = np.ascontiguousarray(built.tombstones, dtype=np.int64)
+    owner = _catalog_id_bytes(catalog_id)
 
     def _write(fh: BinaryIO) -> None:
         fh.write(b"\0" * _HEADER.size)
@@ -533,22 +542,35 @@ def write(path: str, built_or_index: Any, generation: int | None = None) -> None
         fh.write(tail)
         digest.update(tail)
         fh.seek(0)
-        sealed = _seal(digest.digest(), built.generation, size, len(tombstones))
-        fh.write(_HEADER.pack(MAGIC, FORMAT, built.generation, size, len(tombstones), sealed))
+        sealed = _seal(digest.digest(), built.generation, size, len(tombstones), owner)
+        header = (MAGIC, FORMAT, built.generation, size, len(tombstones), sealed, owner)
+        fh.write(_HEADER.pack(*header))
 
     atomic_write(path, _write, "vector index")
 
 
-def _seal(body_digest: bytes, generation: int, size: int, n_tomb: int) -> bytes:
-    """The header's checksum: covers the generation and sizes too, not only the body, since
-    a flipped generation would make readers skip the catalogue changes made after it."""
-    return hashlib.sha256(struct.pack("<QQQ", generation, size, n_tomb) + body_digest).digest()
+def _seal(
+    body_digest: bytes, generation: int, size: int, n_tomb: int, owner: bytes | None = None
+) -> bytes:
+    """The header's checksum: covers the generation, sizes and catalogue id too, not only the
+    body, since a flipped generation would make readers skip the catalogue changes made after
+    it. `owner` None: a format 2 file (no catalogue id)."""
+    fields = struct.pack("<QQQ", generation, size, n_tomb) + (owner or b"")
+    return hashlib.sha256(fields + body_digest).digest()
+
+
+def _catalog_id_bytes(catalog_id: str) -> bytes:
+    """A catalogue's hex id as the header's 16 bytes (zeros for "")."""
+    raw = bytes.fromhex(catalog_id) if catalog_id else b""
+    if len(raw) > 16:
+        raise ValueError(f"catalogue id {catalog_id!r} is longer than 16 bytes")
+    return raw.ljust(16, b"\0")
 
 
 def read(path: str) -> Built:
     """Load and verify a vector index file; raises VectorsDamaged with the reason."""
     try:
-        with open(path, "rb") as fh:
+        with open_regular(path) as fh:
             return _read(fh)
     except FileNotFoundError:
         raise VectorsDamaged("missing") from None
@@ -561,15 +583,17 @@ def _read(fh: BinaryIO) -> Built:
     if len(prefix) < _PREFIX.size:
         raise VectorsDamaged("truncated header")
     magic, fmt = _PREFIX.unpack(prefix)
-    if magic != MAGIC or fmt not in (1, FORMAT):
+    if magic != MAGIC or fmt not in (1, 2, FORMAT):
         raise VectorsDamaged("not a retrieval vector index")
-    header_struct = _HEADER_V1 if fmt == 1 else _HEADER
+    header_struct = {1: _HEADER_V1, 2: _HEADER_V2}.get(fmt, _HEADER)
     rest = fh.read(header_struct.size - _PREFIX.size)
     if len(rest) < header_struct.size - _PREFIX.size:
         raise VectorsDamaged("truncated header")
     fields = header_struct.unpack(prefix + rest)
-    generation, size, digest_expected = fields[2], fields[3], fields[-1]
-    n_tomb = fields[4] if fmt == FORMAT else 0
+    generation, size = fields[2], fields[3]
+    digest_expected = fields[4] if fmt == 1 else fields[5]
+    n_tomb = fields[4] if fmt >= 2 else 0
+    owner = fields[6] if fmt == FORMAT else None
     actual = os.fstat(fh.fileno()).st_size - header_struct.size
     if actual != size + 8 * n_tomb:
         state = "truncated" if actual < size + 8 * n_tomb else "longer than its header says"
@@ -578,7 +602,9 @@ def _read(fh: BinaryIO) -> Built:
     digest = hashlib.sha256()
     while block := fh.read(1 << 22):
         digest.update(block)
-    found = digest.digest() if fmt == 1 else _seal(digest.digest(), generation, size, n_tomb)
+    found = (
+        digest.digest() if fmt == 1 else _seal(digest.digest(), generation, size, n_tomb, owner)
+    )
     if found != digest_expected:
         raise VectorsDamaged("checksum mismatch (corrupted bytes)")
     fh.seek(header_struct.size)
@@ -592,4 +618,5 @@ def _read(fh: BinaryIO) -> Built:
     if fh.tell() != header_struct.size + size:
         raise VectorsDamaged("payload size does not match its header")
     tail = fh.read()
-    return Built(index, generation, np.frombuffer(tail, dtype=np.int64).copy())
+    catalog_id = owner.hex() if owner and any(owner) else ""
+    return Built(index, generation, np.frombuffer(tail, dtype=np.int64).copy(), catalog_id)
