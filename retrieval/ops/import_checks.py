@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ImportFormatError, IndexIncompatible
-from ..pathnames import display
+from ..pathnames import to_str
 from ..store.manifest import SCHEMA_VERSION, Manifest
 from ..store.vectors import INDEX_TYPES, VECTOR_DTYPES
 
@@ -46,7 +46,8 @@ def refuse(where: str, problem: str) -> ImportFormatError:
 
 def shown(text: str | bytes, limit: int = 120) -> str:
     """A value quoted for a message: control characters escaped, long ones cut."""
-    value = display(text) if isinstance(text, bytes) else text
+    # repr escapes what a terminal would act on; escaping first would double the backslashes
+    value = to_str(text) if isinstance(text, bytes) else text
     quoted = repr(value)
     return quoted if len(quoted) <= limit else quoted[: limit - 4] + "...'"
 

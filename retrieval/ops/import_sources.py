@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ImportFormatError, UsageError
-from ..pathnames import display
+from ..pathnames import decoded
 from ..store.catalog import NewRow
 from ..store.manifest import Manifest
 from . import import_checks as checks
@@ -236,7 +236,7 @@ def _paths(raw: Any, text: Any) -> tuple[list[bytes], tuple[np.ndarray, Any]]:
             break
         name = value if isinstance(value, bytes) else os.fsencode(value)
         why = checks.path_problem(name)
-        if why is None and raws is not None and texts is not None and texts[i] != display(name):
+        if why is None and raws is not None and texts is not None and texts[i] != decoded(name):
             why = (
                 f"path {checks.shown(str(texts[i]))} does not match path_bytes {checks.shown(name)}"
             )
