@@ -109,6 +109,7 @@ class Index:
             paths = self._remembered_roots()
         check_roots(paths)  # a mistyped folder must not leave a new, empty index behind
         self._locate_for_writing()
+        _announce_worker_cap(options, self._notify)
         # The model is loaded before anything is written, so a model error leaves no
         # half-made index behind.
         manifest = self._existing_manifest()
@@ -439,6 +440,15 @@ class Index:
                 f"cache now holds {loaded.identity}; rebuild the index with "
                 f"`retrieval index --index NEW_DIR FOLDER` to use the new weights"
             )
+
+
+def _announce_worker_cap(options: IndexOptions | None, notify: Notify) -> None:
+    """Say so when --workers asks for more processes than this machine runs."""
+    from .ops import pipeline
+
+    notice = pipeline.workers_notice(options.workers if options is not None else None)
+    if notice:
+        notify(notice)
 
 
 def _configure_threads(device: str, options: IndexOptions | None) -> None:

@@ -148,6 +148,14 @@ class ImportFormatError(RetrievalError):
     """A file given to import is not an embeddings export."""
 
 
+class WorkersUnavailable(RetrievalError):
+    """The decode worker processes could not be started."""
+
+    def __init__(self, message: str, workers: int) -> None:
+        self.workers = workers
+        super().__init__(message)
+
+
 class Interrupted(RetrievalError):
     """The user interrupted a run; every finished batch was kept."""
 
