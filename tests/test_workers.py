@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from _procs import assert_gone, workers_of
 from conftest import SUITE_PRECISION, make_photos, run_cli
 
 from retrieval.errors import WorkersUnavailable
@@ -109,44 +110,6 @@ next(stream)
 print("decoding", flush=True)
 time.sleep(120)
 """
-
-
-def workers_of(pid: int) -> list[int]:
-    """Pids of the live decode workers started by process `pid` (found by their command
-    line, which names the parent: they are re-parented once it dies)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as fh:
-                argv = fh.read().split(b"\0")
-            with open(f"/proc/{entry}/stat", "rb") as fh:
-                state = fh.read().rsplit(b")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if b"retrieval.ops.workers" in b" ".join(argv) and str(pid).encode() in argv[-2:]:
-            if state != b"Z":
-                found.append(int(entry))
-    return found
-
-
-def assert_gone(pids: list[int], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        alive = [p for p in pids if os.path.exists(f"/proc/{p}") and _state(p) != b"Z"]
-        if not alive:
-            return
-        assert time.monotonic() < deadline, f"decode workers {alive} outlived their parent"
-        time.sleep(0.05)
-
-
-def _state(pid: int) -> bytes:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            return fh.read().rsplit(b")", 1)[1].split()[0]
-    except OSError:
-        return b"Z"
 
 
 @pytest.mark.parametrize(("asked", "files", "started"), [(2, 6, 2), (50, 3, 3)])
