@@ -109,7 +109,7 @@ class Index:
             paths = self._remembered_roots()
         check_roots(paths)  # a mistyped folder must not leave a new, empty index behind
         self._locate_for_writing()
-        _announce_worker_cap(options, self._notify)
+        _check_workers(options, self._notify)
         # The model is loaded before anything is written, so a model error leaves no
         # half-made index behind.
         manifest = self._existing_manifest()
@@ -442,13 +442,17 @@ class Index:
             )
 
 
-def _announce_worker_cap(options: IndexOptions | None, notify: Notify) -> None:
-    """Say so when --workers asks for more processes than this machine runs."""
-    from .ops import pipeline
+def _check_workers(options: IndexOptions | None, notify: Notify) -> None:
+    """Say so when --workers asks for more processes than this machine runs; refuse, before
+    anything is written, a count the open-files limit cannot hold."""
+    from .ops import pipeline, workers
 
-    notice = pipeline.workers_notice(options.workers if options is not None else None)
+    asked = options.workers if options is not None else None
+    notice = pipeline.workers_notice(asked)
     if notice:
         notify(notice)
+    if asked:
+        workers.check_open_files(min(asked, pipeline.max_workers()))
 
 
 def _configure_threads(device: str, options: IndexOptions | None) -> None:

@@ -163,3 +163,31 @@ def test_workers_are_capped_to_the_machine(tmp_path: Path) -> None:
         f"retrieval: --workers 1000 capped to {limit}: this machine has {cpus} CPUs",
         f"retrieval: embedding with test_resnet on cpu, {SUITE_PRECISION}",
     ]
+
+
+def test_too_few_open_files_is_one_line_and_leaves_no_index(tmp_path: Path) -> None:
+    """`ulimit -n` too low for the workers asked for: one line naming both ways out, and no
+    half-made new index (it used to be `internal error: OSError ...` after the manifest).
+    3 workers on 3 chunks under `ulimit -n 12` really fail to start without the check."""
+    if pipeline.max_workers() < 3:
+        pytest.skip("needs 2 CPUs, so that --workers 3 is not capped")
+    make_photos(tmp_path / "photos", range(20))
+    index = tmp_path / "index"
+    command = (
+        f"ulimit -n 12 && exec {sys.executable} -m retrieval index photos --index {index} "
+        "--model test_resnet --no-pretrained --workers 3"
+    )
+    done = subprocess.run(
+        ["bash", "-c", command],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert (done.returncode, done.stdout) == (1, "")
+    assert done.stderr.splitlines() == [
+        "error: cannot start 3 decode workers: this process may open only 12 files (ulimit -n); "
+        "use fewer --workers or raise the limit (ulimit -n 4096)"
+    ]
+    assert not index.exists()
