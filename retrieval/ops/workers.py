@@ -34,7 +34,9 @@ from ..specs import Preprocess
 #: The folder holding the `retrieval` package, put first on the worker's path so it imports
 #: the very code its parent runs.
 _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+#: Ctrl-C is the parent's to handle (it keeps finished batches): ignored from the first line.
 _BOOTSTRAP = (
+    "import signal; signal.signal(signal.SIGINT, signal.SIG_IGN); "
     "import sys; sys.path.insert(0, sys.argv[1]); "
     "from retrieval.ops.workers import serve; serve(int(sys.argv[2]))"
 )
@@ -132,14 +134,14 @@ class Pool:
     def close(self) -> None:
         """Kill every worker (they hold nothing worth finishing) and reap it."""
         for worker in self.workers:
-            with contextlib.suppress(OSError):
-                worker.process.kill()
-        for worker in self.workers:
             self._reap(worker)
         self.workers.clear()
 
     @staticmethod
     def _reap(worker: Worker) -> None:
+        """Kill (if still alive: e.g. it answered garbage), wait, and close its pipes."""
+        with contextlib.suppress(OSError):
+            worker.process.kill()
         worker.process.wait()
         if worker.reader is not None:
             worker.reader.join()
@@ -230,7 +232,12 @@ def _not_ready(count: int, reason: str) -> WorkersUnavailable:
 
 def serve(parent: int) -> None:
     """The worker's loop: answer each request on stdin with its list[FileResult] on stdout."""
-    out, inp = sys.stdout.buffer, sys.stdin.buffer
+    sys.stdout.flush()
+    # Answers go to a private copy of stdout, and fd 1 becomes stderr: a library that prints
+    # cannot corrupt them.
+    out = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)
+    inp = sys.stdin.buffer
     try:
         _belong_to(parent)
     except Exception as exc:  # noqa: BLE001 - reported to the parent, which raises it
@@ -244,6 +251,8 @@ def serve(parent: int) -> None:
             request: Request = pickle.load(inp)
         except EOFError:  # the parent closed the pipe or died: nothing more to do
             return
+        if os.getppid() != parent:  # no PR_SET_PDEATHSIG here, and the parent is gone
+            return
         results = decode_files(
             request.paths, request.preprocess, request.max_megapixels, request.rules
         )
@@ -252,9 +261,8 @@ def serve(parent: int) -> None:
 
 
 def _belong_to(parent: int) -> None:
-    """Die with `parent`: ignore Ctrl-C (the parent handles it), ask Linux for SIGKILL when
-    the parent dies, and exit now if it already has (then we were re-parented)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    """Die with `parent`: ask Linux for SIGKILL when the parent dies, and exit now if it
+    already has (then we were re-parented)."""
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
