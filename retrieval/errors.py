@@ -21,6 +21,7 @@ The CLI prints `error: <message>` and exits 1; nothing else reaches the user.
     +-- BadImage                 an image file cannot be decoded (a per-file failure)
     +-- QueryImageError          a query image cannot be read or decoded
     +-- ImportFormatError        an embeddings file to import is not in the expected form
+    +-- WorkersUnavailable       the decode worker processes cannot be started
     +-- Interrupted              the user pressed Ctrl-C; finished work was kept
 """
 
