@@ -33,6 +33,7 @@ from .errors import (  # noqa: E402
     UsageError,
     WeightsMismatch,
     WeightsUnavailable,
+    WorkersUnavailable,
 )
 from .specs import ModelInfo, Preprocess, WeightsSpec  # noqa: E402 - light: dataclasses
 
@@ -77,6 +78,7 @@ __all__ = [
     "QueryImageError",
     "ImportFormatError",
     "Interrupted",
+    "WorkersUnavailable",
 ]
 
 

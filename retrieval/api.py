@@ -109,6 +109,7 @@ class Index:
             paths = self._remembered_roots()
         check_roots(paths)  # a mistyped folder must not leave a new, empty index behind
         self._locate_for_writing()
+        _check_workers(options, self._notify)
         # The model is loaded before anything is written, so a model error leaves no
         # half-made index behind.
         manifest = self._existing_manifest()
@@ -439,6 +440,19 @@ class Index:
                 f"cache now holds {loaded.identity}; rebuild the index with "
                 f"`retrieval index --index NEW_DIR FOLDER` to use the new weights"
             )
+
+
+def _check_workers(options: IndexOptions | None, notify: Notify) -> None:
+    """Say so when --workers asks for more processes than this machine runs; refuse, before
+    anything is written, a count the open-files limit cannot hold."""
+    from .ops import pipeline, workers
+
+    asked = options.workers if options is not None else None
+    notice = pipeline.workers_notice(asked)
+    if notice:
+        notify(notice)
+    if asked:
+        workers.check_open_files(min(asked, pipeline.max_workers()))
 
 
 def _configure_threads(device: str, options: IndexOptions | None) -> None:

@@ -10,6 +10,10 @@ import os
 INDEX_ENV = "RETRIEVAL_INDEX"
 INDEX_DIR = os.path.join("indexes", "default")
 
+#: What `--precision auto` (the library's precision="auto") means when set: fp32, bf16 or
+#: fp16 instead of the hardware's choice, so a run (a test suite, CI) can pin its numbers.
+PRECISION_ENV = "RETRIEVAL_PRECISION"
+
 #: A timm model with pooled features; resnet50 is the product's reference backbone.
 MODEL = "resnet50"
 #: Seed for --no-pretrained, so that a query is embedded by the very same untrained network.

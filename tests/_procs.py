@@ -212,6 +212,48 @@ def kill_env(point: str) -> dict[str, str]:
     return {"RETRIEVAL_TEST_KILL_AT": point}
 
 
+# -- decode workers ----------------------------------------------------------------------------
+
+
+def workers_of(pid: int) -> list[int]:
+    """Pids of the live decode workers started by process `pid` (found by their command
+    line, which names the parent: they are re-parented once it dies)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as fh:
+                argv = fh.read().split(b"\0")
+            with open(f"/proc/{entry}/stat", "rb") as fh:
+                state = fh.read().rsplit(b")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if b"retrieval.ops.workers" in b" ".join(argv) and str(pid).encode() in argv[-2:]:
+            if state != b"Z":
+                found.append(int(entry))
+    return found
+
+
+def assert_gone(pids: list[int], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        alive = [p for p in pids if os.path.exists(f"/proc/{p}") and _state(p) != b"Z"]
+        if not alive:
+            return
+        assert time.monotonic() < deadline, f"decode workers {alive} outlived their parent"
+        time.sleep(0.05)
+
+
+def _state(pid: int) -> bytes:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            return fh.read().rsplit(b")", 1)[1].split()[0]
+    except OSError:
+        return b"Z"
+
+
+
 # -- looking at an index directory ---------------------------------------------------------------
 
 

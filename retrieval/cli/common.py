@@ -90,7 +90,8 @@ def precision_option(func: Callable[..., Any]) -> Callable[..., Any]:
         type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
         default="auto",
         show_default=True,
-        help="auto: bf16 where the hardware has it natively, else fp32.",
+        help="auto: $RETRIEVAL_PRECISION when set, else bf16 where the hardware has it "
+        "natively, else fp32.",
     )(func)
 
 
