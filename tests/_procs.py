@@ -469,3 +469,23 @@ def _child(request: dict, main: object) -> None:
 
 if __name__ == "__main__":
     _serve()
+
+
+def built_index(root: Path, n: int) -> tuple[Path, Path]:
+    """(photos, index): `n` drawn images under root/photos, indexed into root/index with the
+    tiny model. Tests that damage an index build one per module and work on copies."""
+    from conftest import run_cli  # conftest imports nothing from here: no cycle
+
+    photos = root / "photos"
+    make_images(photos, n)
+    index = root / "index"
+    result = run_cli("index", photos, "--index", index, *FAST)
+    assert result.exit_code == 0, result.stderr
+    return photos, index
+
+
+def copy_index(index: Path, tmp_path: Path) -> Path:
+    """A copy of `index` under tmp_path, for one test to damage."""
+    copy = tmp_path / "index"
+    shutil.copytree(index, copy)
+    return copy
