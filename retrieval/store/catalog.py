@@ -331,52 +331,60 @@ class Catalog:
                     found[row.id] = RowState(*row)
         return sorted(found.values(), key=lambda r: r.path)
 
-    def store(self, rows: Sequence[NewRow], existing: dict[bytes, int]) -> int:
-        """Insert or update `rows` in one transaction; `existing` maps path -> id.
+    def store(self, rows: Sequence[NewRow], existing: dict[bytes, int] | None = None) -> int:
+        """Insert or update `rows` (vectors, or failures) in one transaction; a row whose path
+        is stored replaces it, keeping its id. `existing` (path -> id) names rows known to be
+        stored, sparing their lookup. Returns the new generation."""
+        return self._upsert(rows, existing or {})[0]
 
-        Returns the new generation.
-        """
+    def store_many(self, rows: Sequence[NewRow]) -> tuple[int, int]:
+        """`store` for bulk import: when `rows` name a path twice the last row wins, and the
+        result is (inserted, updated) instead of the generation."""
+        rows = list({r.path: r for r in rows}.values())
+        _, inserted, updated = self._upsert(rows, {})
+        return inserted, updated
+
+    def _upsert(self, rows: Sequence[NewRow], known: dict[bytes, int]) -> tuple[int, int, int]:
+        """Store `rows` (see `store`); returns (generation, inserted, updated).
+
+        Plain DB-API executemany: a statement per row cost ~1 ms in SQLite, and SQLAlchemy's
+        per-row parameter processing would cost more than SQLite itself at a million rows."""
         now = time.time()
         with self.write() as (conn, gen):
-            ids = dict(existing)
-            unknown = [row.path for row in rows if row.path not in ids]
-            for chunk in _chunks(unknown, 500):  # stored by a run we did not plan against
-                found = conn.execute(
-                    select(images.c.id, images.c.path).where(images.c.path.in_(chunk))
+            stored = set(known)
+            for chunk in _chunks([r.path for r in rows if r.path not in stored], 500):
+                marks = ", ".join("?" * len(chunk))
+                found = conn.exec_driver_sql(
+                    f"SELECT path FROM images WHERE path IN ({marks})", tuple(chunk)
                 )
-                ids.update({row.path: row.id for row in found})
-            new = [
-                {"path": row.path, **self._values(row, gen, now)}
-                for row in rows
-                if row.path not in ids
-            ]
-            old = [
-                {"row_id": ids[row.path], **self._values(row, gen, now)}
-                for row in rows
-                if row.path in ids
-            ]
-            # One executemany each instead of a statement per row (~1 ms each in SQLite).
+                stored.update(row[0] for row in found)
+            new = [(r.path, *self._values(r, gen, now)) for r in rows if r.path not in stored]
+            old = [(*self._values(r, gen, now), r.path) for r in rows if r.path in stored]
+            names = ", ".join(_ROW_COLUMNS)
             if new:
-                conn.execute(insert(images), new)
+                marks = ", ".join("?" * (len(_ROW_COLUMNS) + 1))
+                conn.exec_driver_sql(f"INSERT INTO images (path, {names}) VALUES ({marks})", new)
             if old:
-                conn.execute(update(images).where(images.c.id == bindparam("row_id")), old)
-        return gen
+                sets = ", ".join(f"{name} = ?" for name in _ROW_COLUMNS)
+                conn.exec_driver_sql(f"UPDATE images SET {sets} WHERE path = ?", old)
+        return gen, len(new), len(old)
 
-    def _values(self, row: NewRow, gen: int, now: float) -> dict[str, Any]:
+    def _values(self, row: NewRow, gen: int, now: float) -> tuple[Any, ...]:
+        """`row`'s values for _ROW_COLUMNS, its vector encoded (raises IndexIncompatible)."""
         ok = row.vector is not None
-        return {
-            "size": row.size,
-            "mtime_ns": row.mtime_ns,
-            "content_hash": row.content_hash,
-            "width": row.width,
-            "height": row.height,
-            "format": row.format,
-            "status": "ok" if ok else "failed",
-            "error": None if ok else row.error,
-            "vector": self.encode(row.vector) if ok else None,
-            "gen": gen,
-            "indexed_at": now,
-        }
+        return (
+            row.size,
+            row.mtime_ns,
+            row.content_hash,
+            row.width,
+            row.height,
+            row.format,
+            "ok" if ok else "failed",
+            None if ok else row.error,
+            self.encode(row.vector) if ok else None,
+            gen,
+            now,
+        )
 
     def repoint(self, moves: Sequence[tuple[int, bytes, int, int]]) -> int:
         """Give rows new paths (renamed files): (id, path, size, mtime_ns). Keeps vectors."""
@@ -626,45 +634,6 @@ class Catalog:
         found = conn.execute(select(images.c.id).where(and_(*conds)).order_by(images.c.id))
         return np.fromiter(found.scalars(), dtype=np.int64)
 
-    def store_many(self, rows: Sequence[NewRow]) -> tuple[int, int]:
-        """Bulk insert 'ok' rows in one transaction; a row whose path is stored replaces it
-        (keeping its id). Returns (inserted, updated).
-
-        Plain DB-API executemany: SQLAlchemy's per-row parameter processing would cost
-        more than SQLite itself at a million rows."""
-        now = time.time()
-        rows = list({r.path: r for r in rows}.values())  # the last row for a path wins
-        with self.write() as (conn, gen):
-            stored: set[bytes] = set()
-            for chunk in _chunks([r.path for r in rows], 500):
-                marks = ", ".join("?" * len(chunk))
-                found = conn.exec_driver_sql(
-                    f"SELECT path FROM images WHERE path IN ({marks})", tuple(chunk)
-                )
-                stored.update(row[0] for row in found)
-
-            def values(r: NewRow) -> tuple[Any, ...]:
-                assert r.vector is not None
-                blob = self.encode(r.vector)
-                return (r.size, r.mtime_ns, r.content_hash, r.width, r.height, r.format) + (
-                    "ok",
-                    None,
-                    blob,
-                    gen,
-                    now,
-                )
-
-            new = [(r.path, *values(r)) for r in rows if r.path not in stored]
-            old = [(*values(r), r.path) for r in rows if r.path in stored]
-            names = ", ".join(_BULK_COLUMNS)
-            if new:
-                marks = ", ".join("?" * (len(_BULK_COLUMNS) + 1))
-                conn.exec_driver_sql(f"INSERT INTO images (path, {names}) VALUES ({marks})", new)
-            if old:
-                sets = ", ".join(f"{name} = ?" for name in _BULK_COLUMNS)
-                conn.exec_driver_sql(f"UPDATE images SET {sets} WHERE path = ?", old)
-        return len(new), len(old)
-
     # -- roots, stat-only updates, files gone from disk ------------------------------------
     # None of these bump the generation: they change no vector and no path, which is all
     # the vector cache reflects.
@@ -738,8 +707,8 @@ class Catalog:
 #: SQLite page size of new catalogues (the largest SQLite allows; see `_make_engine`).
 _PAGE_SIZE = 65536
 
-#: The `images` columns `store_many` writes besides the path, in its parameter order.
-_BULK_COLUMNS = (
+#: The `images` columns `store` writes besides the path, in `_values`' order.
+_ROW_COLUMNS = (
     "size",
     "mtime_ns",
     "content_hash",
