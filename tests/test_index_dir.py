@@ -126,9 +126,7 @@ def test_manifest_file_problem_names_each_state(index: Path) -> None:
         mirror.unlink()
         assert index_dir.manifest_file_problem() == "missing"
         mirror.mkdir()
-        assert index_dir.manifest_file_problem() == (
-            "unreadable (a directory, not a regular file)"
-        )
+        assert index_dir.manifest_file_problem() == "unreadable (a directory, not a regular file)"
         mirror.rmdir()
         index_dir.write_manifest_file()
         assert index_dir.manifest_file_problem() is None

@@ -18,13 +18,12 @@ from typing import Any
 import numpy as np
 
 from ..errors import IndexIncompatible, UsageError
-from ..store import vector_cache
 from ..store.index_dir import IndexDir
-from ..store.searcher import exact_search, merge_topk
-from ..store.vector_cache import choose_layout
 from ..store.manifest import Manifest
+from ..store.searcher import exact_search, merge_topk
+from ..store.vector_cache import INDEX_TYPES, VECTOR_DTYPES, choose_layout, target_layout
 
-INDEX_CHOICES = ("auto", *vector_cache.INDEX_TYPES)
+INDEX_CHOICES = ("auto", *INDEX_TYPES)
 #: Recall@10 the tuning step aims for (the issue's target).
 TARGET_RECALL = 0.95
 #: Stored vectors used as recall queries.
@@ -126,9 +125,9 @@ def configure(
         raise UsageError(
             f"unknown index type {index_type!r}; use one of {', '.join(INDEX_CHOICES)}"
         )
-    if vector_dtype is not None and vector_dtype not in vector_cache.VECTOR_DTYPES:
+    if vector_dtype is not None and vector_dtype not in VECTOR_DTYPES:
         raise UsageError(
-            f"unknown vector dtype {vector_dtype!r}; use one of {', '.join(vector_cache.VECTOR_DTYPES)}"
+            f"unknown vector dtype {vector_dtype!r}; use one of {', '.join(VECTOR_DTYPES)}"
         )
     if new:
         manifest = replace(manifest, vector_dtype=vector_dtype or "float32")
@@ -367,7 +366,7 @@ def optimize(
         choose_layout(manifest, n, budget) if index_type == "auto" else (index_type, {})
     )
     kept = {k: v for k, v in index_dir.require_manifest().index_params.items() if k in _KNOBS}
-    rebuild = force or not _holds(before, vector_cache.target_layout(chosen, n), params)
+    rebuild = force or not _holds(before, target_layout(chosen, n), params)
     index_dir.set_manifest(
         replace(manifest, index_type=chosen, index_params=params if rebuild else {**params, **kept})
     )

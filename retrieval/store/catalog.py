@@ -36,14 +36,16 @@ from sqlalchemy import Connection, bindparam, delete, insert, select, update
 from sqlalchemy.exc import DatabaseError, IntegrityError, OperationalError
 
 from ..errors import CatalogCorrupt, CatalogTampered, IndexNotFound, StorageError
-from .catalog_engine import catalog_uri  # noqa: F401 (re-exported)
+from .catalog_engine import catalog_uri, refuse_links  # noqa: F401 (catalog_uri re-exported)
 from .catalog_engine import make_engine as _make_engine  # a name tests patch, see test_faults
-from .catalog_engine import refuse_links
 from .catalog_queries import RowQueries
-from .catalog_schema import CATALOG_ID_KEY, SCHEMA_VERSION, Delta, RowState  # noqa: F401
-from .catalog_schema import (
+from .catalog_schema import (  # noqa: F401 (CATALOG_ID_KEY... re-exported)
+    CATALOG_ID_KEY,
     ROW_COLUMNS,
+    SCHEMA_VERSION,
+    Delta,
     NewRow,
+    RowState,
     chunks,
     get_int,
     images,

@@ -142,13 +142,11 @@ ROW_COLUMNS = (
 )
 
 
-
 def has_table(conn: Connection, name: str) -> bool:
     found = conn.exec_driver_sql(
         "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)
     ).scalar()
     return found is not None
-
 
 
 def our_objects() -> set[tuple[str, str]]:

@@ -22,6 +22,7 @@ from ..errors import IndexBusy, ReadOnlyIndex, StorageError, UnsafeIndexFile
 
 TEMP_MARK = ".tmp-"
 
+
 class FaultPoints:
     """Named places where the crash tests stop a process, and how often each was reached.
 

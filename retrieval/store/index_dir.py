@@ -34,8 +34,13 @@ from .manifest import Manifest
 
 # Re-exported (noqa: F401): they lived here before the cache and search moved out.
 from .searcher import Neighbour, exact_search, merge_topk  # noqa: F401
-from .vector_cache import REDUCTION_KEY, RERANK_DEFAULT, Built, VectorCache  # noqa: F401
-from .vector_cache import choose_layout  # noqa: F401
+from .vector_cache import (  # noqa: F401
+    REDUCTION_KEY,
+    RERANK_DEFAULT,
+    Built,
+    VectorCache,
+    choose_layout,
+)
 
 #: How `_sync_manifest_file`'s notice words each `manifest_file_problem` (else "was ...").
 _MIRROR_WORDS = {"differs": "did not match the catalogue", "missing": "was missing"}

@@ -30,8 +30,13 @@ from .files import WriterLock
 from .manifest import Manifest
 
 # Re-exported (noqa: F401) for ops, which name index types and dtypes but do not build indexes.
-from .vectors import INDEX_TYPES, VECTOR_DTYPES, Built, VectorsDamaged  # noqa: F401
-from .vectors import target_layout  # noqa: F401
+from .vectors import (  # noqa: F401
+    INDEX_TYPES,
+    VECTOR_DTYPES,
+    Built,
+    VectorsDamaged,
+    target_layout,
+)
 
 if TYPE_CHECKING:
     from .index_dir import IndexDir

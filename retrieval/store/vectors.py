@@ -24,11 +24,22 @@ import faiss
 import numpy as np
 
 # Re-exported (noqa: F401) for the modules and tests that reach them as `vectors.NAME`.
+from . import vectors_describe
 from .vectors_describe import ID_OVERHEAD as _ID_OVERHEAD
-from .vectors_describe import count, describe, layout, memory_bytes  # noqa: F401
-from .vectors_describe import reconstruct, stored_ids, unwrap
-from .vectors_file import _HEADER, _HEADER_V1, FORMAT, MAGIC, VectorsDamaged  # noqa: F401
-from .vectors_file import Built, read, write  # noqa: F401
+from .vectors_describe import count, describe, layout, reconstruct, stored_ids, unwrap  # noqa: F401
+from .vectors_file import (  # noqa: F401
+    _HEADER,
+    _HEADER_V1,
+    FORMAT,
+    MAGIC,
+    Built,
+    VectorsDamaged,
+    read,
+    write,
+)
+
+#: Re-exported as a name, not imported: `choose` has a parameter of the same name.
+memory_bytes = vectors_describe.memory_bytes
 
 INDEX_TYPES = ("flat", "hnsw", "ivf", "ivfpq")
 VECTOR_DTYPES = ("float32", "float16")
