@@ -21,6 +21,7 @@ from retrieval.errors import CatalogCorrupt, IndexIncompatible, UsageError
 from retrieval.ops import ann, checking
 from retrieval.store import reduction, vectors
 from retrieval.store.index_dir import REDUCTION_KEY, IndexDir, index_summary
+from retrieval.store.searcher import rescore
 
 D_IN = 64
 DIM = 16
@@ -321,8 +322,9 @@ def test_rescore_in_chunks_equals_rescore_at_once(tmp_path: Path) -> None:
     rng = np.random.default_rng(3)
     candidates = rng.integers(-1, 1300, size=(25, 40))  # -1 and ids not stored mixed in
     with IndexDir.open(tmp_path) as index_dir, index_dir.catalog.read() as conn:
-        whole = index_dir._rescore(conn, xq, candidates, 10)
-        parts = index_dir._rescore(conn, xq, candidates, 10, most=90)  # 2 queries a chunk
+        dim = index_dir.require_manifest().dim
+        whole = rescore(index_dir.catalog, conn, xq, candidates, 10, dim)
+        parts = rescore(index_dir.catalog, conn, xq, candidates, 10, dim, most=90)  # 2 a chunk
     np.testing.assert_array_equal(whole[1], parts[1])
     np.testing.assert_allclose(whole[0], parts[0], atol=1e-6)
     assert (whole[1] >= 0).all() and (whole[1] <= 1200).all()

@@ -18,11 +18,12 @@ from typing import Any
 import numpy as np
 
 from ..errors import IndexIncompatible, UsageError
-from ..store import vectors
-from ..store.index_dir import IndexDir, choose_layout, exact_search, merge_topk
+from ..store.index_dir import IndexDir
 from ..store.manifest import Manifest
+from ..store.searcher import exact_search, merge_topk
+from ..store.vector_cache import INDEX_TYPES, VECTOR_DTYPES, choose_layout, target_layout
 
-INDEX_CHOICES = ("auto", *vectors.INDEX_TYPES)
+INDEX_CHOICES = ("auto", *INDEX_TYPES)
 #: Recall@10 the tuning step aims for (the issue's target).
 TARGET_RECALL = 0.95
 #: Stored vectors used as recall queries.
@@ -124,9 +125,9 @@ def configure(
         raise UsageError(
             f"unknown index type {index_type!r}; use one of {', '.join(INDEX_CHOICES)}"
         )
-    if vector_dtype is not None and vector_dtype not in vectors.VECTOR_DTYPES:
+    if vector_dtype is not None and vector_dtype not in VECTOR_DTYPES:
         raise UsageError(
-            f"unknown vector dtype {vector_dtype!r}; use one of {', '.join(vectors.VECTOR_DTYPES)}"
+            f"unknown vector dtype {vector_dtype!r}; use one of {', '.join(VECTOR_DTYPES)}"
         )
     if new:
         manifest = replace(manifest, vector_dtype=vector_dtype or "float32")
@@ -309,8 +310,8 @@ def tune(index_dir: IndexDir, truth: _Truth, k: int, target: float) -> dict[str,
     Applied to the loaded index; returns {} for exact indexes. When no value reaches the
     target, the one with the best recall is kept.
     """
-    index = index_dir.base().index
-    described = vectors.describe(index)
+    cache = index_dir.cache
+    described = cache.describe()
     if described["type"] == "hnsw":
         name, values = "efSearch", [16, 32, 64, 128, 256, 512, 1024]
     elif "nlist" in described:
@@ -320,13 +321,13 @@ def tune(index_dir: IndexDir, truth: _Truth, k: int, target: float) -> dict[str,
         return {}
     best: tuple[float, int] = (-1.0, values[-1])
     for value in values:
-        vectors.set_search_params(index, {name: value})
+        cache.set_search_params({name: value})
         recall, _ = _recall(index_dir, truth, k)
         if recall > best[0] + 1e-9:
             best = (recall, value)
         if recall >= target:
             break
-    vectors.set_search_params(index, {name: best[1]})
+    cache.set_search_params({name: best[1]})
     return {name: best[1]}
 
 
@@ -348,7 +349,7 @@ def optimize(
     """
     started = time.monotonic()
     manifest = index_dir.require_manifest()
-    before = vectors.describe(index_dir.base().index)
+    before = index_dir.cache.describe()
     with index_dir.catalog.read() as conn:
         n = index_dir.catalog.counts(conn)["ok"]
     if n == 0:
@@ -365,7 +366,7 @@ def optimize(
         choose_layout(manifest, n, budget) if index_type == "auto" else (index_type, {})
     )
     kept = {k: v for k, v in index_dir.require_manifest().index_params.items() if k in _KNOBS}
-    rebuild = force or not _holds(before, vectors.target_layout(chosen, n), params)
+    rebuild = force or not _holds(before, target_layout(chosen, n), params)
     index_dir.set_manifest(
         replace(manifest, index_type=chosen, index_params=params if rebuild else {**params, **kept})
     )
@@ -378,7 +379,7 @@ def optimize(
         index_dir.set_manifest(current.with_index(chosen, {**current.index_params, **tuned}))
         index_dir.sync_vectors()
     recall = _report(index_dir, truth, k)
-    after = vectors.describe(index_dir.base().index)
+    after = index_dir.cache.describe()
     return OptimizeReport(before, after, rebuild, tuned, recall, time.monotonic() - started)
 
 
