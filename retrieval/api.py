@@ -17,7 +17,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any, BinaryIO
 
-from . import __version__, defaults
+from . import defaults
+from ._version import __version__
 from .errors import IndexIncompatible, IndexNotFound, UsageError
 from .ops import ann, checking, exchange, importing, indexing, pruning, searching
 from .ops.indexing import IndexOptions, IndexReport, Progress
