@@ -12,9 +12,18 @@ from __future__ import annotations
 
 import importlib
 
-__version__ = "0.1.0"
+from ._version import __version__
 
-from . import errors  # noqa: E402 - light: the standard library only
+from . import defaults, errors  # noqa: E402 - light: the standard library only
+from .defaults import (  # noqa: E402 - the choices every face offers, and optimize's targets
+    DEVICES,
+    EXPORT_FORMATS,
+    INDEX_TYPES,
+    PRECISIONS,
+    RECALL_QUERIES,
+    TARGET_RECALL,
+    VECTOR_DTYPES,
+)
 from .errors import (  # noqa: E402
     BadImage,
     CatalogCorrupt,
@@ -51,11 +60,26 @@ _LAZY = {
     "PruneReport": ("ops.pruning", "PruneReport"),
     "OptimizeReport": ("ops.ann", "OptimizeReport"),
     "RecallReport": ("ops.ann", "RecallReport"),
+    "QueryStream": ("ops.searching", "QueryStream"),  # a query image read from a stream
+    "parse_size": ("ops.ann", "parse_size"),  # '4G' -> bytes, for memory budgets
+    "BenchOptions": ("ops.bench", "BenchOptions"),
+    "BenchReport": ("ops.bench_report", "BenchReport"),
+    "run_bench": ("ops.bench", "run_bench"),
+    "printable": ("pathnames", "printable"),  # any text, terminal controls escaped
+    "display": ("pathnames", "display"),  # a stored (bytes) path for people
 }
 
 __all__ = [
     "__version__",
     "errors",
+    "defaults",
+    "DEVICES",
+    "PRECISIONS",
+    "INDEX_TYPES",
+    "VECTOR_DTYPES",
+    "EXPORT_FORMATS",
+    "TARGET_RECALL",
+    "RECALL_QUERIES",
     "ModelInfo",
     "Preprocess",
     "WeightsSpec",

@@ -79,7 +79,7 @@ def bench_command(
       retrieval bench ~/Pictures --images 200 --json
       retrieval bench --model test_resnet --mix small --images 200 --no-naive
     """
-    from ..ops.bench import BenchOptions, run_bench
+    from .. import BenchOptions, run_bench
 
     options = BenchOptions(
         model=model,

@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from .. import defaults
 from .common import CONTEXT, index_option, notifier, read_only, vector_options
 
 
@@ -16,7 +17,7 @@ from .common import CONTEXT, index_option, notifier, read_only, vector_options
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(["npy", "parquet"]),
+    type=click.Choice(defaults.EXPORT_FORMATS),
     default="parquet",
     show_default=True,
     help="npy: a matrix + OUT.rows.json; parquet: one file with every column.",
@@ -43,8 +44,7 @@ def export_command(index_dir: str, fmt: str, out: str) -> None:
       retrieval export --format npy -o embeddings.npy
       retrieval export -o - | ssh backup 'cat > photos.parquet'
     """
-    from ..api import Index
-    from ..pathnames import printable
+    from .. import Index, printable
 
     index = Index(index_dir, notify=notifier(False))
     if out == "-":
@@ -87,7 +87,7 @@ def import_command(
       retrieval export --index other -o other.parquet
       retrieval import other.parquet --index indexes/photos
     """
-    from ..api import Index
+    from .. import Index
 
     report = Index(index_dir, notify=notifier(quiet)).import_files(files, wait=wait, **storage)
     click.echo(json.dumps(report.to_dict()) if as_json else report.summary())

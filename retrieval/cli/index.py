@@ -98,9 +98,7 @@ def index_command(
       retrieval index /archive --index-type auto --memory 4G --vector-dtype float16
       retrieval index /archive --dim 256              # 256-d PCA search cache
     """
-    from ..api import Index
-    from ..ops.indexing import IndexOptions
-    from ..specs import WeightsSpec
+    from .. import Index, IndexOptions, WeightsSpec
 
     if weights and no_pretrained:
         raise click.UsageError("--weights and --no-pretrained exclude each other")

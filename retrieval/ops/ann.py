@@ -17,16 +17,15 @@ from typing import Any
 
 import numpy as np
 
+from .. import defaults
 from ..errors import IndexIncompatible, UsageError
 from ..store import vectors
 from ..store.index_dir import IndexDir, choose_layout, exact_search, merge_topk
 from ..store.manifest import Manifest
 
-INDEX_CHOICES = ("auto", *vectors.INDEX_TYPES)
-#: Recall@10 the tuning step aims for (the issue's target).
-TARGET_RECALL = 0.95
-#: Stored vectors used as recall queries.
-RECALL_QUERIES = 1000
+INDEX_CHOICES = defaults.INDEX_TYPES  # "auto" and the types store.vectors builds
+TARGET_RECALL = defaults.TARGET_RECALL
+RECALL_QUERIES = defaults.RECALL_QUERIES
 #: Cosine slack at the k-th exact score: float32 dot products of equal vectors can differ
 #: in the last bits between FAISS and numpy, far below any real gap between neighbours.
 TIE_EPSILON = 1e-5
