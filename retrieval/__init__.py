@@ -3,7 +3,7 @@ export the embeddings. `Index` is the library API; `retrieval` on the command li
 layer over it.
 
 Every type a library user meets is importable from here (`from retrieval import Index,
-WeightsSpec, IndexOptions, SearchFilter`), as are the error classes of `retrieval.errors`.
+WeightsSpec, StorageOptions, IndexOptions, SearchFilter`), as are the error classes of `retrieval.errors`.
 The names are resolved on first use, so `import retrieval` loads no torch, FAISS or
 SQLAlchemy (and `retrieval --help` stays fast).
 """
@@ -43,7 +43,7 @@ from .errors import (  # noqa: E402
     WeightsMismatch,
     WeightsUnavailable,
 )
-from .specs import ModelInfo, Preprocess, WeightsSpec  # noqa: E402 - light: dataclasses
+from .specs import ModelInfo, Preprocess, StorageOptions, WeightsSpec  # noqa: E402 - light
 
 #: Public name -> (module under retrieval, its name there), imported on first access.
 _LAZY = {
@@ -61,7 +61,7 @@ _LAZY = {
     "OptimizeReport": ("ops.ann", "OptimizeReport"),
     "RecallReport": ("ops.ann", "RecallReport"),
     "QueryStream": ("ops.searching", "QueryStream"),  # a query image read from a stream
-    "parse_size": ("ops.ann", "parse_size"),  # '4G' -> bytes, for memory budgets
+    "parse_size": ("ops.storage", "parse_size"),  # '4G' -> bytes, for memory budgets
     "BenchOptions": ("ops.bench", "BenchOptions"),
     "BenchReport": ("ops.bench_report", "BenchReport"),
     "run_bench": ("ops.bench", "run_bench"),
@@ -82,6 +82,7 @@ __all__ = [
     "RECALL_QUERIES",
     "ModelInfo",
     "Preprocess",
+    "StorageOptions",
     "WeightsSpec",
     *_LAZY,
     "RetrievalError",

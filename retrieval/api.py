@@ -21,11 +21,12 @@ from . import defaults
 from ._version import __version__
 from .errors import IndexIncompatible, IndexNotFound, UsageError
 from .ops import ann, checking, exchange, importing, indexing, pruning, searching
+from .ops import storage as storage_policy
 from .ops.indexing import IndexOptions, IndexReport, Progress
 from .ops.searching import QueryResult, SearchFilter
 from .locate import locate
 from .pathnames import display, to_bytes
-from .specs import Preprocess, WeightsSpec
+from .specs import Preprocess, StorageOptions, WeightsSpec
 from .store.index_dir import IndexDir, index_summary
 from .store.manifest import Manifest, check_model
 
@@ -83,27 +84,18 @@ class Index:
         options: IndexOptions | None = None,
         wait: bool = False,
         progress: Progress | None = None,
-        index_type: str | None = None,
-        memory: int | None = None,
-        vector_dtype: str | None = None,
-        dim: int | None = None,
-        whiten: bool | None = None,
-        rerank: int | None = None,
+        storage: StorageOptions | None = None,
     ) -> IndexReport:
         """Index `paths` (folders or files): add new, update changed, drop vanished files.
 
         The paths are remembered; with no `paths`, every remembered root still on disk is
         scanned again (one that is gone is skipped with a notice: `prune` forgets it).
         A new index uses `model` (default resnet50) with `weights` (default: pretrained);
-        an existing one must be asked for the same or nothing. `index_type` (auto, flat,
-        hnsw, ivf, ivfpq; a new index: auto), `memory` (bytes, for auto) and `vector_dtype`
-        (float32 or float16, new indexes only) set how vectors are stored and searched;
-        `dim` (new indexes only) keeps a PCA reduction of them in the search cache: plain PCA
-        unless `whiten=True` (opt-in, as `--whiten`: whitening lowered recall@10 in our
-        benchmark), and `rerank` re-scores that many candidates per result with the full
-        vectors. Raises RetrievalError.
+        an existing one must be asked for the same or nothing. `storage` sets how vectors are
+        stored and searched (see `StorageOptions`: index type, memory budget, vector dtype,
+        a PCA reduction `dim` -- plain PCA unless `whiten=True` -- and `rerank`); None keeps
+        what the index has. Raises RetrievalError.
         """
-        reduce: dict[str, Any] = {"dim": dim, "whiten": whiten, "rerank": rerank}
         from .sources.scan import check_roots
 
         if not paths:
@@ -137,18 +129,12 @@ class Index:
                 new = manifest or Manifest(
                     model=embedder.info, precision=embedder.precision, created_with=_versions()
                 )
-                index_dir.set_manifest(
-                    ann.configure(
-                        new, self.directory, index_type, memory, vector_dtype, True, **reduce
-                    )
-                )
+                index_dir.set_manifest(storage_policy.configure(new, self.directory, storage, True))
             elif index_dir.manifest.model != wanted:
                 # another process created or rebuilt the index meanwhile
                 check_model(index_dir.manifest, wanted.name, wanted.weights, self.directory)
             current = index_dir.require_manifest()
-            configured = ann.configure(
-                current, self.directory, index_type, memory, vector_dtype, **reduce
-            )
+            configured = storage_policy.configure(current, self.directory, storage)
             if configured != current:
                 index_dir.set_manifest(configured)
             try:
@@ -165,21 +151,16 @@ class Index:
         self,
         files: Sequence[str | os.PathLike[str]],
         *,
-        index_type: str | None = None,
-        memory: int | None = None,
-        vector_dtype: str | None = None,
+        storage: StorageOptions | None = None,
         wait: bool = False,
-        dim: int | None = None,
-        whiten: bool | None = None,
-        rerank: int | None = None,
     ) -> importing.ImportReport:
         """Add the embeddings of `export` files (.parquet, or .npy + .rows.json).
 
         A new index takes the files' model metadata; an existing one refuses files from
         another model, weights or dimension (IndexIncompatible). Every row of every file is
         checked before anything is written (ImportFormatError names the file, row and rule),
-        and a new index that fails while it is written is removed. The options are `add`'s
-        (`dim`: a PCA reduction, plain PCA unless `whiten=True`).
+        and a new index that fails while it is written is removed. `storage` is `add`'s
+        (`StorageOptions`; `dim`: a PCA reduction, plain PCA unless `whiten=True`).
         """
 
         self._locate_for_writing()
@@ -187,17 +168,7 @@ class Index:
         def configure(manifest: Manifest, new: bool) -> Manifest:
             if new:
                 manifest = replace(manifest, created_with=_versions(), index_policy={})
-            return ann.configure(
-                manifest,
-                self.directory,
-                index_type,
-                memory,
-                vector_dtype,
-                new,
-                dim=dim,
-                whiten=whiten,
-                rerank=rerank,
-            )
+            return storage_policy.configure(manifest, self.directory, storage, new)
 
         sources = importing.read_files([os.fspath(f) for f in files], self.directory)
         with IndexDir.open_writer(self.directory, wait=wait) as index_dir:

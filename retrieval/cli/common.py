@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from .. import Interrupted, RetrievalError, defaults, display, printable
+from .. import Interrupted, RetrievalError, StorageOptions, defaults, display, printable
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -107,14 +107,14 @@ STORAGE_OPTIONS = ("index_type", "memory", "vector_dtype", "dim", "whiten", "rer
 
 def vector_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """--index-type, --memory, --vector-dtype, --dim, --whiten, --rerank: how vectors are
-    stored and searched. The command receives them as one dict, `storage`, of keyword
-    arguments for `Index.add` / `Index.import_files`."""
+    stored and searched. The command receives them as one `StorageOptions`, `storage`, for
+    `Index.add` / `Index.import_files`."""
 
     command = func
 
     @functools.wraps(command)
     def gathered(*args: Any, **kwargs: Any) -> Any:
-        kwargs["storage"] = {name: kwargs.pop(name) for name in STORAGE_OPTIONS}
+        kwargs["storage"] = StorageOptions(**{name: kwargs.pop(name) for name in STORAGE_OPTIONS})
         return command(*args, **kwargs)
 
     func = gathered

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any
 
 import click
 
-from .. import defaults
+from .. import StorageOptions, defaults
 from .common import CONTEXT, index_option, notifier, read_only, vector_options
 
 
@@ -72,7 +71,7 @@ def export_command(index_dir: str, fmt: str, out: str) -> None:
 def import_command(
     files: tuple[str, ...],
     index_dir: str,
-    storage: dict[str, Any],
+    storage: StorageOptions,
     wait: bool,
     as_json: bool,
     quiet: bool,
@@ -89,5 +88,6 @@ def import_command(
     """
     from .. import Index
 
-    report = Index(index_dir, notify=notifier(quiet)).import_files(files, wait=wait, **storage)
+    index = Index(index_dir, notify=notifier(quiet))
+    report = index.import_files(files, storage=storage, wait=wait)
     click.echo(json.dumps(report.to_dict()) if as_json else report.summary())

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any
 
 import click
 
-from .. import defaults
+from .. import StorageOptions, defaults
 from .common import (
     CONTEXT,
     Progress,
@@ -79,7 +78,7 @@ def index_command(
     workers: int | None,
     device: str,
     precision: str,
-    storage: dict[str, Any],
+    storage: StorageOptions,
     wait: bool,
     as_json: bool,
     quiet: bool,
@@ -124,7 +123,7 @@ def index_command(
             options=options,
             wait=wait,
             progress=progress,
-            **storage,
+            storage=storage,
         )
     if as_json:
         click.echo(json.dumps(report.to_dict()))
