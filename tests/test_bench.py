@@ -13,7 +13,7 @@ import pytest
 from conftest import make_photos, run_cli
 from PIL import Image
 
-from retrieval.ops import bench_images
+from retrieval.sources import synthetic as bench_images
 from retrieval.ops.bench import BenchOptions, run_bench
 
 TINY_BENCH = BenchOptions(

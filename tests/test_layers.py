@@ -33,9 +33,6 @@ HOMES = {
 #: Known exceptions still to move, with the reason; an entry that no longer applies fails
 #: `test_known_exceptions_are_still_needed`, so the list only shrinks.
 KNOWN = {
-    # bench generates and re-decodes test images itself; to move behind sources/.
-    ("PIL", "ops/bench.py"),
-    ("PIL", "ops/bench_images.py"),
     # the --image-format filter asks Pillow which formats and extensions it knows.
     ("PIL", "ops/searching.py"),
 }
