@@ -3,9 +3,12 @@ export the embeddings. `Index` is the library API; `retrieval` on the command li
 layer over it.
 
 Every type a library user meets is importable from here (`from retrieval import Index,
-WeightsSpec, StorageOptions, IndexOptions, SearchFilter`), as are the error classes of `retrieval.errors`.
-The names are resolved on first use, so `import retrieval` loads no torch, FAISS or
-SQLAlchemy (and `retrieval --help` stays fast).
+WeightsSpec, StorageOptions, IndexOptions, SearchFilter`), as are the error classes of
+`retrieval.errors`, the choices every face offers (DEVICES, PRECISIONS, INDEX_TYPES, ...;
+all defaults are in `retrieval.defaults`) and the helpers the CLI uses (parse_size,
+printable, display, run_bench). This is all the CLI imports of the library. The names are
+resolved on first use, so `import retrieval` loads no torch, FAISS or SQLAlchemy (and
+`retrieval --help` stays fast).
 """
 
 from __future__ import annotations

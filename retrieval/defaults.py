@@ -68,6 +68,14 @@ TARGET_RECALL = 0.95
 #: Stored vectors `optimize` uses as recall queries.
 RECALL_QUERIES = 1000
 
+#: `bench`: images generated (no folder given) or at most used from a folder, the generated
+#: mix ("photos": 2-24 MP JPEGs with small PNGs; "small": small images only), the rounds
+#: each stage runs (the report gives medians) and the vectors of its synthetic search index.
+BENCH_IMAGES = 48
+BENCH_MIXES = ("photos", "small")
+BENCH_ROUNDS = 3
+BENCH_SEARCH_SIZE = 10_000
+
 
 def default_index_dir() -> str:
     """The index directory used when the user names none (see `retrieval.locate`)."""

@@ -140,6 +140,7 @@ def test_the_library_choices_match_the_modules_that_act_on_them() -> None:
     from retrieval import defaults
     from retrieval.embedding import embedder
     from retrieval.ops import ann, exchange
+    from retrieval.sources import synthetic
     from retrieval.store import vectors
 
     assert defaults.DEVICES == embedder.DEVICES
@@ -147,3 +148,4 @@ def test_the_library_choices_match_the_modules_that_act_on_them() -> None:
     assert defaults.INDEX_TYPES == ("auto", *vectors.INDEX_TYPES) == ann.INDEX_CHOICES
     assert defaults.VECTOR_DTYPES == vectors.VECTOR_DTYPES
     assert defaults.EXPORT_FORMATS == exchange.FORMATS
+    assert set(defaults.BENCH_MIXES) == set(synthetic.MIXES)

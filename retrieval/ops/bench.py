@@ -61,11 +61,11 @@ class BenchOptions:
     batch_size: int | None = None
     workers: int | None = None
     threads: int | None = None
-    images: int = 48  # generated when no folder is given; else at most this many files
-    mix: str = "photos"  # generated images: 'photos' (2-24 MP JPEG + PNG) or 'small'
-    rounds: int = 3
+    images: int = defaults.BENCH_IMAGES  # generated (no folder), else the most files used
+    mix: str = defaults.BENCH_MIXES[0]  # 'photos' (2-24 MP JPEG + PNG) or 'small'
+    rounds: int = defaults.BENCH_ROUNDS
     naive: bool = True
-    search_size: int = 10_000  # vectors in the synthetic search index; 0 skips search
+    search_size: int = defaults.BENCH_SEARCH_SIZE  # synthetic search index; 0: no search
     max_megapixels: float = defaults.MAX_MEGAPIXELS
 
 

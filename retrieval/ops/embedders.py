@@ -31,7 +31,7 @@ Notify = Callable[[str], None]
 
 
 def load(model: str, weights: WeightsSpec, device: str, precision: str) -> Any:
-    """A new `embedding.embedder.Embedder` for `model` with `weights` (downloads them if need be)."""
+    """A new `embedding.embedder.Embedder` for `model` with `weights` (fetched if need be)."""
     from ..embedding.embedder import load_embedder
 
     return load_embedder(model, weights, device, precision)
