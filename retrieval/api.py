@@ -22,7 +22,7 @@ from .ops import querying, searching
 from .ops import storage as storage_policy
 from .ops.indexing import IndexOptions, IndexReport, Progress
 from .ops.searching import QueryResult, SearchFilter
-from .pathnames import display, to_bytes
+from .pathnames import to_bytes
 from .sources.scan import check_roots
 from .specs import StorageOptions, WeightsSpec
 from .store.index_dir import IndexDir, index_summary
