@@ -13,8 +13,8 @@ import pytest
 from conftest import SUITE_PRECISION, make_photos, run_cli
 from PIL import Image
 
-from retrieval.ops import bench_images
 from retrieval.ops.bench import BenchOptions, run_bench
+from retrieval.sources import synthetic as bench_images
 
 TINY_BENCH = BenchOptions(
     model="test_resnet",

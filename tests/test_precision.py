@@ -198,7 +198,7 @@ def test_a_bf16_index_finds_what_an_fp32_index_finds(tmp_path: Path) -> None:
         out = tmp_path / f"{precision}.npy"
         assert run_cli("export", "--index", index, "--format", "npy", "-o", out).exit_code == 0
         rows = json.loads(out.with_name(f"{precision}.rows.json").read_text())["rows"]
-        vectors[precision] = dict(zip([r["path"] for r in rows], np.load(out)))
+        vectors[precision] = dict(zip([r["path"] for r in rows], np.load(out), strict=True))
     paths = sorted(vectors["fp32"])
     assert sorted(vectors["bf16"]) == paths == sorted(str(p) for p in photos)
     xb32 = np.stack([vectors["fp32"][p] for p in paths])
