@@ -141,7 +141,8 @@ def decode_stream(
             kind, worker, results = pool.events.get()
             if kind == "result":
                 request = worker.sent.pop(0)
-                done.update(zip(range(request.first, request.first + len(results, strict=True)), results))
+                first = request.first
+                done.update(zip(range(first, first + len(results)), results, strict=True))
             elif worker in pool.workers:  # it died: redo what it held
                 retry.extendleft(reversed(_redo(worker.sent, done)))
                 pool.replace(worker)
