@@ -63,6 +63,9 @@ _LAZY = {
     "PruneReport": ("ops.pruning", "PruneReport"),
     "OptimizeReport": ("ops.ann", "OptimizeReport"),
     "RecallReport": ("ops.ann", "RecallReport"),
+    "DupsReport": ("ops.dups", "DupsReport"),  # what `dups` found: groups of near-duplicates
+    "DupGroup": ("ops.dups", "DupGroup"),
+    "DupMember": ("ops.dups", "DupMember"),
     "QueryStream": ("ops.searching", "QueryStream"),  # a query image read from a stream
     "parse_size": ("ops.storage", "parse_size"),  # '4G' -> bytes, for memory budgets
     "BenchOptions": ("ops.bench", "BenchOptions"),

@@ -21,6 +21,7 @@ from .ops import (
     adding,
     ann,
     checking,
+    dups,
     embedders,
     exchange,
     importing,
@@ -247,6 +248,32 @@ class Index:
             results = searching.search_vectors(index_dir, xq, labels, k, filters=filters)
             self._flush_notices(index_dir)
             return results
+
+    def dups(
+        self,
+        *,
+        threshold: float = defaults.DUPS_THRESHOLD,
+        under: Sequence[str | os.PathLike[str]] = (),
+        keep: Sequence[str] = defaults.DUPS_KEEP,
+        reference: Sequence[str | os.PathLike[str]] = (),
+        progress: dups.Progress | None = None,
+    ) -> dups.DupsReport:
+        """Groups of near-duplicate images: connected components of "exact cosine >=
+        `threshold`" among the stored vectors, each with its suggested keeper(s) first.
+
+        `under`: only groups holding an image under one of these folders. `keep`: the keep
+        rules in order (`retrieval.defaults.KEEP_RULES`). `reference`: folders whose images
+        are always kept. Changes nothing. Raises IndexNotFound, UsageError (threshold
+        outside (0, 1], unknown keep rule, a reference folder that does not exist).
+        """
+        named = [to_bytes(folder) for folder in under]
+        refs = [to_bytes(folder) for folder in reference]
+        dups.check_options(threshold, keep, refs)
+        with self._open() as index_dir:
+            try:
+                return dups.find_dups(index_dir, threshold, named, keep, refs, progress)
+            finally:
+                self._flush_notices(index_dir)
 
     def export(
         self, out: str | os.PathLike[str] | BinaryIO, fmt: str = "parquet"

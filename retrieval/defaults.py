@@ -72,6 +72,23 @@ TARGET_RECALL = 0.95
 #: Stored vectors `optimize` uses as recall queries.
 RECALL_QUERIES = 1000
 
+#: `dups`: the cosine at or above which two images are near-duplicates, and the default keep
+#: rules (most pixels, then largest file, then oldest mtime, then shortest path).
+DUPS_THRESHOLD = 0.95
+DUPS_KEEP = ("pixels", "bytes", "oldest", "path")
+#: Every keep rule, with what it prefers (ties go to the next rule; the last tie-break is
+#: the path's bytes, then the id).
+KEEP_RULES = (
+    ("pixels", "most pixels (width x height)"),
+    ("fewest-pixels", "fewest pixels"),
+    ("bytes", "largest file"),
+    ("smallest", "smallest file"),
+    ("oldest", "oldest modification time"),
+    ("newest", "newest modification time"),
+    ("path", "shortest path"),
+    ("longest-path", "longest path"),
+)
+
 #: `bench`: images generated (no folder given) or at most used from a folder, the generated
 #: mix ("photos": 2-24 MP JPEGs with small PNGs; "small": small images only), the rounds
 #: each stage runs (the report gives medians) and the vectors of its synthetic search index.

@@ -57,6 +57,15 @@ class RowQueries:
             out.update({row.id: row.path for row in conn.execute(stmt)})
         return out
 
+    def image_rows(self, conn: Connection, ids: Iterable[int]) -> dict[int, Any]:
+        """{id: row with id, path, size, mtime_ns, width, height} of the 'ok' rows among `ids`."""
+        cols = [images.c[n] for n in ("id", "path", "size", "mtime_ns", "width", "height")]
+        out: dict[int, Any] = {}
+        for chunk in chunks(sorted({int(i) for i in ids}), 500):
+            cond = and_(images.c.id.in_(chunk), images.c.status == "ok")
+            out.update({row.id: row for row in conn.execute(select(*cols).where(cond))})
+        return out
+
     def ids_for_paths(self, conn: Connection, paths: Sequence[bytes]) -> dict[bytes, int]:
         out: dict[bytes, int] = {}
         for chunk in chunks(list(paths), 500):

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from . import vectors
 from .catalog import Catalog, Delta
 from .vector_cache import Built, VectorCache
 
@@ -158,3 +159,67 @@ def merge_topk(
     I = np.concatenate([I1, I2], axis=1)
     order = np.argsort(-D, axis=1, kind="stable")[:, :k]
     return np.take_along_axis(D, order, axis=1), np.take_along_axis(I, order, axis=1)
+
+
+class RangeFinder:
+    """Pairs of stored images whose exact cosine is >= `threshold`, within one catalogue
+    snapshot `conn` opened after `base` was loaded (as `search` does): the cache `base`
+    minus the rows changed since it was written, plus those rows searched exactly.
+
+    A cache whose scores are exact (float32 codes, no reduction) is range-searched; a lossy
+    one (PQ codes, fp16 codes, a PCA reduction) gives k-NN candidates, re-scored with the
+    full stored vectors, k growing for the rows whose candidates mostly pass.
+    """
+
+    #: Neighbours asked of a lossy cache per query at first (times the re-rank factor).
+    FIRST_K = 16
+
+    def __init__(self, cache: VectorCache, conn: Any, base: Built, threshold: float) -> None:
+        self.cache, self.conn, self.base, self.threshold = cache, conn, base, threshold
+        self.dim = cache.manifest().dim
+        self.delta = cache.catalog.delta(conn, base.generation, self.dim)
+        self.exclude = np.union1d(self.delta.stale, base.tombstones)
+        manifest = cache.manifest()
+        self.lossy = (
+            cache.rerank_factor() > 0 or manifest.reduced or manifest.vector_dtype != "float32"
+        )
+        self.factor = max(cache.rerank_factor(), 2)
+
+    def pairs(self, ids: np.ndarray, xq: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(query ids, neighbour ids, exact cosines), each (p,), for the queries `xq`
+        (nq, dim) float32 (full stored vectors) whose ids are `ids` (nq,); self-pairs left out."""
+        xq = np.ascontiguousarray(xq, dtype=np.float32)
+        if self.lossy:
+            rows, found, scores = self._lossy(xq)
+        else:
+            lims, scores, found = vectors.range_search(
+                self.base.index, xq, self.threshold, self.exclude
+            )
+            rows = np.repeat(np.arange(len(xq)), np.diff(lims))
+        # The rows changed since the cache was written: exact, in the full space.
+        S = xq @ self.delta.vectors.T
+        dr, dc = np.nonzero(S >= self.threshold)
+        a = np.concatenate([ids[rows], ids[dr]])
+        b = np.concatenate([found, self.delta.ids[dc]])
+        s = np.concatenate([scores, S[dr, dc]]).astype(np.float32)
+        keep = a != b
+        return a[keep], b[keep], s[keep]
+
+    def _lossy(self, xq: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        xc = self.cache.project(xq)
+        total = int(self.base.index.ntotal)
+        out: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        todo, k = np.arange(len(xq)), self.FIRST_K
+        while len(todo):
+            want = min(k * self.factor, total)
+            _, I = self.cache.candidates(self.base, xc[todo], want, self.exclude, None)
+            D, I = rescore(self.cache.catalog, self.conn, xq[todo], I, want, self.dim)
+            passing = (D >= self.threshold) & (I >= 0)
+            # Most candidates pass: there may be more duplicates than candidates fetched.
+            again = (passing.sum(axis=1) * 2 > want) & (want < total)
+            r, c = np.nonzero(passing[~again])
+            out.append((todo[~again][r], I[~again][r, c], D[~again][r, c]))
+            todo, k = todo[again], k * 4
+        if not out:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
+        return tuple(np.concatenate(parts) for parts in zip(*out, strict=True))  # type: ignore[return-value]

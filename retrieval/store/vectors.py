@@ -318,6 +318,48 @@ def search(
     return D, I.astype(np.int64)
 
 
+def range_search(
+    index: Any, xq: np.ndarray, threshold: float, exclude: np.ndarray | None = None, k: int = 64
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every stored vector scoring >= `threshold` against each query row of `xq` (nq, d).
+
+    Returns faiss's range layout: lims (nq + 1,) int64, D (lims[-1],) float32 scores and
+    I (lims[-1],) int64 ids, query i's results at [lims[i], lims[i + 1]) in no set order.
+    `exclude` ids are never returned. Index types without range search fall back to k-NN,
+    k doubled for the rows whose k-th neighbour still passes. IVF and HNSW answer as
+    approximately as their k-NN search does (nprobe, efSearch).
+    """
+    xq = np.ascontiguousarray(xq, dtype=np.float32)
+    if index.ntotal == 0 or len(xq) == 0:
+        return np.zeros(len(xq) + 1, np.int64), np.zeros(0, np.float32), np.zeros(0, np.int64)
+    params = _params_for(index, _selector(exclude, None))
+    try:
+        lims, D, I = index.range_search(xq, float(threshold), params=params)
+    except RuntimeError:  # "range search not implemented" for this index type
+        return _range_by_knn(index, xq, threshold, params, k)
+    # lims is uint64: cast before arithmetic (np.repeat of uint64 counts fails)
+    return lims.astype(np.int64), D.astype(np.float32), I.astype(np.int64)
+
+
+def _range_by_knn(
+    index: Any, xq: np.ndarray, threshold: float, params: Any, k: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    rows = np.arange(len(xq))
+    while len(rows):
+        k = min(k, int(index.ntotal))
+        D, I = index.search(xq[rows], k, params=params)
+        passing = (D >= threshold) & (I >= 0)
+        again = passing[:, -1] & (k < index.ntotal)
+        r, c = np.nonzero(passing & ~again[:, None])
+        parts.append((rows[r], D[r, c].astype(np.float32), I[r, c].astype(np.int64)))
+        rows, k = rows[again], k * 2
+    row, D_all, I_all = (np.concatenate(p) for p in zip(*parts, strict=True))
+    order = np.argsort(row, kind="stable")
+    lims = np.searchsorted(row[order], np.arange(len(xq) + 1)).astype(np.int64)
+    return lims, D_all[order], I_all[order]
+
+
 def _search(
     index: Any, xq: np.ndarray, k: int, selector: Any, exhaustive: bool
 ) -> tuple[np.ndarray, np.ndarray]:
