@@ -66,6 +66,8 @@ _LAZY = {
     "DupsReport": ("ops.dups", "DupsReport"),  # what `dups` found: groups of near-duplicates
     "DupGroup": ("ops.dups", "DupGroup"),
     "DupMember": ("ops.dups", "DupMember"),
+    "dups_csv_rows": ("ops.dups_output", "csv_rows"),  # a DupsReport as CSV rows
+    "dups_html": ("ops.dups_output", "render_html"),  # a DupsReport as one HTML page
     "QueryStream": ("ops.searching", "QueryStream"),  # a query image read from a stream
     "parse_size": ("ops.storage", "parse_size"),  # '4G' -> bytes, for memory budgets
     "BenchOptions": ("ops.bench", "BenchOptions"),
