@@ -65,6 +65,13 @@ def _parse_keep(ctx: click.Context, param: click.Parameter, value: str) -> tuple
     show_default=True,
     help="table for people; json, csv (one row per member) or html (one file with previews).",
 )
+@click.option(
+    "--max-megapixels",
+    type=click.FloatRange(min=0, min_open=True),
+    default=defaults.MAX_MEGAPIXELS,
+    show_default=True,
+    help="html: no preview for images above this size (as `index` refuses them).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Same as --format json.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write here, not stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or notices on stderr.")
@@ -76,6 +83,7 @@ def dups_command(
     keep: tuple[str, ...],
     reference: tuple[str, ...],
     fmt: str,
+    max_megapixels: float,
     as_json: bool,
     output: str | None,
     quiet: bool,
@@ -108,7 +116,7 @@ def dups_command(
         text = _csv(dups_csv_rows(report))
     elif fmt == "html":
         with Progress(quiet) as progress:
-            text = dups_html(report, progress=progress)
+            text = dups_html(report, max_megapixels, progress)
     else:
         text = "\n".join(report.lines()) + "\n"
     _write(text, output)

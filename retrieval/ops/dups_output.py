@@ -14,6 +14,7 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
+from .. import defaults
 from ..errors import BadImage
 from ..pathnames import display
 from ..sources.thumbnail import THUMBNAIL_SIZE, thumbnail_jpeg
@@ -66,11 +67,14 @@ display:flex;align-items:center;justify-content:center;text-align:center;font-si
 
 def render_html(
     report: DupsReport,
-    thumbnail: Callable[[bytes], bytes] = thumbnail_jpeg,
+    max_megapixels: float = defaults.MAX_MEGAPIXELS,
     progress: Callable[[int, int], None] | None = None,
+    thumbnail: Callable[[bytes, float], bytes] = thumbnail_jpeg,
 ) -> str:
     """The report as one HTML document (str): a summary, then each group's members, keeper
-    first, each with a preview (or the reason there is none) and its caption."""
+    first, each with a preview (or the reason there is none: a file the indexer would refuse,
+    e.g. above `max_megapixels`) and its caption. `thumbnail(path, max_megapixels)` makes
+    the JPEG bytes of a preview."""
     total = report.images_in_groups
     done = 0
     parts = [
@@ -82,7 +86,7 @@ def render_html(
         parts.append(_group_header(number, group))
         parts.append("<div class='g'>")
         for member in group.members:
-            parts.append(_figure(member, thumbnail))
+            parts.append(_figure(member, lambda p: thumbnail(p, max_megapixels)))
             done += 1
             if progress is not None:
                 progress(done, total)

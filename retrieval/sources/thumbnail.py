@@ -22,8 +22,8 @@ THUMBNAIL_QUALITY = 80
 
 def thumbnail_jpeg(
     path: bytes,
-    size: int = THUMBNAIL_SIZE,
     max_megapixels: float = defaults.MAX_MEGAPIXELS,
+    size: int = THUMBNAIL_SIZE,
 ) -> bytes:
     """JPEG bytes of the centre square of the image at `path`, `size` x `size` pixels.
 
