@@ -39,6 +39,9 @@ Progress = Callable[[int, int], None]
 #: Groups up to this many members get their minimum pairwise cosine computed exactly
 #: (n^2/2 dot products); larger groups report the minimum cosine to the keeper instead.
 EXACT_MIN_MEMBERS = 500
+#: With an IVF-Flat cache, each vector meets the vectors of its JOIN_PROBE nearest lists
+#: (see store.vectors_join; 4 recovered every planted group in tests/bench_dups.py).
+JOIN_PROBE = 4
 #: Query vectors searched at once (8 MB at 512-d, 32 MB at 2048-d).
 QUERY_BATCH = 4096
 #: Groups listed in the text report (`lines`); JSON/CSV/HTML carry them all.
@@ -229,7 +232,10 @@ def find_dups(
         finder = RangeFinder(cache, conn, base, threshold)
         catalog = index_dir.catalog
         queries = catalog.filter_ids(conn, under=under)
-        a, b = _edges(finder, catalog, conn, queries, manifest.dim, progress)
+        if not under and finder.can_join():  # the whole index: one join, no per-query scans
+            a, b, _ = finder.join(JOIN_PROBE, _per_list(progress, len(queries)))
+        else:
+            a, b = _edges(finder, catalog, conn, queries, manifest.dim, progress)
         components = _components(a, b)
         rows = catalog.image_rows(conn, np.concatenate(components) if components else [])
         groups = [
@@ -276,6 +282,13 @@ def _edges(
     if not edges_a:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     return np.concatenate(edges_a), np.concatenate(edges_b)
+
+
+def _per_list(progress: Progress | None, total: int) -> Callable[[int, int], None] | None:
+    """Lists joined -> images searched, for a progress bar counting images."""
+    if progress is None:
+        return None
+    return lambda done, lists: progress(total * done // max(lists, 1), total)
 
 
 def _vectors(

@@ -12,12 +12,13 @@ L2-normalised vectors: cosine), I (nq, k) int64 ids, -1 = no result.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
-from . import vectors
+from . import vectors, vectors_join
 from .catalog import Catalog, Delta
 from .vector_cache import Built, VectorCache
 
@@ -204,6 +205,29 @@ class RangeFinder:
         s = np.concatenate([scores, S[dr, dc]]).astype(np.float32)
         keep = a != b
         return a[keep], b[keep], s[keep]
+
+    def can_join(self) -> bool:
+        """Whether `join` applies: an IVF-Flat cache with exact scores."""
+        return not self.lossy and vectors_join.joinable(self.base.index)
+
+    def join(
+        self, probe: int, progress: Callable[[int, int], None] | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every pair (a, b, exact cosine) >= the threshold in the snapshot, each unordered
+        pair at least once: the cache's lists joined (see `vectors_join`; `probe` lists per
+        vector), less the rows changed since, plus those rows searched as queries."""
+        parts = list(vectors_join.ivf_join(self.base.index, self.threshold, probe, progress))
+        if parts:
+            a, b, s = (np.concatenate(p) for p in zip(*parts, strict=True))
+        else:
+            a, b, s = np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
+        if len(self.exclude):
+            keep = ~(np.isin(a, self.exclude) | np.isin(b, self.exclude))
+            a, b, s = a[keep], b[keep], s[keep]
+        if len(self.delta.ids):
+            da, db, ds = self.pairs(self.delta.ids, self.delta.vectors)
+            a, b, s = np.concatenate([a, da]), np.concatenate([b, db]), np.concatenate([s, ds])
+        return a, b, s.astype(np.float32)
 
     def _lossy(self, xq: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         xc = self.cache.project(xq)
