@@ -448,3 +448,62 @@ def test_output_file_and_progress_stay_off_stdout(tmp_path: Path) -> None:
     assert result.stdout == ""
     assert '"groups_found": 1' in out.read_text()
     assert "1 group(s) of near-duplicates" in result.stderr
+
+
+# -- a stale cache, real images ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("index_type", ["flat", "hnsw", "ivf", "ivfpq"])
+def test_rows_written_after_the_cache_are_seen(tmp_path: Path, index_type: str) -> None:
+    """vectors.faiss behind the catalogue (a writer killed before it synced): new rows are
+    found, removed ones never reported, exactly as brute force over the catalogue says."""
+    from retrieval.store.catalog_schema import NewRow
+
+    paths, xb = planted()
+    index = make(tmp_path, paths, xb, StorageOptions(index_type=index_type))
+    rng = np.random.default_rng(9)
+    new = [toward(xb[100], 0.98, rng), toward(xb[1250], 0.99, rng)]  # a new pair, a 3rd member
+    with IndexDir.open_writer(index.directory) as index_dir:
+        with index_dir.catalog.read() as conn:
+            gone = index_dir.catalog.ids_for_paths(conn, [paths[0].encode(), paths[31].encode()])
+        index_dir.catalog.remove(list(gone.values()))  # one of a pair; a triple's source
+        index_dir.catalog.store_many(
+            [
+                NewRow(f"/new/{i}.jpg".encode(), 10, 0, None, 10, 10, "JPEG", v, None)
+                for i, v in enumerate(new)
+            ]
+        )
+        generation = index_dir.catalog.generation()
+    with IndexDir.open(index.directory) as index_dir:
+        assert index_dir.base().generation < generation  # the cache is stale
+    truth = brute_force(*stored(index), THRESHOLD)
+    report = index.dups(threshold=THRESHOLD)
+    assert found(report) == truth
+    assert frozenset([b"/new/0.jpg", paths[100].encode()]) in truth
+    assert not any(paths[0].encode() in g for g in truth)
+
+
+def test_copies_of_a_real_image_are_grouped(tmp_path: Path) -> None:
+    """End to end with the tiny model: a byte copy and a lossless PNG of a JPEG's pixels embed
+    identically; a different drawing does not join them."""
+    from conftest import TINY
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    save_image(draw_image(11, (160, 120)), photos / "a.jpg", quality=90)
+    (photos / "copy of a.jpg").write_bytes((photos / "a.jpg").read_bytes())
+    from PIL import Image
+
+    with Image.open(photos / "a.jpg") as decoded:
+        save_image(decoded.convert("RGB"), photos / "a.png")
+    save_image(draw_image(12, (160, 120)), photos / "other.jpg")
+    result = run_cli("index", photos, "--index", tmp_path / "index", *TINY)
+    assert result.exit_code == 0, result.stderr
+    result = run_cli("dups", "--index", tmp_path / "index", "--threshold", "0.999", "--json")
+    assert result.exit_code == 0, result.stderr
+    (group,) = result.json()["groups"]
+    names = [Path(m["path"]).name for m in group["members"]]
+    # same pixels: the largest file is kept (the PNG), then the older of the JPEG copies
+    assert names[0] == "a.png"
+    assert sorted(names) == ["a.jpg", "a.png", "copy of a.jpg"]
+    assert group["min_similarity"] >= 0.999
