@@ -507,3 +507,29 @@ def test_copies_of_a_real_image_are_grouped(tmp_path: Path) -> None:
     assert names[0] == "a.png"
     assert sorted(names) == ["a.jpg", "a.png", "copy of a.jpg"]
     assert group["min_similarity"] >= 0.999
+
+
+@pytest.mark.parametrize("index_type", ["flat", "hnsw", "ivf"])
+def test_range_search_returns_every_neighbour_above_the_threshold(index_type: str) -> None:
+    """Including a query with more neighbours above the threshold than the first k-NN round
+    asks for (HNSW goes through k-NN, k doubled until the k-th neighbour falls below)."""
+    from retrieval.store import vectors
+
+    rng = np.random.default_rng(4)
+    a = unit(rng.standard_normal(DIM))
+    copies = [toward(a, 0.99, rng) for _ in range(150)]
+    xb = np.concatenate([unit(rng.standard_normal((2000, DIM))), copies])
+    ids = np.arange(len(xb), dtype=np.int64) * 3 + 1
+    index = vectors.build(xb, ids, index_type, {"nprobe": 64} if index_type == "ivf" else None)
+    xq = xb[[0, 2000, 2100]]
+    lims, D, I = vectors.range_search(index, xq, 0.95, exclude=ids[[2001]])
+    assert lims.dtype == np.int64 and lims[0] == 0
+    for q in range(len(xq)):
+        S = xb @ xq[q]
+        truth = set(ids[(S >= 0.95)].tolist()) - {int(ids[2001])}
+        got = I[lims[q] : lims[q + 1]]
+        assert set(got.tolist()) == truth
+        exact = {int(i): float(s) for i, s in zip(ids, S, strict=True)}
+        for i, score in zip(got.tolist(), D[lims[q] : lims[q + 1]].tolist(), strict=True):
+            assert score == pytest.approx(exact[i], abs=1e-5)
+    assert lims[2] - lims[1] == 149  # 150 copies, one excluded
