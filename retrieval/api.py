@@ -87,6 +87,7 @@ class Index:
         check_roots(paths)  # a mistyped folder must not leave a new, empty index behind
         self._locate_for_writing()
         adding.check_workers(options, self._notify)
+        IndexDir.check_writable(self.directory)
         existing = self._existing_manifest()
         with embedders.kept_torch_threads():
             embedder = adding.embedder_for(
@@ -99,6 +100,7 @@ class Index:
                 options=options,
                 notify=self._notify,
             )
+            adding.planned_manifest(existing, embedder, storage, self.directory)  # checks
             with IndexDir.open_writer(self.directory, wait=wait) as index_dir:
                 self._flush_notices(index_dir)
                 adding.set_manifest(index_dir, existing, embedder, storage)
@@ -129,6 +131,7 @@ class Index:
         """
 
         self._locate_for_writing()
+        IndexDir.check_writable(self.directory)
 
         def configure(manifest: Manifest, new: bool) -> Manifest:
             if new:
