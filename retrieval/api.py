@@ -16,7 +16,7 @@ from typing import Any, BinaryIO
 
 from . import defaults
 from .errors import IndexNotFound, UsageError
-from .locate import locate
+from .locate import BY_USER, locate
 from .ops import (
     adding,
     ann,
@@ -312,7 +312,12 @@ class Index:
             return None
 
     def _open(self) -> IndexDir:
-        return IndexDir.open(self.directory)
+        try:
+            return IndexDir.open(self.directory)
+        except IndexNotFound:
+            if self.location.reason != BY_USER:
+                raise
+            raise IndexNotFound(self.directory, searched_from=os.getcwd()) from None
 
     def _flush_notices(self, index_dir: IndexDir) -> None:
         for notice in index_dir.notices:
