@@ -147,6 +147,22 @@ def test_bad_requests_are_one_line_errors(tmp_path: Path, args: tuple[str, ...],
     assert result.stderr == message.format(tmp=tmp_path)
 
 
+def test_a_safetensors_source_is_refused_its_order_is_lost(tmp_path: Path) -> None:
+    source = _save(_foreign_state(), tmp_path / "other.pth")
+    convert_weights(source, "test_resnet", tmp_path / "a.safetensors")
+    result = run_cli(
+        "weights", "convert", tmp_path / "a.safetensors", "--model", "test_resnet",
+        "-o", tmp_path / "b.safetensors",
+    )  # fmt: skip
+    assert result.exit_code == 1
+    assert result.stderr == (
+        f"error: cannot convert {tmp_path / 'a.safetensors'} by position: a .safetensors file "
+        "does not keep the order its tensors were saved in; convert the .pth/.pt state dict "
+        "the other implementation saved\n"
+    )
+    assert not (tmp_path / "b.safetensors").exists()
+
+
 def test_a_file_that_is_no_state_dict_is_refused(tmp_path: Path) -> None:
     source = tmp_path / "notes.pth"
     source.write_bytes(b"not a pickle")

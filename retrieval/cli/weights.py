@@ -32,9 +32,9 @@ def weights_group() -> None:
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 def convert_command(source: str, model: str, output: str, as_json: bool) -> None:
-    """Rename the tensors of SOURCE (a .pth/.pt state dict or .safetensors saved by another
-    implementation of the same architecture) to timm's key names, in order, and write them
-    as a .safetensors file that `--model NAME --weights OUT` loads.
+    """Rename the tensors of SOURCE (a .pth/.pt state dict saved by another implementation
+    of the same architecture) to timm's key names, in order, and write them as a
+    .safetensors file that `--model NAME --weights OUT` loads.
 
     The file's tensors must pair up one-to-one, in order and shape, with the model's (its
     classifier included, or the backbone alone for a headless file); otherwise nothing is

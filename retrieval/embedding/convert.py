@@ -38,10 +38,16 @@ class Converted:
 
 
 def convert_state(path: str, model_name: str) -> Converted:
-    """Read `path` (a torch state dict or safetensors) once and rename its tensors, in
-    order, to `model_name`'s keys. Raises WeightsMismatch naming the first misfit (count
+    """Read `path` (a torch state dict, which keeps its insertion order) once and rename
+    its tensors, in order, to `model_name`'s keys. Raises WeightsMismatch naming the first misfit (count
     or shape), ModelError for an unknown model or an unreadable file."""
     _check_model_name(model_name)
+    if path.endswith(".safetensors"):
+        raise WeightsMismatch(
+            f"cannot convert {path} by position: a .safetensors file does not keep the order "
+            "its tensors were saved in; convert the .pth/.pt state dict the other "
+            "implementation saved"
+        )
     data, checksum = read_weights(path)
     source = state_from_bytes(path, data)
     del data
