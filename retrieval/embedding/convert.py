@@ -39,8 +39,9 @@ class Converted:
 
 def convert_state(path: str, model_name: str) -> Converted:
     """Read `path` (a torch state dict, which keeps its insertion order) once and rename
-    its tensors, in order, to `model_name`'s keys. Raises WeightsMismatch naming the first misfit (count
-    or shape), ModelError for an unknown model or an unreadable file."""
+    its tensors, in order, to `model_name`'s keys. Raises WeightsMismatch naming the first
+    misfit (count or shape) or for a .safetensors source, ModelError for an unknown model
+    or an unreadable file."""
     _check_model_name(model_name)
     if path.endswith(".safetensors"):
         raise WeightsMismatch(
