@@ -54,7 +54,7 @@ def convert_state(path: str, model_name: str) -> Converted:
     del data
     with torch.device("meta"):  # keys and shapes only: no memory, no initialisation
         model = timm.create_model(model_name, pretrained=False)
-    classifier = str(model.pretrained_cfg.get("classifier") or "fc")
+    classifier = str(getattr(model, "pretrained_cfg", {}).get("classifier") or "fc")
     full = model.state_dict()
     backbone = without_classifier(full, classifier)
     with_head = len(source) == len(full)

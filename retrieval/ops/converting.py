@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, BinaryIO
 
 from ..errors import UsageError
 from ..store.files import atomic_write
@@ -69,7 +69,11 @@ def convert_weights(
     from ..embedding.convert import convert_state
 
     converted = convert_state(src, model)
-    atomic_write(out, lambda fh: fh.write(converted.data), "converted weights")
+
+    def write(fh: BinaryIO) -> None:
+        fh.write(converted.data)
+
+    atomic_write(out, write, "converted weights")
     return ConvertReport(
         source=src,
         output=out,

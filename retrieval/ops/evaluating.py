@@ -212,7 +212,7 @@ def evaluate(
         classes=classes,
         overall=scores.over(np.ones(len(labels), bool)),
         macro_map=float(np.mean(means)) if means else None,
-        failed=tuple((found.relative[i], error) for i, error in failed),
+        failed=(*found.unreadable, *((found.relative[i], error) for i, error in failed)),
         ignored=found.ignored,
         duplicates=dup_scores,
         seconds=time.monotonic() - started,
@@ -253,13 +253,15 @@ def _duplicates(
 @dataclass(frozen=True)
 class Labelled:
     """Image files under DIR's class folders, sorted; `relative`: their names relative to
-    DIR with '/' separators (as a ground-truth file names them)."""
+    DIR with '/' separators (as a ground-truth file names them); `unreadable`: folders or
+    files the walk could not read."""
 
     paths: list[bytes]
     labels: list[int]
     relative: list[str]
     classes: list[str]
     ignored: int
+    unreadable: list[tuple[str, str]] = field(default_factory=list)  # (relative, why)
 
 
 def find_labelled(directory: str | os.PathLike[str]) -> Labelled:
@@ -276,9 +278,14 @@ def find_labelled(directory: str | os.PathLike[str]) -> Labelled:
             f"{shown} has no subfolders; evaluate needs one subfolder per class "
             f"(e.g. {shown}/cats/*.jpg, {shown}/dogs/*.jpg)"
         )
-    paths, labels, classes = [], [], []
+    paths: list[bytes] = []
+    labels: list[int] = []
+    classes: list[str] = []
+    unreadable: list[tuple[str, str]] = []
     for folder in folders:
-        files = [f.path for f in scan([folder.path]).files]
+        found = scan([os.fsdecode(folder.path)])
+        unreadable += [(_relative(p.path, root), p.error) for p in found.problems]
+        files = [f.path for f in found.files]
         if files:
             labels += [len(classes)] * len(files)
             classes.append(os.fsdecode(folder.name))
@@ -286,8 +293,12 @@ def find_labelled(directory: str | os.PathLike[str]) -> Labelled:
     if not paths:
         raise UsageError(f"the class folders of {shown} hold no images; add images to them")
     ignored = sum(1 for e in entries if e.is_file() and _is_image(e.name))
-    relative = [os.fsdecode(os.path.relpath(p, root)).replace(os.sep, "/") for p in paths]
-    return Labelled(paths, labels, relative, classes, ignored)
+    relative = [_relative(p, root) for p in paths]
+    return Labelled(paths, labels, relative, classes, ignored, unreadable)
+
+
+def _relative(path: bytes, root: bytes) -> str:
+    return os.fsdecode(os.path.relpath(path, root)).replace(os.sep, "/")
 
 
 def _is_image(name: bytes) -> bool:
@@ -311,7 +322,7 @@ def read_truth(path: str | os.PathLike[str], names: Sequence[str]) -> set[tuple[
     ):
         raise UsageError(f"{where} is not a duplicates mapping; {_TRUTH_FORMAT}")
     index = {name: i for i, name in enumerate(names)}
-    pairs = set()
+    pairs: set[tuple[int, int]] = set()
     for name, dups in data.items():
         for other in [name, *dups]:
             if other not in index:
