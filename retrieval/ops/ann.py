@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from ..reports import JsonReport, json_field, rounded
+
 from ..errors import IndexIncompatible, UsageError
 from ..store import vectors
 from ..store.index_dir import IndexDir, choose_layout, exact_search, merge_topk
@@ -35,27 +37,18 @@ _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
 
 @dataclass(frozen=True)
-class RecallReport:
+class RecallReport(JsonReport):
     """Recall@k of the index against exact search, and what a query costs (batched)."""
 
     k: int
     queries: int
-    recall: float
-    ms_per_query: float
-    exact_ms_per_query: float
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "k": self.k,
-            "queries": self.queries,
-            f"recall@{self.k}": round(self.recall, 4),
-            "ms_per_query": round(self.ms_per_query, 4),
-            "exact_ms_per_query": round(self.exact_ms_per_query, 4),
-        }
+    recall: float = json_field(key=lambda r: f"recall@{r.k}", json=rounded(4))
+    ms_per_query: float = json_field(json=rounded(4))
+    exact_ms_per_query: float = json_field(json=rounded(4))
 
 
 @dataclass(frozen=True)
-class OptimizeReport:
+class OptimizeReport(JsonReport):
     """What `optimize` found and did: index before/after, tuned knobs, measured recall."""
 
     before: dict[str, Any]
@@ -63,17 +56,7 @@ class OptimizeReport:
     rebuilt: bool
     tuned: dict[str, Any] = field(default_factory=dict)
     recall: RecallReport | None = None
-    seconds: float = 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "before": self.before,
-            "after": self.after,
-            "rebuilt": self.rebuilt,
-            "tuned": self.tuned,
-            "recall": self.recall.to_dict() if self.recall else None,
-            "seconds": round(self.seconds, 3),
-        }
+    seconds: float = json_field(0.0, json=rounded(3))
 
     def summary(self) -> str:
         line = f"{self.before['type']} -> {self.after['type']}" if self.rebuilt else "unchanged"
