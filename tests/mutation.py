@@ -4,7 +4,7 @@ Not a test module (pytest collects only test_*.py). Run it from the repository r
 
     python tests/mutation.py                 # every mutation, serially
     python tests/mutation.py --list          # where each mutation applies (found / not found)
-    python tests/mutation.py -k indexing -j 2 --timeout 120
+    python tests/mutation.py -k indexing -k prune -j 2 --timeout 120
 
 Each mutation is (file, exact original line, mutated line, test files to run, what it breaks).
 The script copies the repository to a temporary folder once per job (the working tree is
@@ -58,14 +58,16 @@ MUTATIONS = [
     # -- indexing plan: unchanged / changed / moved / removed --------------------------------
     Mutation(
         INDEXING,
-        'if row and row.status == "ok" and (row.size, row.mtime_ns) == (entry.size, entry.mtime_ns):',
+        'if row and row.status == "ok" and (row.size, row.mtime_ns) == '
+        "(entry.size, entry.mtime_ns):",
         'if row and row.status == "ok" and row.size == entry.size:',
         (ROOTS, INC),
         "skip-unchanged compares size only (ignores mtime)",
     ),
     Mutation(
         INDEXING,
-        'if row and row.status == "ok" and (row.size, row.mtime_ns) == (entry.size, entry.mtime_ns):',
+        'if row and row.status == "ok" and (row.size, row.mtime_ns) == '
+        "(entry.size, entry.mtime_ns):",
         "if row and (row.size, row.mtime_ns) == (entry.size, entry.mtime_ns):",
         (INC, ROOTS),
         "a failed file with the same stat is never retried",
@@ -226,14 +228,14 @@ MUTATIONS = [
         CATALOG,
         "unknown = [row.path for row in rows if row.path not in ids]",
         "unknown = []",
-        ("tests/test_catalog_vectors.py", INC),
+        ("tests/test_catalog_writes.py", "tests/test_catalog_vectors.py"),
         "a row stored by another run is inserted twice",
     ),
     Mutation(
         CATALOG,
         'conn.execute(insert(removals), [{"id": i, "gen": gen} for i in chunk])',
         "pass",
-        ("tests/test_catalog_vectors.py", INC),
+        ("tests/test_catalog_writes.py", "tests/test_catalog_vectors.py"),
         "removals are not logged: readers keep finding deleted rows",
     ),
     Mutation(
@@ -248,21 +250,21 @@ MUTATIONS = [
         "retrieval/store/manifest.py",
         'or (weights.source == "untrained" and weights.identity == built.weights.identity)',
         'or weights.source == "untrained"',
-        ("tests/test_model_check.py",),
+        ("tests/test_compatibility.py",),
         "an index of seed 0 accepts untrained seed 1 vectors",
     ),
     Mutation(
         "retrieval/store/manifest.py",
         'or (weights.source == "file" and weights.path == built.weights.path)',
         'or weights.source == "file"',
-        ("tests/test_model_check.py",),
+        ("tests/test_compatibility.py",),
         "an index built from one weights file accepts another",
     ),
     Mutation(
         "retrieval/store/manifest.py",
         "if version != SCHEMA_VERSION:",
         "if version > SCHEMA_VERSION:",
-        ("tests/test_schema_guard.py",),
+        ("tests/test_compatibility.py", "tests/test_schema_guard.py"),
         "an older schema version is read as current",
     ),
     Mutation(
@@ -290,7 +292,7 @@ MUTATIONS = [
         "retrieval/store/files.py",
         "fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))",
         "fcntl.flock(fd, fcntl.LOCK_SH | (0 if wait else fcntl.LOCK_NB))",
-        ("tests/test_lockfile.py",),
+        ("tests/test_writer_lock.py", "tests/test_lockfile.py"),
         "two writers share the writer lock",
     ),
     Mutation(
@@ -470,8 +472,11 @@ def run_tests(copy: Path, tests: tuple[str, ...], timeout: float) -> tuple[str, 
 
 
 def main(argv: list[str] | None = None) -> int:
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]  # progress as it goes
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("-k", dest="only", help="only mutations whose file or text has this")
+    parser.add_argument(
+        "-k", dest="only", action="append", help="only mutations whose file or text has this"
+    )
     parser.add_argument("-j", "--jobs", type=int, default=1, help="mutations run at once")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds per test run")
     parser.add_argument("--list", action="store_true", help="show where each mutation applies")
@@ -479,14 +484,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     chosen = [
-        m
-        for m in MUTATIONS
-        if not args.only or any(args.only in s for s in (m.file, m.original, m.breaks))
+        (n, m)
+        for n, m in enumerate(MUTATIONS, 1)
+        if not args.only
+        or any(word in s for word in args.only for s in (m.file, m.original, m.breaks))
     ]
-    located = [locate(m, ROOT) for m in chosen]
+    numbers = [n for n, _ in chosen]  # as in the full list, so a number always means one
+    located = [locate(m, ROOT) for _, m in chosen]
     if args.list:
-        for n, loc in enumerate(located, 1):
-            print(f"{n:3} {loc.note or 'found':10} {loc.file or loc.mutation.file}: {loc.mutation.breaks}")
+        for n, loc in zip(numbers, located, strict=True):
+            where = loc.file or loc.mutation.file
+            print(f"{n:3} {loc.note or 'found':10} {where}: {loc.mutation.breaks}")
         return 0
     found = [loc for loc in located if loc.file]
 
@@ -494,17 +502,17 @@ def main(argv: list[str] | None = None) -> int:
         copies: queue.Queue[Path] = queue.Queue()
         for j in range(max(1, args.jobs)):
             copies.put(copy_repo(Path(scratch) / str(j)))
-        baseline: dict[tuple[str, ...], str] = {}
+        baseline: dict[frozenset[str], str] = {}  # by test selection, in any order
         if not args.no_baseline:
-            for tests in dict.fromkeys(loc.mutation.tests for loc in found):
+            for tests in dict.fromkeys(frozenset(loc.mutation.tests) for loc in found):
                 copy = copies.get()
-                baseline[tests], seconds = run_tests(copy, tests, args.timeout * 3)
+                baseline[tests], seconds = run_tests(copy, tuple(sorted(tests)), args.timeout * 3)
                 copies.put(copy)
-                print(f"baseline {baseline[tests]:7} {seconds:6.1f}s  {' '.join(tests)}", flush=True)
+                print(f"baseline {baseline[tests]:7} {seconds:6.1f}s  {' '.join(sorted(tests))}")
         results: dict[int, tuple[str, float]] = {}
 
         def work(n: int, loc: Located) -> None:
-            if baseline.get(loc.mutation.tests, "passed") != "passed":
+            if baseline.get(frozenset(loc.mutation.tests), "passed") != "passed":
                 results[n] = ("baseline fails", 0.0)
                 return
             copy = copies.get()
@@ -517,9 +525,9 @@ def main(argv: list[str] | None = None) -> int:
                 copies.put(copy)
             verdict = "survived" if outcome == "passed" else "killed"
             results[n] = (verdict + (" (timeout)" if outcome == "timeout" else ""), seconds)
-            print(f"  {n:3} {results[n][0]:17} {seconds:6.1f}s  {loc.mutation.breaks}", flush=True)
+            print(f"  {n:3} {results[n][0]:17} {seconds:6.1f}s  {loc.mutation.breaks}")
 
-        pending = list(enumerate(located, 1))
+        pending = list(zip(numbers, located, strict=True))
         threads = []
         lock = threading.Lock()
 
@@ -541,7 +549,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(f"{'#':>3} {'result':17} {'seconds':>7}  mutation")
     killed = scored = 0
-    for n, loc in enumerate(located, 1):
+    for n, loc in zip(numbers, located, strict=True):
         verdict, seconds = results.get(n, (loc.note, 0.0))
         where = f"{loc.file or loc.mutation.file}: {loc.mutation.breaks}"
         print(f"{n:3} {verdict:17} {seconds:7.1f}  {where}")

@@ -144,25 +144,26 @@ def test_import_refuses_another_model(exported, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "weights",
+    ("name", "weights"),
     [
-        WeightsSpec("untrained", identity="1"),
-        WeightsSpec("file", path="/models/test_resnet.safetensors", identity="ab" * 32),
+        ("test_resnet", WeightsSpec("untrained", identity="1")),
+        ("test_resnet", WeightsSpec("file", path="/models/test.safetensors", identity="ab" * 32)),
+        ("other_net", WeightsSpec("untrained", identity="0")),
     ],
-    ids=["other-seed", "weights-file"],
+    ids=["other-seed", "weights-file", "other-model"],
 )
-def test_import_refuses_the_same_model_and_dim_with_other_weights(
-    tiny_index, exported, tmp_path: Path, weights: WeightsSpec
+def test_import_refuses_the_same_dim_from_other_weights_or_model(
+    tiny_index, exported, tmp_path: Path, name: str, weights: WeightsSpec
 ) -> None:
-    """Same name, same 96 dimensions, other weights: the vectors live in another space."""
+    """Same 96 dimensions, other weights or model: the vectors live in another space."""
     built = Index(tiny_index.directory).manifest()
-    other = replace(built, model=replace(built.model, weights=weights))
+    other = replace(built, model=replace(built.model, name=name, weights=weights))
     make_index(tmp_path / "other", other, clustered(20, d=96))
     result = run_cli("import", exported["parquet"], "--index", tmp_path / "other")
     assert result.exit_code == 1
     assert result.stderr == (
         f"error: {exported['parquet']} holds 96-d vectors from test_resnet (untrained (seed 0)), "
-        f"but the index at {tmp_path / 'other'} holds 96-d vectors from test_resnet "
+        f"but the index at {tmp_path / 'other'} holds 96-d vectors from {name} "
         f"({weights.describe()}); import it into a new index instead: "
         f"`retrieval import {exported['parquet']} --index NEW_DIR`\n"
     )

@@ -1,4 +1,5 @@
-"""Adding to an index with other weights of the same model is refused (`manifest.check_model`).
+"""What an index accepts: the manifest's schema version, and the model and weights it was
+built with (`retrieval.store.manifest`).
 
 The index is made from seeded vectors with a manifest naming test_resnet and its weights; the
 folder added holds no image, so nothing is embedded and no model is loaded: only the check
@@ -16,6 +17,7 @@ from test_ann import clustered, make_index, synthetic_manifest
 from retrieval.api import Index
 from retrieval.errors import IndexIncompatible
 from retrieval.specs import WeightsSpec
+from retrieval.store.manifest import SCHEMA_VERSION, Manifest
 
 SEED_0 = WeightsSpec("untrained", identity="0")
 FILE_A = WeightsSpec("file", path="/models/a.pth", identity="a" * 64)
@@ -57,3 +59,19 @@ def test_the_same_weights_are_accepted(tmp_path: Path, weights: WeightsSpec | No
     directory = _index(tmp_path, FILE_A if weights is FILE_A else SEED_0)
     report = Index(directory).add([str(tmp_path / "empty")], model="test_resnet", weights=weights)
     assert (report.added, report.removed) == (0, 0)
+
+
+@pytest.mark.parametrize("version", [None, SCHEMA_VERSION - 1, SCHEMA_VERSION + 1])
+def test_a_manifest_of_another_schema_version_is_refused(version: int | None) -> None:
+    data = synthetic_manifest().to_dict()
+    assert Manifest.from_dict(data) == synthetic_manifest()
+    if version is None:
+        del data["schema_version"]  # written before versions were recorded: version 0
+    else:
+        data["schema_version"] = version
+    with pytest.raises(IndexIncompatible) as caught:
+        Manifest.from_dict(data)
+    assert str(caught.value) == (
+        f"this index has schema version {version or 0}, but this retrieval reads version "
+        f"{SCHEMA_VERSION}; rebuild it with `retrieval index --index DIR FOLDER`"
+    )
