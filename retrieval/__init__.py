@@ -3,18 +3,29 @@ export the embeddings. `Index` is the library API; `retrieval` on the command li
 layer over it.
 
 Every type a library user meets is importable from here (`from retrieval import Index,
-WeightsSpec, IndexOptions, SearchFilter`), as are the error classes of `retrieval.errors`.
-The names are resolved on first use, so `import retrieval` loads no torch, FAISS or
-SQLAlchemy (and `retrieval --help` stays fast).
+WeightsSpec, StorageOptions, IndexOptions, SearchFilter`), as are the error classes of
+`retrieval.errors`, the choices every face offers (DEVICES, PRECISIONS, INDEX_TYPES, ...;
+all defaults are in `retrieval.defaults`) and the helpers the CLI uses (parse_size,
+printable, display, run_bench). This is all the CLI imports of the library. The names are
+resolved on first use, so `import retrieval` loads no torch, FAISS or SQLAlchemy (and
+`retrieval --help` stays fast).
 """
 
 from __future__ import annotations
 
 import importlib
 
-__version__ = "0.1.0"
-
-from . import errors  # noqa: E402 - light: the standard library only
+from . import defaults, errors  # noqa: E402 - light: the standard library only
+from ._version import __version__
+from .defaults import (  # noqa: E402 - the choices every face offers, and optimize's targets
+    DEVICES,
+    EXPORT_FORMATS,
+    INDEX_TYPES,
+    PRECISIONS,
+    RECALL_QUERIES,
+    TARGET_RECALL,
+    VECTOR_DTYPES,
+)
 from .errors import (  # noqa: E402
     BadImage,
     CatalogCorrupt,
@@ -33,8 +44,9 @@ from .errors import (  # noqa: E402
     UsageError,
     WeightsMismatch,
     WeightsUnavailable,
+    WorkersUnavailable,
 )
-from .specs import ModelInfo, Preprocess, WeightsSpec  # noqa: E402 - light: dataclasses
+from .specs import ModelInfo, Preprocess, StorageOptions, WeightsSpec  # noqa: E402 - light
 
 #: Public name -> (module under retrieval, its name there), imported on first access.
 _LAZY = {
@@ -51,13 +63,29 @@ _LAZY = {
     "PruneReport": ("ops.pruning", "PruneReport"),
     "OptimizeReport": ("ops.ann", "OptimizeReport"),
     "RecallReport": ("ops.ann", "RecallReport"),
+    "QueryStream": ("ops.searching", "QueryStream"),  # a query image read from a stream
+    "parse_size": ("ops.storage", "parse_size"),  # '4G' -> bytes, for memory budgets
+    "BenchOptions": ("ops.bench", "BenchOptions"),
+    "BenchReport": ("ops.bench_report", "BenchReport"),
+    "run_bench": ("ops.bench", "run_bench"),
+    "printable": ("pathnames", "printable"),  # any text, terminal controls escaped
+    "display": ("pathnames", "display"),  # a stored (bytes) path for people
 }
 
 __all__ = [
     "__version__",
     "errors",
+    "defaults",
+    "DEVICES",
+    "PRECISIONS",
+    "INDEX_TYPES",
+    "VECTOR_DTYPES",
+    "EXPORT_FORMATS",
+    "TARGET_RECALL",
+    "RECALL_QUERIES",
     "ModelInfo",
     "Preprocess",
+    "StorageOptions",
     "WeightsSpec",
     *_LAZY,
     "RetrievalError",
@@ -77,6 +105,7 @@ __all__ = [
     "QueryImageError",
     "ImportFormatError",
     "Interrupted",
+    "WorkersUnavailable",
 ]
 
 

@@ -9,47 +9,36 @@
 
 from __future__ import annotations
 
-import functools
 import os
-import platform
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any, BinaryIO
 
-from . import __version__, defaults
-from .errors import IndexIncompatible, IndexNotFound, UsageError
-from .ops import ann, checking, exchange, importing, indexing, pruning, searching
+from . import defaults
+from .errors import IndexNotFound, UsageError
+from .locate import locate
+from .ops import (
+    adding,
+    ann,
+    checking,
+    embedders,
+    exchange,
+    importing,
+    indexing,
+    pruning,
+    querying,
+    searching,
+)
+from .ops import storage as storage_policy
 from .ops.indexing import IndexOptions, IndexReport, Progress
 from .ops.searching import QueryResult, SearchFilter
-from .locate import locate
-from .pathnames import display, to_bytes
-from .specs import Preprocess, WeightsSpec
+from .pathnames import to_bytes
+from .sources.scan import check_roots
+from .specs import StorageOptions, WeightsSpec
 from .store.index_dir import IndexDir, index_summary
-from .store.manifest import Manifest, check_model
+from .store.manifest import Manifest
 
 Notify = Callable[[str], None]
-
-
-def _keeps_torch_threads(method: Callable[..., Any]) -> Callable[..., Any]:
-    """Give torch back, on return, the intra-op thread count it had before the call.
-
-    Indexing sets torch's (process-wide) thread count to this machine's plan; a program that
-    calls the library keeps its own setting afterwards. (If torch was first imported by the
-    call, the plan stays: there was no setting to keep.)
-    """
-
-    @functools.wraps(method)
-    def kept(*args: Any, **kwargs: Any) -> Any:
-        torch = sys.modules.get("torch")
-        before = torch.get_num_threads() if torch is not None else None
-        try:
-            return method(*args, **kwargs)
-        finally:
-            if torch is not None and before is not None:
-                torch.set_num_threads(before)
-
-    return kept
 
 
 class Index:
@@ -70,7 +59,6 @@ class Index:
 
     # -- writing ----------------------------------------------------------------------------
 
-    @_keeps_torch_threads
     def add(
         self,
         paths: Sequence[str | os.PathLike[str]] = (),
@@ -82,121 +70,70 @@ class Index:
         options: IndexOptions | None = None,
         wait: bool = False,
         progress: Progress | None = None,
-        index_type: str | None = None,
-        memory: int | None = None,
-        vector_dtype: str | None = None,
-        dim: int | None = None,
-        whiten: bool | None = None,
-        rerank: int | None = None,
+        storage: StorageOptions | None = None,
     ) -> IndexReport:
         """Index `paths` (folders or files): add new, update changed, drop vanished files.
 
         The paths are remembered; with no `paths`, every remembered root still on disk is
         scanned again (one that is gone is skipped with a notice: `prune` forgets it).
         A new index uses `model` (default resnet50) with `weights` (default: pretrained);
-        an existing one must be asked for the same or nothing. `index_type` (auto, flat,
-        hnsw, ivf, ivfpq; a new index: auto), `memory` (bytes, for auto) and `vector_dtype`
-        (float32 or float16, new indexes only) set how vectors are stored and searched;
-        `dim` (new indexes only) keeps a PCA reduction of them in the search cache: plain PCA
-        unless `whiten=True` (opt-in, as `--whiten`: whitening lowered recall@10 in our
-        benchmark), and `rerank` re-scores that many candidates per result with the full
-        vectors. Raises RetrievalError.
+        an existing one must be asked for the same or nothing. `storage` sets how vectors are
+        stored and searched (see `StorageOptions`: index type, memory budget, vector dtype,
+        a PCA reduction `dim` -- plain PCA unless `whiten=True` -- and `rerank`); None keeps
+        what the index has. Raises RetrievalError.
         """
-        reduce: dict[str, Any] = {"dim": dim, "whiten": whiten, "rerank": rerank}
-        from .sources.scan import check_roots
-
         if not paths:
             paths = self._remembered_roots()
         check_roots(paths)  # a mistyped folder must not leave a new, empty index behind
         self._locate_for_writing()
-        # The model is loaded before anything is written, so a model error leaves no
-        # half-made index behind.
-        manifest = self._existing_manifest()
-        embedder: Any
-        if manifest is not None:
-            check_model(manifest, model, weights, self.directory)
-            # Loaded on the first file that needs embedding: an unchanged tree never pays.
-            embedder = _LazyEmbedder(
-                manifest.model.preprocess,
-                lambda: _resolve_device(device),
-                lambda: self._load_for(manifest, device, precision, options),
+        adding.check_workers(options, self._notify)
+        existing = self._existing_manifest()
+        with embedders.kept_torch_threads():
+            embedder = adding.embedder_for(
+                existing,
+                self.directory,
+                model=model,
+                weights=weights,
+                device=device,
+                precision=precision,
+                options=options,
+                notify=self._notify,
             )
-        else:
-            from .embedding.embedder import load_embedder
-
-            embedder = load_embedder(
-                model or defaults.MODEL, weights or WeightsSpec("pretrained"), device, precision
-            )
-            _configure_threads(embedder.device, options)
-            self._notify(f"embedding with {embedder.info.name} on {embedder.describe()}")
-        with IndexDir.open_writer(self.directory, wait=wait) as index_dir:
-            self._flush_notices(index_dir)
-            wanted = manifest.model if manifest is not None else embedder.info
-            if index_dir.manifest is None:
-                new = manifest or Manifest(
-                    model=embedder.info, precision=embedder.precision, created_with=_versions()
-                )
-                index_dir.set_manifest(
-                    ann.configure(
-                        new, self.directory, index_type, memory, vector_dtype, True, **reduce
-                    )
-                )
-            elif index_dir.manifest.model != wanted:
-                # another process created or rebuilt the index meanwhile
-                check_model(index_dir.manifest, wanted.name, wanted.weights, self.directory)
-            current = index_dir.require_manifest()
-            configured = ann.configure(
-                current, self.directory, index_type, memory, vector_dtype, **reduce
-            )
-            if configured != current:
-                index_dir.set_manifest(configured)
-            try:
-                report = indexing.index_paths(
-                    index_dir, embedder, paths, options or IndexOptions(), progress
-                )
-            finally:
+            with IndexDir.open_writer(self.directory, wait=wait) as index_dir:
                 self._flush_notices(index_dir)
-            for notice in report.notices():
-                self._notify(notice)
-            return report
+                adding.set_manifest(index_dir, existing, embedder, storage)
+                try:
+                    report = indexing.index_paths(
+                        index_dir, embedder, paths, options or IndexOptions(), progress
+                    )
+                finally:
+                    self._flush_notices(index_dir)
+                for notice in report.notices():
+                    self._notify(notice)
+                return report
 
     def import_files(
         self,
         files: Sequence[str | os.PathLike[str]],
         *,
-        index_type: str | None = None,
-        memory: int | None = None,
-        vector_dtype: str | None = None,
+        storage: StorageOptions | None = None,
         wait: bool = False,
-        dim: int | None = None,
-        whiten: bool | None = None,
-        rerank: int | None = None,
     ) -> importing.ImportReport:
         """Add the embeddings of `export` files (.parquet, or .npy + .rows.json).
 
         A new index takes the files' model metadata; an existing one refuses files from
         another model, weights or dimension (IndexIncompatible). Every row of every file is
         checked before anything is written (ImportFormatError names the file, row and rule),
-        and a new index that fails while it is written is removed. The options are `add`'s
-        (`dim`: a PCA reduction, plain PCA unless `whiten=True`).
+        and a new index that fails while it is written is removed. `storage` is `add`'s
+        (`StorageOptions`; `dim`: a PCA reduction, plain PCA unless `whiten=True`).
         """
 
         self._locate_for_writing()
 
         def configure(manifest: Manifest, new: bool) -> Manifest:
             if new:
-                manifest = replace(manifest, created_with=_versions(), index_policy={})
-            return ann.configure(
-                manifest,
-                self.directory,
-                index_type,
-                memory,
-                vector_dtype,
-                new,
-                dim=dim,
-                whiten=whiten,
-                rerank=rerank,
-            )
+                manifest = replace(manifest, created_with=adding.versions(), index_policy={})
+            return storage_policy.configure(manifest, self.directory, storage, new)
 
         sources = importing.read_files([os.fspath(f) for f in files], self.directory)
         with IndexDir.open_writer(self.directory, wait=wait) as index_dir:
@@ -288,31 +225,12 @@ class Index:
         cannot be used (missing, undecodable, not indexed) gets its `error` and no results,
         and the others are still searched.
         """
-        if not images and not like:
-            raise UsageError("give query IMAGES, or --like PATH for an image already indexed")
-        searching.check_limits(k, min_score)
+        querying.check_request(images, like, k, min_score)
         with self._open() as index_dir:
-            queries = []
-            if images:
-                embedder = self._query_embedder(index_dir.require_manifest(), device)
-                queries += searching.embed_each(embedder, images, max_megapixels)
-            if like:
-                queries += searching.like_each(index_dir, like)
+            queries = querying.gather(index_dir, images, like, device, max_megapixels)
             results = searching.search_queries(index_dir, queries, k, min_score, filters)
             self._flush_notices(index_dir)
             return results
-
-    def _query_embedder(self, manifest: Manifest, device: str) -> Any:
-        """The model the index was built with, to embed query images."""
-        from .embedding.embedder import load_embedder, resolve_device
-
-        resolved = resolve_device(device)
-        precision = manifest.precision
-        if resolved == "cpu" and precision == "fp16":
-            precision = "fp32"
-        embedder = load_embedder(manifest.model.name, manifest.model.weights, resolved, precision)
-        self._check_same_weights(manifest, embedder.info.weights)
-        return embedder
 
     def search_vectors(
         self,
@@ -378,40 +296,7 @@ class Index:
                 "name them: `retrieval index FOLDER...`"
             )
         with self._open() as index_dir:
-            remembered = index_dir.catalog.remembered_roots()
-        if not remembered:
-            raise UsageError(
-                f"the index at {self.directory} remembers no folders (it was built before "
-                f"folders were recorded); name them once: `retrieval index --index "
-                f"{self.directory} FOLDER...`"
-            )
-        present, gone = indexing.split_roots(remembered)
-        for root in gone:
-            self._notify(
-                f"{display(root)} no longer exists: skipped; its images stay in the index "
-                "until `retrieval prune` drops them"
-            )
-        if not present:
-            raise UsageError(
-                f"none of the {len(gone)} folder(s) this index remembers exists any more; "
-                "`retrieval prune` forgets them and drops their images, or name a folder: "
-                "`retrieval index FOLDER...`"
-            )
-        shown = ", ".join(display(root) for root in present)
-        self._notify(f"re-scanning {len(present)} remembered root(s): {shown}")
-        return [os.fsdecode(root) for root in present]
-
-    def _load_for(
-        self, manifest: Manifest, device: str, precision: str, options: IndexOptions | None
-    ) -> Any:
-        """The embedder an existing index was built with, threads configured, announced."""
-        from .embedding.embedder import load_embedder
-
-        embedder = load_embedder(manifest.model.name, manifest.model.weights, device, precision)
-        self._check_same_weights(manifest, embedder.info.weights)
-        _configure_threads(embedder.device, options)
-        self._notify(f"embedding with {embedder.info.name} on {embedder.describe()}")
-        return embedder
+            return adding.remembered_roots(index_dir, self._notify)
 
     def _existing_manifest(self) -> Manifest | None:
         if not os.path.isfile(os.path.join(self.directory, defaults.CATALOG_FILE)):
@@ -430,80 +315,3 @@ class Index:
         for notice in index_dir.notices:
             self._notify(notice)
         index_dir.notices.clear()
-
-    def _check_same_weights(self, manifest: Manifest, loaded: WeightsSpec) -> None:
-        expected = manifest.model.weights
-        if expected.source == "pretrained" and expected.identity != loaded.identity:
-            raise IndexIncompatible(
-                f"the index was built with pretrained weights {expected.identity}, but the "
-                f"cache now holds {loaded.identity}; rebuild the index with "
-                f"`retrieval index --index NEW_DIR FOLDER` to use the new weights"
-            )
-
-
-def _configure_threads(device: str, options: IndexOptions | None) -> None:
-    """Set torch's threads to this machine's plan (see `pipeline.plan_resources`)."""
-    from .embedding.embedder import configure_threads
-    from .ops import pipeline
-
-    workers = options.workers if options is not None else None
-    configure_threads(pipeline.plan_resources(device, workers).threads)
-
-
-class _LazyEmbedder:
-    """An embedder whose model is created on the first `embed`.
-
-    `preprocess` is known from the manifest; `device` only needs torch, not the model.
-    """
-
-    def __init__(
-        self, preprocess: Preprocess, device: Callable[[], str], load: Callable[[], Any]
-    ) -> None:
-        self.preprocess = preprocess
-        self._device = device
-        self._load = load
-        self._resolved: str | None = None
-        self._embedder: Any = None
-
-    @property
-    def device(self) -> str:
-        if self._resolved is None:
-            self._resolved = self._device()
-        return self._resolved
-
-    def embed(self, pixels: Any) -> Any:
-        if self._embedder is None:
-            self._embedder = self._load()
-        return self._embedder.embed(pixels)
-
-
-def _resolve_device(device: str) -> str:
-    """`resolve_device`, without importing torch (seconds) where Linux shows no GPU at all."""
-    gpu_nodes = ("/dev/nvidiactl", "/dev/nvidia0", "/dev/kfd")
-    if device == "auto" and sys.platform == "linux" and not any(map(os.path.exists, gpu_nodes)):
-        return "cpu"
-    from .embedding.embedder import resolve_device
-
-    return resolve_device(device)
-
-
-def _versions() -> dict[str, str]:
-    # Package metadata, not `import torch`: `retrieval import` records versions too and
-    # needs no model (importing torch costs seconds).
-    from importlib.metadata import PackageNotFoundError, version
-
-    def installed(name: str) -> str:
-        module = sys.modules.get(name)  # loaded already: its own string (e.g. "+cu130")
-        if module is not None:
-            return str(module.__version__)
-        try:
-            return version(name)
-        except PackageNotFoundError:
-            return "not installed"
-
-    return {
-        "retrieval": __version__,
-        "torch": installed("torch"),
-        "timm": installed("timm"),
-        "python": platform.python_version(),
-    }

@@ -10,6 +10,10 @@ import os
 INDEX_ENV = "RETRIEVAL_INDEX"
 INDEX_DIR = os.path.join("indexes", "default")
 
+#: What `--precision auto` (the library's precision="auto") means when set: fp32, bf16 or
+#: fp16 instead of the hardware's choice, so a run (a test suite, CI) can pin its numbers.
+PRECISION_ENV = "RETRIEVAL_PRECISION"
+
 #: A timm model with pooled features; resnet50 is the product's reference backbone.
 MODEL = "resnet50"
 #: Seed for --no-pretrained, so that a query is embedded by the very same untrained network.
@@ -48,6 +52,33 @@ MANIFEST_FILE = "manifest.json"
 VECTORS_FILE = "vectors.faiss"
 LOCK_FILE = "writer.lock"
 
+# -- the choices the library accepts (the CLI offers exactly these; tests/test_layers.py
+# checks they match the modules that act on them, which import torch or FAISS) --------------
+
+#: Where the model runs; "auto" picks cuda when torch sees a GPU (embedding.embedder).
+DEVICES = ("auto", "cpu", "cuda")
+#: Model precision; "auto": bf16 where the hardware has it natively, else fp32.
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+#: Vector index types (store.vectors), "auto" first: chosen from the number of vectors,
+#: their dimension and the memory budget.
+INDEX_TYPES = ("auto", "flat", "hnsw", "ivf", "ivfpq")
+#: How the vector index stores vectors; float16 halves its memory.
+VECTOR_DTYPES = ("float32", "float16")
+#: `export` formats: a matrix + sidecar rows file, or one parquet file.
+EXPORT_FORMATS = ("npy", "parquet")
+
+#: Recall@10 that `optimize` tunes nprobe / efSearch to reach.
+TARGET_RECALL = 0.95
+#: Stored vectors `optimize` uses as recall queries.
+RECALL_QUERIES = 1000
+
+#: `bench`: images generated (no folder given) or at most used from a folder, the generated
+#: mix ("photos": 2-24 MP JPEGs with small PNGs; "small": small images only), the rounds
+#: each stage runs (the report gives medians) and the vectors of its synthetic search index.
+BENCH_IMAGES = 48
+BENCH_MIXES = ("photos", "small")
+BENCH_ROUNDS = 3
+BENCH_SEARCH_SIZE = 10_000
 
 
 def default_index_dir() -> str:

@@ -21,6 +21,7 @@ The CLI prints `error: <message>` and exits 1; nothing else reaches the user.
     +-- BadImage                 an image file cannot be decoded (a per-file failure)
     +-- QueryImageError          a query image cannot be read or decoded
     +-- ImportFormatError        an embeddings file to import is not in the expected form
+    +-- WorkersUnavailable       the decode worker processes cannot be started
     +-- Interrupted              the user pressed Ctrl-C; finished work was kept
 """
 
@@ -146,6 +147,14 @@ class QueryImageError(RetrievalError):
 
 class ImportFormatError(RetrievalError):
     """A file given to import is not an embeddings export."""
+
+
+class WorkersUnavailable(RetrievalError):
+    """The decode worker processes could not be started."""
+
+    def __init__(self, message: str, workers: int) -> None:
+        self.workers = workers
+        super().__init__(message)
 
 
 class Interrupted(RetrievalError):

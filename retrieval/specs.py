@@ -89,3 +89,33 @@ class ModelInfo:
     weights: WeightsSpec
     preprocess: Preprocess
     dim: int
+
+
+@dataclass(frozen=True)
+class StorageOptions:
+    """How an index stores and searches its vectors (`Index.add`, `Index.import_files`).
+
+    None keeps what the index has; a new index then gets the default (in brackets).
+    """
+
+    #: "auto", "flat", "hnsw", "ivf" or "ivfpq" (`defaults.INDEX_TYPES`) [auto: chosen
+    #: from the number of vectors, their dimension and `memory`].
+    index_type: str | None = None
+    #: Memory budget for `auto`, bytes [the index's recorded budget, else half the RAM].
+    memory: int | None = None
+    #: "float32" or "float16" (half the memory); new indexes only [float32].
+    vector_dtype: str | None = None
+    #: New indexes only: search a PCA reduction of the vectors to this many dimensions
+    #: (the full vectors stay stored) [none].
+    dim: int | None = None
+    #: With `dim`: whiten the PCA components; plain PCA unless `whiten=True` (whitening
+    #: lowered recall@10 in our benchmark) [False].
+    whiten: bool | None = None
+    #: Candidates per result re-scored with the full vectors; 0: off; may change at any
+    #: time [32 for IVF-PQ, 8 with `dim`, else 0].
+    rerank: int | None = None
+
+    @property
+    def changes_layout(self) -> bool:
+        """Whether an existing index's type, budget or dtype is asked to change."""
+        return (self.index_type, self.memory, self.vector_dtype) != (None, None, None)

@@ -212,6 +212,48 @@ def kill_env(point: str) -> dict[str, str]:
     return {"RETRIEVAL_TEST_KILL_AT": point}
 
 
+# -- decode workers ----------------------------------------------------------------------------
+
+
+def workers_of(pid: int) -> list[int]:
+    """Pids of the live decode workers started by process `pid` (found by their command
+    line, which names the parent: they are re-parented once it dies)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as fh:
+                argv = fh.read().split(b"\0")
+            with open(f"/proc/{entry}/stat", "rb") as fh:
+                state = fh.read().rsplit(b")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if b"retrieval.ops.workers" in b" ".join(argv) and str(pid).encode() in argv[-2:]:
+            if state != b"Z":
+                found.append(int(entry))
+    return found
+
+
+def assert_gone(pids: list[int], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        alive = [p for p in pids if os.path.exists(f"/proc/{p}") and _state(p) != b"Z"]
+        if not alive:
+            return
+        assert time.monotonic() < deadline, f"decode workers {alive} outlived their parent"
+        time.sleep(0.05)
+
+
+def _state(pid: int) -> bytes:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            return fh.read().rsplit(b")", 1)[1].split()[0]
+    except OSError:
+        return b"Z"
+
+
+
 # -- looking at an index directory ---------------------------------------------------------------
 
 
@@ -427,3 +469,23 @@ def _child(request: dict, main: object) -> None:
 
 if __name__ == "__main__":
     _serve()
+
+
+def built_index(root: Path, n: int) -> tuple[Path, Path]:
+    """(photos, index): `n` drawn images under root/photos, indexed into root/index with the
+    tiny model. Tests that damage an index build one per module and work on copies."""
+    from conftest import run_cli  # conftest imports nothing from here: no cycle
+
+    photos = root / "photos"
+    make_images(photos, n)
+    index = root / "index"
+    result = run_cli("index", photos, "--index", index, *FAST)
+    assert result.exit_code == 0, result.stderr
+    return photos, index
+
+
+def copy_index(index: Path, tmp_path: Path) -> Path:
+    """A copy of `index` under tmp_path, for one test to damage."""
+    copy = tmp_path / "index"
+    shutil.copytree(index, copy)
+    return copy

@@ -26,6 +26,13 @@ from PIL import Image, ImageDraw, ImageOps
 os.environ["HF_HUB_OFFLINE"] = "1"
 for _name in ("RETRIEVAL_INDEX", "RETRIEVAL_DEBUG", "HF_HUB_CACHE"):
     os.environ.pop(_name, None)
+# No test may depend on the CPU it runs on: `--precision auto` would pick bf16 on CPUs with
+# AVX-512-BF16/AMX and fp32 elsewhere. The suite pins fp32 (in the environment, so the CLI
+# run as a subprocess gets it too); CI runs the `precision`-marked tests again with
+# RETRIEVAL_PRECISION=bf16 (.ci/run).
+os.environ.setdefault("RETRIEVAL_PRECISION", "fp32")
+#: The precision `--precision auto` resolves to in this run of the suite.
+SUITE_PRECISION = os.environ["RETRIEVAL_PRECISION"]
 
 #: Options that make `retrieval index` build a tiny, untrained, single-process index.
 TINY = ("--model", "test_resnet", "--no-pretrained", "--workers", "0", "--quiet")
@@ -169,11 +176,12 @@ def run_module(
 
 @pytest.fixture(scope="session")
 def tiny_embedder():
-    """The untrained test_resnet embedder on the CPU in fp32 (what `TINY` indexes with)."""
+    """The untrained test_resnet embedder on the CPU in the suite's precision (what `TINY`
+    indexes with: fp32 unless RETRIEVAL_PRECISION says otherwise)."""
     from retrieval.embedding.backbone import untrained
     from retrieval.embedding.embedder import load_embedder
 
-    return load_embedder("test_resnet", untrained(), "cpu", "fp32")
+    return load_embedder("test_resnet", untrained(), "cpu", SUITE_PRECISION)
 
 
 # -- a shared index ----------------------------------------------------------------------------

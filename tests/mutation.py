@@ -51,6 +51,7 @@ class Mutation:
 INDEXING = "retrieval/ops/indexing.py"
 SEARCHING = "retrieval/ops/searching.py"
 CATALOG = "retrieval/store/catalog.py"
+QUERIES = "retrieval/store/catalog_queries.py"
 INC, ROOTS = "tests/test_incremental.py", "tests/test_roots.py"
 SEARCH_TESTS = ("tests/test_searching.py", "tests/test_filters.py")
 
@@ -183,21 +184,21 @@ MUTATIONS = [
     ),
     # -- catalogue: filters, prefix ranges, upserts, removals, generation ------------------------
     Mutation(
-        CATALOG,
+        QUERIES,
         "conds.append(column >= low)",
         "conds.append(column > low)",
         SEARCH_TESTS,
         "--min-width/--min-height exclude the bound",
     ),
     Mutation(
-        CATALOG,
+        QUERIES,
         "conds.append(images.c.size <= max_size)",
         "conds.append(images.c.size < max_size)",
         SEARCH_TESTS,
         "--max-size excludes the bound",
     ),
     Mutation(
-        CATALOG,
+        QUERIES,
         "conds.append(images.c.mtime_ns < mtime_before_ns)",
         "conds.append(images.c.mtime_ns <= mtime_before_ns)",
         SEARCH_TESTS,
@@ -211,7 +212,7 @@ MUTATIONS = [
         "folder prefix /a/b also matches /a/bc",
     ),
     Mutation(
-        CATALOG,
+        QUERIES,
         "cond = or_(images.c.path == root, and_(images.c.path >= low, images.c.path < high))",
         "cond = and_(images.c.path >= low, images.c.path < high)",
         ("tests/test_prune.py",),

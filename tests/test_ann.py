@@ -14,7 +14,8 @@ import pytest
 
 from retrieval.errors import UsageError
 from retrieval.ops import ann
-from retrieval.specs import ModelInfo, Preprocess, WeightsSpec
+from retrieval.ops.storage import configure, parse_size
+from retrieval.specs import ModelInfo, Preprocess, StorageOptions, WeightsSpec
 from retrieval.store import vectors
 from retrieval.store.catalog import NewRow
 from retrieval.store.index_dir import IndexDir, choose_layout
@@ -252,12 +253,13 @@ def test_auto_policy_re_chooses_as_the_collection_grows(
 
 
 def test_configure_records_the_request_and_keeps_the_dtype() -> None:
-    new = ann.configure(synthetic_manifest(), "/x", "ivf", 1 << 30, "float16", new=True)
+    asked = StorageOptions(index_type="ivf", memory=1 << 30, vector_dtype="float16")
+    new = configure(synthetic_manifest(), "/x", asked, new=True)
     assert (new.index_type, new.vector_dtype) == ("ivf", "float16")
     assert new.index_policy == {"requested": "ivf", "memory_bytes": 1 << 30}
-    assert ann.configure(new, "/x") is new  # no options: unchanged
+    assert configure(new, "/x") is new  # no options: unchanged
     with pytest.raises(Exception) as caught:
-        ann.configure(new, "/x", vector_dtype="float32")
+        configure(new, "/x", StorageOptions(vector_dtype="float32"))
     assert str(caught.value).startswith(
         "the index at /x stores float16 vectors, not float32; copy it into a new index instead"
     )
@@ -325,13 +327,13 @@ def test_optimize_refuses_an_empty_index(tmp_path: Path) -> None:
     [("4G", 4 << 30), ("512M", 512 << 20), ("1.5GiB", 3 << 29), ("1000", 1000), ("2gb", 2 << 30)],
 )
 def test_parse_size(text: str, expected: int) -> None:
-    assert ann.parse_size(text) == expected
+    assert parse_size(text) == expected
 
 
 @pytest.mark.parametrize("text", ["", "G", "-1G", "4X", "0"])
 def test_parse_size_refuses(text: str) -> None:
     with pytest.raises(UsageError) as caught:
-        ann.parse_size(text)
+        parse_size(text)
     assert str(caught.value) == f"cannot read the size {text!r}; write it like 512M, 4G or 1.5GB"
 
 

@@ -10,11 +10,11 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import make_photos, run_cli
+from conftest import SUITE_PRECISION, make_photos, run_cli
 from PIL import Image
 
-from retrieval.ops import bench_images
 from retrieval.ops.bench import BenchOptions, run_bench
+from retrieval.sources import synthetic as bench_images
 
 TINY_BENCH = BenchOptions(
     model="test_resnet",
@@ -27,6 +27,7 @@ TINY_BENCH = BenchOptions(
 )
 
 
+@pytest.mark.precision
 def test_run_bench_measures_every_stage() -> None:
     notices: list[str] = []
     report = run_bench(None, TINY_BENCH, notices.append)
@@ -38,7 +39,7 @@ def test_run_bench_measures_every_stage() -> None:
     assert report.settings == {
         "model": "test_resnet",
         "device": "cpu",
-        "precision": "fp32",
+        "precision": SUITE_PRECISION,
         "batch_size": 4,
         "workers": report.settings["workers"],
         "threads": report.settings["threads"],

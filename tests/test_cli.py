@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import (
+    SUITE_PRECISION,
     TINY,
     TINY_DIM,
     cropped,
@@ -54,6 +55,7 @@ def test_index_json_report(tiny_index) -> None:
     assert all(type(report[key]) is int for key in INDEX_KEYS - {"failed"})
 
 
+@pytest.mark.precision
 def test_index_text_report_and_device_line(tmp_path: Path) -> None:
     make_photos(tmp_path / "p", [1, 2])
     (tmp_path / "p" / "empty.png").write_bytes(b"")
@@ -64,7 +66,7 @@ def test_index_text_report_and_device_line(tmp_path: Path) -> None:
     assert lines[0].startswith("2 added, 0 updated, 0 unchanged, 0 moved, 0 removed, 1 failed in ")
     assert lines[0].endswith(" s")
     assert lines[1:] == [f"  failed: {tmp_path / 'p' / 'empty.png'}: empty file"]
-    assert result.stderr == "retrieval: embedding with test_resnet on cpu, fp32\n"
+    assert result.stderr == f"retrieval: embedding with test_resnet on cpu, {SUITE_PRECISION}\n"
     again = run_cli("index", tmp_path / "p", "--index", tmp_path / "i", "--quiet")
     assert (again.exit_code, again.stderr) == (0, "")
     assert again.stdout.startswith("0 added, 0 updated, 2 unchanged, 0 moved, 0 removed, 1 failed")
@@ -232,6 +234,7 @@ def test_search_formats_agree(tiny_index) -> None:
     )
 
 
+@pytest.mark.precision
 def test_search_equals_brute_force_over_the_exported_vectors(
     tiny_index, tiny_embedder, tmp_path: Path
 ) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import random
 import re
-import shutil
 import struct
 import tempfile
 from collections.abc import Callable
@@ -32,19 +31,13 @@ N = 12
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(photos, index): an index of N images; tests damage copies of it."""
-    root = tmp_path_factory.mktemp("damage")
-    photos = root / "photos"
-    P.make_images(photos, N)
-    index = root / "index"
-    assert run_cli("index", photos, "--index", index, *P.FAST).exit_code == 0
+    photos, index = P.built_index(tmp_path_factory.mktemp("damage"), N)
     return photos, index
 
 
 @pytest.fixture
 def copy(built: tuple[Path, Path], tmp_path: Path) -> Path:
-    index = tmp_path / "index"
-    shutil.copytree(built[1], index)
-    return index
+    return P.copy_index(built[1], tmp_path)
 
 
 def _command(name: str, photos: Path, index: Path):

@@ -176,6 +176,12 @@ HEADER_CASES = {
         "the manifest names the weights file '../../../etc/passwd', which is not an absolute, "
         "normalised path",
     ),
+    "weights-sha256-not-hex": (
+        lambda t: with_manifest(
+            t, with_weights(source="pretrained", path=None, identity="timm/x", sha256="zz")
+        ),
+        "the manifest gives a weights checksum that is not a SHA-256 (64 hex digits)",
+    ),
     "weights-source-unknown": (
         lambda t: with_manifest(t, with_weights(source="magic", path=None, identity="0")),
         "the manifest gives the weights source 'magic'; it must be one of pretrained, file, "

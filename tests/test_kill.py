@@ -17,6 +17,7 @@ index equals a clean build of the same folder (same paths, same vectors).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import shutil
@@ -205,6 +206,27 @@ def test_kill_at_random_moments(zyg, photos, reference, tmp_path):
     _finish(zyg, photos, index, reference)
     assert chain.lost == 0
     print(f"{chain.kills} kills at random moments survived")
+
+
+def test_sigkill_leaves_no_decode_worker_alive(zyg, photos, tmp_path):
+    """The OOM killer's SIGKILL gives `retrieval index` no chance to clean up: its decode
+    workers must still exit on their own (they used to live on as orphans)."""
+    index, flag = tmp_path / "index", tmp_path / "paused"
+    argv = ["index", str(photos), "--index", str(index), *P.FAST[:-2], "--workers", "2"]
+    run = zyg.start(argv, P.pause_env("batch-embedded:2", flag))
+    workers: list[int] = []
+    try:
+        P.wait_for_file(flag, run, zyg)
+        workers = P.workers_of(run.pid)
+        assert len(workers) == 2
+        os.kill(run.pid, signal.SIGKILL)
+        assert zyg.wait(run) == -signal.SIGKILL
+        P.assert_gone(workers)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(run.pid, signal.SIGKILL)
+        for pid in P.workers_of(run.pid):
+            os.kill(pid, signal.SIGKILL)
 
 
 # -- Ctrl-C ------------------------------------------------------------------------------------

@@ -120,7 +120,8 @@ def test_an_index_made_in_a_project_is_found_from_its_subfolders(
         f"found by walking up from {sub}",
     )
     text = [line.strip().split(": ", 1) for line in run_cli("info").stdout.splitlines()]
-    assert text[:2] == [["index", str(directory)], ["located_by", f"found by walking up from {sub}"]]
+    walked = f"found by walking up from {sub}"
+    assert text[:2] == [["index", str(directory)], ["located_by", walked]]
     # and a re-run from a subfolder updates that index, not a new one
     again = run_cli("index", ".", *TINY, "--json")
     assert again.json()["unchanged"] == 1

@@ -28,19 +28,13 @@ VICTIM = b"precious data of the user who runs retrieval\n"
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("lockfile")
-    photos = root / "photos"
-    P.make_images(photos, N)
-    index = root / "index"
-    assert run_cli("index", photos, "--index", index, *P.FAST).exit_code == 0
+    photos, index = P.built_index(tmp_path_factory.mktemp("lockfile"), N)
     return photos, index
 
 
 @pytest.fixture
 def copy(built: tuple[Path, Path], tmp_path: Path) -> Path:
-    index = tmp_path / "index"
-    shutil.copytree(built[1], index)
-    return index
+    return P.copy_index(built[1], tmp_path)
 
 
 def _run(command: str, photos: Path, index: Path):

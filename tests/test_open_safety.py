@@ -118,3 +118,26 @@ def test_links_the_scan_took_are_still_indexed(tmp_path: Path) -> None:
     plain = run_cli("index", root, named, "--index", tmp_path / "j", *TINY, "--json")
     assert plain.exit_code == 0, plain.stderr
     assert (plain.json()["added"], plain.json()["failed"]) == (2, [])  # toc/link.jpg skipped
+
+
+def test_a_touched_file_swapped_for_a_link_after_the_scan_is_not_restatted(
+    zyg: P.Zygote, tmp_path: Path
+) -> None:
+    """The touch check (same size, new mtime: hash to see if the bytes changed) reads with
+    the scan's rules too: a link swapped in, even to a file with the same bytes, is refused."""
+    root, _ = layout(tmp_path)
+    index, flag = tmp_path / "index", tmp_path / "paused"
+    argv = ["index", str(root), "--index", str(index), "--json", *P.FAST]
+    assert zyg.run(argv).status == 0
+    a = root / "toc" / "a.jpg"
+    twin = tmp_path / "twin.jpg"  # outside the root, the same bytes as a.jpg
+    twin.write_bytes(a.read_bytes())
+    os.utime(a, ns=(0, 0))  # touched: same size, another mtime
+    run = zyg.start(argv, P.pause_env("scanned:1", flag))
+    P.wait_for_file(flag, run, zyg)
+    os.remove(a)
+    os.symlink(twin, a)
+    flag.unlink()
+    assert zyg.wait(run) == 0, run.stderr
+    report = run.json()
+    assert (report["unchanged"], report["failed"]) == (0, [{"path": str(a), "error": NOW_A_LINK}])

@@ -81,6 +81,7 @@ def test_explicit_resources_win(monkeypatch: pytest.MonkeyPatch) -> None:
     assert pipeline.plan_resources("cpu", workers=0, threads=3) == pipeline.Resources(0, 3)
     assert pipeline.plan_resources("cuda", workers=5) == pipeline.Resources(5, 2)
     assert pipeline.plan_resources("cpu", threads=0) == pipeline.Resources(2, 1)  # at least 1
+    assert pipeline.plan_resources("cpu", workers=100).workers == 16  # capped: 2 per CPU
 
 
 def test_batch_size_defaults() -> None:

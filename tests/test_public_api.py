@@ -10,7 +10,7 @@ import pytest
 
 import retrieval
 from retrieval import errors
-from retrieval.specs import WeightsSpec
+from retrieval.specs import StorageOptions, WeightsSpec
 
 #: The types a user of `Index` meets in its signatures and results.
 NEEDED = (
@@ -79,14 +79,15 @@ def test_untrained_weights_show_their_seed() -> None:
 def test_the_reduction_is_plain_pca_unless_whiten_is_asked_for(tmp_path) -> None:
     from test_ann import synthetic_manifest
 
-    from retrieval.ops import ann
+    from retrieval.ops.storage import configure
 
-    made = ann.configure(synthetic_manifest(), str(tmp_path), new=True, dim=8)
+    made = configure(synthetic_manifest(), str(tmp_path), StorageOptions(dim=8), new=True)
     assert made.reduction == {"dim": 8, "whiten": False}
-    whitened = ann.configure(synthetic_manifest(), str(tmp_path), new=True, dim=8, whiten=True)
+    asked = StorageOptions(dim=8, whiten=True)
+    whitened = configure(synthetic_manifest(), str(tmp_path), asked, new=True)
     assert whitened.reduction == {"dim": 8, "whiten": True}
     # ... and the docstrings a library user reads say so
-    for method in (retrieval.Index.add, retrieval.Index.import_files, ann.configure):
+    for method in (retrieval.Index.add, retrieval.Index.import_files, configure):
         doc = " ".join((method.__doc__ or "").split())
         assert "plain PCA unless `whiten=True`" in doc, method.__qualname__
         assert "whitened, the default" not in doc

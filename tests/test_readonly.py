@@ -26,11 +26,7 @@ N = 8
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("readonly")
-    photos = root / "photos"
-    P.make_images(photos, N)
-    index = root / "index"
-    assert run_cli("index", photos, "--index", index, *P.FAST).exit_code == 0
+    photos, index = P.built_index(tmp_path_factory.mktemp("readonly"), N)
     assert not (index / "catalog.sqlite-wal").exists()  # a finished index has no log
     return photos, index
 

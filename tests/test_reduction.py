@@ -18,9 +18,12 @@ from conftest import run_cli
 from test_ann import exact, make_index, recall, result_ids, row, synthetic_manifest
 
 from retrieval.errors import CatalogCorrupt, IndexIncompatible, UsageError
-from retrieval.ops import ann, checking
+from retrieval.ops import checking
+from retrieval.ops.storage import configure
+from retrieval.specs import StorageOptions
 from retrieval.store import reduction, vectors
 from retrieval.store.index_dir import REDUCTION_KEY, IndexDir, index_summary
+from retrieval.store.searcher import rescore
 
 D_IN = 64
 DIM = 16
@@ -221,24 +224,24 @@ def test_an_altered_reduction_is_reported_not_used(tmp_path: Path) -> None:
 
 def test_configure_checks_the_reduction_options() -> None:
     base = synthetic_manifest(d=D_IN)
-    made = ann.configure(base, "/x", None, None, None, True, dim=DIM)
+    made = configure(base, "/x", StorageOptions(dim=DIM), new=True)
     assert made.reduction == {"dim": DIM, "whiten": False} and made.rerank is None
-    assert ann.configure(made, "/x", dim=DIM) == made  # asking for the same: fine
-    assert ann.configure(made, "/x", rerank=3).rerank == 3  # a query-time knob
+    assert configure(made, "/x", StorageOptions(dim=DIM)) == made  # asking for the same: fine
+    assert configure(made, "/x", StorageOptions(rerank=3)).rerank == 3  # a query-time knob
     with pytest.raises(UsageError, match="between 1 and 63"):
-        ann.configure(base, "/x", None, None, None, True, dim=64)
+        configure(base, "/x", StorageOptions(dim=64), new=True)
     with pytest.raises(UsageError, match="go with --dim"):
-        ann.configure(base, "/x", None, None, None, True, whiten=False)
+        configure(base, "/x", StorageOptions(whiten=False), new=True)
     with pytest.raises(UsageError, match="--rerank must be"):
-        ann.configure(made, "/x", rerank=-1)
+        configure(made, "/x", StorageOptions(rerank=-1))
     with pytest.raises(IndexIncompatible, match="fixed when an index is made"):
-        ann.configure(made, "/x", dim=8)
+        configure(made, "/x", StorageOptions(dim=8))
     with pytest.raises(IndexIncompatible, match="made with full vectors"):
-        ann.configure(base, "/x", dim=8)
-    whitened = ann.configure(base, "/x", None, None, None, True, dim=DIM, whiten=True)
+        configure(base, "/x", StorageOptions(dim=8))
+    whitened = configure(base, "/x", StorageOptions(dim=DIM, whiten=True), new=True)
     assert whitened.reduction == {"dim": DIM, "whiten": True}
     with pytest.raises(IndexIncompatible, match=r"to 16 dimensions \(whitened\)"):
-        ann.configure(whitened, "/x", whiten=False)
+        configure(whitened, "/x", StorageOptions(whiten=False))
 
 
 # -- through the command line ---------------------------------------------------------------
@@ -321,8 +324,9 @@ def test_rescore_in_chunks_equals_rescore_at_once(tmp_path: Path) -> None:
     rng = np.random.default_rng(3)
     candidates = rng.integers(-1, 1300, size=(25, 40))  # -1 and ids not stored mixed in
     with IndexDir.open(tmp_path) as index_dir, index_dir.catalog.read() as conn:
-        whole = index_dir._rescore(conn, xq, candidates, 10)
-        parts = index_dir._rescore(conn, xq, candidates, 10, most=90)  # 2 queries a chunk
+        dim = index_dir.require_manifest().dim
+        whole = rescore(index_dir.catalog, conn, xq, candidates, 10, dim)
+        parts = rescore(index_dir.catalog, conn, xq, candidates, 10, dim, most=90)  # 2 a chunk
     np.testing.assert_array_equal(whole[1], parts[1])
     np.testing.assert_allclose(whole[0], parts[0], atol=1e-6)
     assert (whole[1] >= 0).all() and (whole[1] <= 1200).all()

@@ -9,7 +9,6 @@ tables, indexes) and `check --repair` drops them.
 from __future__ import annotations
 
 import json
-import shutil
 import sqlite3
 from pathlib import Path
 
@@ -31,19 +30,13 @@ END"""
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("schema")
-    photos = root / "photos"
-    P.make_images(photos, N)
-    index = root / "index"
-    assert run_cli("index", photos, "--index", index, *P.FAST).exit_code == 0
+    photos, index = P.built_index(tmp_path_factory.mktemp("schema"), N)
     return photos, index
 
 
 @pytest.fixture
 def copy(built: tuple[Path, Path], tmp_path: Path) -> Path:
-    index = tmp_path / "index"
-    shutil.copytree(built[1], index)
-    return index
+    return P.copy_index(built[1], tmp_path)
 
 
 def _sql(index: Path, *statements: str) -> None:

@@ -15,9 +15,7 @@ import sys
 
 import click
 
-from .. import __version__
-from ..errors import Interrupted, RetrievalError
-from ..pathnames import printable
+from .. import Interrupted, RetrievalError, __version__, printable
 from .bench import bench_command
 from .common import CONTEXT, group_index_option
 from .exchange import export_command, import_command

@@ -25,21 +25,21 @@ from .common import CONTEXT, device_option, notifier, precision_option
 @click.option(
     "--images",
     type=click.IntRange(min=1),
-    default=48,
+    default=defaults.BENCH_IMAGES,
     show_default=True,
     help="Images to generate (no FOLDER), or the most files of FOLDER to use.",
 )
 @click.option(
     "--mix",
-    type=click.Choice(["photos", "small"]),
-    default="photos",
+    type=click.Choice(defaults.BENCH_MIXES),
+    default=defaults.BENCH_MIXES[0],
     show_default=True,
     help="Generated images: 2-24 MP JPEGs with small PNGs, or small images only.",
 )
 @click.option(
     "--rounds",
     type=click.IntRange(min=1),
-    default=3,
+    default=defaults.BENCH_ROUNDS,
     show_default=True,
     help="Times each stage runs; the report gives medians.",
 )
@@ -47,7 +47,7 @@ from .common import CONTEXT, device_option, notifier, precision_option
 @click.option(
     "--search-size",
     type=click.IntRange(min=0),
-    default=10_000,
+    default=defaults.BENCH_SEARCH_SIZE,
     show_default=True,
     help="Vectors in the synthetic search index (0: skip the search timing).",
 )
@@ -79,7 +79,7 @@ def bench_command(
       retrieval bench ~/Pictures --images 200 --json
       retrieval bench --model test_resnet --mix small --images 200 --no-naive
     """
-    from ..ops.bench import BenchOptions, run_bench
+    from .. import BenchOptions, run_bench
 
     options = BenchOptions(
         model=model,

@@ -14,9 +14,7 @@ from typing import Any
 
 import click
 
-from .. import defaults
-from ..errors import Interrupted, RetrievalError
-from ..pathnames import display, printable
+from .. import Interrupted, RetrievalError, StorageOptions, defaults, display, printable
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -77,7 +75,7 @@ def read_only(func: Callable[..., Any]) -> Callable[..., Any]:
 def device_option(func: Callable[..., Any]) -> Callable[..., Any]:
     return click.option(
         "--device",
-        type=click.Choice(["auto", "cpu", "cuda"]),
+        type=click.Choice(defaults.DEVICES),
         default="auto",
         show_default=True,
         help="Where the model runs; auto picks cuda when torch sees a GPU.",
@@ -87,15 +85,16 @@ def device_option(func: Callable[..., Any]) -> Callable[..., Any]:
 def precision_option(func: Callable[..., Any]) -> Callable[..., Any]:
     return click.option(
         "--precision",
-        type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
+        type=click.Choice(defaults.PRECISIONS),
         default="auto",
         show_default=True,
-        help="auto: bf16 where the hardware has it natively, else fp32.",
+        help="auto: $RETRIEVAL_PRECISION when set, else bf16 where the hardware has it "
+        "natively, else fp32.",
     )(func)
 
 
 def parse_memory(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
-    from ..ops.ann import parse_size
+    from .. import parse_size
 
     try:
         return None if value is None else parse_size(value)
@@ -109,14 +108,14 @@ STORAGE_OPTIONS = ("index_type", "memory", "vector_dtype", "dim", "whiten", "rer
 
 def vector_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """--index-type, --memory, --vector-dtype, --dim, --whiten, --rerank: how vectors are
-    stored and searched. The command receives them as one dict, `storage`, of keyword
-    arguments for `Index.add` / `Index.import_files`."""
+    stored and searched. The command receives them as one `StorageOptions`, `storage`, for
+    `Index.add` / `Index.import_files`."""
 
     command = func
 
     @functools.wraps(command)
     def gathered(*args: Any, **kwargs: Any) -> Any:
-        kwargs["storage"] = {name: kwargs.pop(name) for name in STORAGE_OPTIONS}
+        kwargs["storage"] = StorageOptions(**{name: kwargs.pop(name) for name in STORAGE_OPTIONS})
         return command(*args, **kwargs)
 
     func = gathered
@@ -144,7 +143,7 @@ def vector_options(func: Callable[..., Any]) -> Callable[..., Any]:
     )(func)
     func = click.option(
         "--vector-dtype",
-        type=click.Choice(["float32", "float16"]),
+        type=click.Choice(defaults.VECTOR_DTYPES),
         default=None,
         help="Vector storage of a new index; float16 halves memory [new index: float32].",
     )(func)
@@ -157,7 +156,7 @@ def vector_options(func: Callable[..., Any]) -> Callable[..., Any]:
     )(func)
     return click.option(
         "--index-type",
-        type=click.Choice(["auto", "flat", "hnsw", "ivf", "ivfpq"]),
+        type=click.Choice(defaults.INDEX_TYPES),
         default=None,
         help="Vector index: auto picks from the number of vectors, the dim and --memory "
         "[new index: auto].",

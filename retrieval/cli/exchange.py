@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any
 
 import click
 
+from .. import StorageOptions, defaults
 from .common import CONTEXT, index_option, notifier, read_only, vector_options
 
 
@@ -16,7 +16,7 @@ from .common import CONTEXT, index_option, notifier, read_only, vector_options
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(["npy", "parquet"]),
+    type=click.Choice(defaults.EXPORT_FORMATS),
     default="parquet",
     show_default=True,
     help="npy: a matrix + OUT.rows.json; parquet: one file with every column.",
@@ -43,8 +43,7 @@ def export_command(index_dir: str, fmt: str, out: str) -> None:
       retrieval export --format npy -o embeddings.npy
       retrieval export -o - | ssh backup 'cat > photos.parquet'
     """
-    from ..api import Index
-    from ..pathnames import printable
+    from .. import Index, printable
 
     index = Index(index_dir, notify=notifier(False))
     if out == "-":
@@ -72,7 +71,7 @@ def export_command(index_dir: str, fmt: str, out: str) -> None:
 def import_command(
     files: tuple[str, ...],
     index_dir: str,
-    storage: dict[str, Any],
+    storage: StorageOptions,
     wait: bool,
     as_json: bool,
     quiet: bool,
@@ -87,7 +86,8 @@ def import_command(
       retrieval export --index other -o other.parquet
       retrieval import other.parquet --index indexes/photos
     """
-    from ..api import Index
+    from .. import Index
 
-    report = Index(index_dir, notify=notifier(quiet)).import_files(files, wait=wait, **storage)
+    index = Index(index_dir, notify=notifier(quiet))
+    report = index.import_files(files, storage=storage, wait=wait)
     click.echo(json.dumps(report.to_dict()) if as_json else report.summary())

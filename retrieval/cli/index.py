@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any
 
 import click
 
-from .. import defaults
+from .. import StorageOptions, defaults
 from .common import (
     CONTEXT,
     Progress,
@@ -79,7 +78,7 @@ def index_command(
     workers: int | None,
     device: str,
     precision: str,
-    storage: dict[str, Any],
+    storage: StorageOptions,
     wait: bool,
     as_json: bool,
     quiet: bool,
@@ -98,9 +97,7 @@ def index_command(
       retrieval index /archive --index-type auto --memory 4G --vector-dtype float16
       retrieval index /archive --dim 256              # 256-d PCA search cache
     """
-    from ..api import Index
-    from ..ops.indexing import IndexOptions
-    from ..specs import WeightsSpec
+    from .. import Index, IndexOptions, WeightsSpec
 
     if weights and no_pretrained:
         raise click.UsageError("--weights and --no-pretrained exclude each other")
@@ -126,7 +123,7 @@ def index_command(
             options=options,
             wait=wait,
             progress=progress,
-            **storage,
+            storage=storage,
         )
     if as_json:
         click.echo(json.dumps(report.to_dict()))

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from ..pathnames import printable
+from .. import defaults, printable
 from .common import CONTEXT, index_option, notifier, parse_memory, read_only
 
 
@@ -26,7 +26,7 @@ def info_command(index_dir: str, as_json: bool) -> None:
     Example:
       retrieval info --index indexes/photos --json
     """
-    from ..api import Index
+    from .. import Index
 
     summary = Index(index_dir, notify=notifier(False)).info()
     if as_json:
@@ -95,7 +95,7 @@ def check_command(index_dir: str, repair: bool, wait: bool, as_json: bool) -> No
       retrieval check --index indexes/photos
       retrieval check --index indexes/photos --repair --json
     """
-    from ..api import Index
+    from .. import Index
 
     report = Index(index_dir).check(repair=repair, wait=wait)
     if as_json:
@@ -111,7 +111,7 @@ def check_command(index_dir: str, repair: bool, wait: bool, as_json: bool) -> No
 @index_option
 @click.option(
     "--index-type",
-    type=click.Choice(["auto", "flat", "hnsw", "ivf", "ivfpq"]),
+    type=click.Choice(defaults.INDEX_TYPES),
     default="auto",
     show_default=True,
     help="Type to rebuild as; auto re-chooses for the current size and --memory.",
@@ -126,14 +126,14 @@ def check_command(index_dir: str, repair: bool, wait: bool, as_json: bool) -> No
 @click.option(
     "--target-recall",
     type=click.FloatRange(0, 1),
-    default=0.95,
+    default=defaults.TARGET_RECALL,
     show_default=True,
     help="Tune nprobe / efSearch to the smallest value reaching this recall@10.",
 )
 @click.option(
     "--queries",
     type=click.IntRange(min=1),
-    default=1000,
+    default=defaults.RECALL_QUERIES,
     show_default=True,
     help="Stored vectors used as recall queries.",
 )
@@ -164,7 +164,7 @@ def optimize_command(
       retrieval optimize --index indexes/photos --memory 4G
       retrieval optimize --measure --json
     """
-    from ..api import Index
+    from .. import Index
 
     report = Index(index_dir, notify=notifier(False)).optimize(
         index_type=index_type,

@@ -37,7 +37,7 @@ def prune_command(
       retrieval prune
       retrieval prune --root /mnt/old-drive/photos
     """
-    from ..api import Index
+    from .. import Index
 
     report = Index(index_dir, notify=notifier(False)).prune(roots, dry_run=dry_run, wait=wait)
     if as_json:

@@ -10,8 +10,7 @@ from typing import Any
 
 import click
 
-from .. import defaults
-from ..pathnames import printable
+from .. import defaults, printable
 from .common import CONTEXT, device_option, index_option, notifier, read_only, show
 
 
@@ -142,8 +141,7 @@ def search_command(
       retrieval search --like ~/Pictures/cat.jpg --under ~/Pictures/2023 --min-width 1024
       curl -sL https://example.com/cat.jpg | retrieval search - -0 | xargs -0 ls -l
     """
-    from ..api import Index
-    from ..ops.searching import SearchFilter
+    from .. import Index, SearchFilter
 
     if not images and not like:
         raise click.UsageError("give query IMAGES, or --like PATH for an image already indexed")
@@ -176,7 +174,7 @@ def search_command(
 
 def _with_stdin(images: tuple[str, ...]) -> list[Any]:
     """The query images, `-` replaced by a stream over stdin."""
-    from ..ops.searching import QueryStream
+    from .. import QueryStream
 
     if images.count("-") > 1:
         raise click.UsageError("give - (stdin) at most once: it holds one image")

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import torch
 import torch.fx
 import torch.nn.utils.fusion
 
+from .. import defaults
 from ..errors import ModelError, UsageError
 from ..specs import ModelInfo, Preprocess, WeightsSpec
 from .backbone import create_backbone
@@ -166,22 +169,35 @@ def resolve_device(device: str) -> str:
 
 
 def resolve_precision(precision: str, device: str) -> str:
-    """'auto' -> bf16 where the hardware does it natively (CUDA, AVX-512-BF16/AMX CPUs)."""
+    """'auto' -> $RETRIEVAL_PRECISION when set, else bf16 where the hardware does it natively
+    (CUDA, AVX-512-BF16/AMX CPUs), else fp16 on older GPUs and fp32 on other CPUs."""
     if precision not in PRECISIONS:
         raise UsageError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
     if precision == "auto":
+        pinned = os.environ.get(defaults.PRECISION_ENV, "auto")
+        if pinned not in PRECISIONS:
+            raise UsageError(
+                f"{defaults.PRECISION_ENV}={pinned!r} is not a precision; set it to one of "
+                f"{', '.join(PRECISIONS)} or unset it"
+            )
+        if pinned != "auto":
+            return _checked(pinned, device, f"{defaults.PRECISION_ENV}={pinned}")
         if device == "cuda":
             return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
         return "bf16" if cpu_has_native_bf16() else "fp32"
+    return _checked(precision, device, f"--precision {precision}")
+
+
+def _checked(precision: str, device: str, source: str) -> str:
     if precision == "fp16" and device == "cpu":
-        raise UsageError("--precision fp16 needs a GPU; on the CPU use bf16 or fp32")
+        raise UsageError(f"{source} needs a GPU; on the CPU use bf16 or fp32")
     return precision
 
 
-def cpu_has_native_bf16() -> bool:
+def cpu_has_native_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
     """True when the CPU advertises AVX-512-BF16 or AMX-BF16 (Linux /proc/cpuinfo)."""
     try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as fh:
+        with open(cpuinfo, encoding="ascii", errors="replace") as fh:
             for line in fh:
                 if line.startswith("flags"):
                     flags = set(line.split())

@@ -10,30 +10,27 @@ ids an exact search returns is arbitrary, and a tie is not a miss. So recall@k =
 
 from __future__ import annotations
 
-import re
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
+from .. import defaults
+from ..errors import UsageError
 from ..reports import JsonReport, json_field, rounded
+from ..specs import StorageOptions
+from ..store.index_dir import IndexDir
+from ..store.searcher import exact_search, merge_topk
+from ..store.vector_cache import choose_layout, target_layout
+from .storage import configure
 
-from ..errors import IndexIncompatible, UsageError
-from ..store import vectors
-from ..store.index_dir import IndexDir, choose_layout, exact_search, merge_topk
-from ..store.manifest import Manifest
-
-INDEX_CHOICES = ("auto", *vectors.INDEX_TYPES)
-#: Recall@10 the tuning step aims for (the issue's target).
-TARGET_RECALL = 0.95
-#: Stored vectors used as recall queries.
-RECALL_QUERIES = 1000
+INDEX_CHOICES = defaults.INDEX_TYPES  # "auto" and the types store.vectors builds
+TARGET_RECALL = defaults.TARGET_RECALL
+RECALL_QUERIES = defaults.RECALL_QUERIES
 #: Cosine slack at the k-th exact score: float32 dot products of equal vectors can differ
 #: in the last bits between FAISS and numpy, far below any real gap between neighbours.
 TIE_EPSILON = 1e-5
-
-_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
 
 @dataclass(frozen=True)
@@ -70,117 +67,6 @@ class OptimizeReport(JsonReport):
                 f"{r.ms_per_query:.3f} ms/query (exact {r.exact_ms_per_query:.3f})"
             )
         return line + f" in {self.seconds:.1f} s"
-
-
-def parse_size(text: str | int) -> int:
-    """'4G', '512M', '1.5GiB', '1000000' -> bytes (binary units); raises UsageError."""
-    if isinstance(text, int):
-        return text
-    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kmgt]?)(i?b)?\s*", text.lower())
-    if not match or float(match.group(1)) <= 0:
-        raise UsageError(f"cannot read the size {text!r}; write it like 512M, 4G or 1.5GB")
-    return int(float(match.group(1)) * _UNITS[match.group(2)])
-
-
-def configure(
-    manifest: Manifest,
-    directory: str,
-    index_type: str | None = None,
-    memory: int | None = None,
-    vector_dtype: str | None = None,
-    new: bool = False,
-    *,
-    dim: int | None = None,
-    whiten: bool | None = None,
-    rerank: int | None = None,
-) -> Manifest:
-    """`manifest` with the index options applied (None: keep what it has).
-
-    A new index starts under the `auto` policy. The vector dtype and the PCA reduction
-    (`dim`; plain PCA unless `whiten=True`) are fixed at creation; `rerank` (candidates
-    re-scored per result, 0: off) may change at any time.
-    """
-    manifest = _reduction_options(manifest, directory, dim, whiten, rerank, new)
-    if not new and index_type is None and memory is None and vector_dtype is None:
-        return manifest
-    if index_type is not None and index_type not in INDEX_CHOICES:
-        raise UsageError(
-            f"unknown index type {index_type!r}; use one of {', '.join(INDEX_CHOICES)}"
-        )
-    if vector_dtype is not None and vector_dtype not in vectors.VECTOR_DTYPES:
-        raise UsageError(
-            f"unknown vector dtype {vector_dtype!r}; use one of {', '.join(vectors.VECTOR_DTYPES)}"
-        )
-    if new:
-        manifest = replace(manifest, vector_dtype=vector_dtype or "float32")
-        index_type = index_type or "auto"
-    elif vector_dtype is not None and vector_dtype != manifest.vector_dtype:
-        raise IndexIncompatible(
-            f"the index at {directory} stores {manifest.vector_dtype} vectors, not "
-            f"{vector_dtype}; copy it into a new index instead: `retrieval export --index "
-            f"{directory} -o all.parquet` then `retrieval import all.parquet --index NEW_DIR "
-            f"--vector-dtype {vector_dtype}`"
-        )
-    policy = dict(manifest.index_policy) or {"requested": manifest.index_type}
-    if index_type is not None:
-        policy["requested"] = index_type
-    if memory is not None:
-        policy["memory_bytes"] = int(memory)
-    policy.setdefault("memory_bytes", None)
-    if policy == manifest.index_policy:
-        return manifest
-    requested = policy["requested"]
-    if requested == "auto":
-        chosen, params = manifest.index_type, dict(manifest.index_params)
-        if new:
-            chosen, params = "flat", {}  # re-chosen for the real size when vectors arrive
-    elif requested == manifest.index_type and not new:
-        chosen, params = requested, dict(manifest.index_params)
-    else:
-        chosen, params = requested, {}
-    return replace(manifest, index_type=chosen, index_params=params, index_policy=policy)
-
-
-def _reduction_options(
-    manifest: Manifest,
-    directory: str,
-    dim: int | None,
-    whiten: bool | None,
-    rerank: int | None,
-    new: bool,
-) -> Manifest:
-    if rerank is not None:
-        if rerank < 0:
-            raise UsageError(f"--rerank must be 0 (off) or a positive factor, not {rerank}")
-        manifest = replace(manifest, rerank=int(rerank))
-    elif new:
-        manifest = replace(manifest, rerank=None)
-    if dim is not None and not 0 < dim < manifest.dim:
-        raise UsageError(
-            f"--dim must be between 1 and {manifest.dim - 1} for {manifest.model.name}'s "
-            f"{manifest.dim}-d vectors, not {dim}"
-        )
-    if whiten is not None and dim is None and not (manifest.reduction and not new):
-        raise UsageError("--whiten/--no-whiten go with --dim N (a PCA reduction)")
-    if new:
-        wanted = {} if dim is None else {"dim": int(dim), "whiten": bool(whiten)}
-        return replace(manifest, reduction=wanted)
-    have_dim = manifest.reduction.get("dim")
-    have_whiten = manifest.reduction.get("whiten", False)
-    same = dim in (None, have_dim) and whiten in (None, have_whiten)
-    if (dim is not None or whiten is not None) and not (manifest.reduction and same):
-        have = (
-            f"a PCA reduction to {manifest.reduction['dim']} dimensions"
-            f"{' (whitened)' if manifest.reduction.get('whiten') else ''}"
-            if manifest.reduction
-            else "full vectors"
-        )
-        raise IndexIncompatible(
-            f"the index at {directory} was made with {have}; a reduction is fixed when an index "
-            f"is made, so copy it into a new one: `retrieval export --index {directory} -o "
-            f"all.parquet` then `retrieval import all.parquet --index NEW_DIR --dim N`"
-        )
-    return manifest
 
 
 # -- recall ------------------------------------------------------------------------------------
@@ -292,8 +178,8 @@ def tune(index_dir: IndexDir, truth: _Truth, k: int, target: float) -> dict[str,
     Applied to the loaded index; returns {} for exact indexes. When no value reaches the
     target, the one with the best recall is kept.
     """
-    index = index_dir.base().index
-    described = vectors.describe(index)
+    cache = index_dir.cache
+    described = cache.describe()
     if described["type"] == "hnsw":
         name, values = "efSearch", [16, 32, 64, 128, 256, 512, 1024]
     elif "nlist" in described:
@@ -303,13 +189,13 @@ def tune(index_dir: IndexDir, truth: _Truth, k: int, target: float) -> dict[str,
         return {}
     best: tuple[float, int] = (-1.0, values[-1])
     for value in values:
-        vectors.set_search_params(index, {name: value})
+        cache.set_search_params({name: value})
         recall, _ = _recall(index_dir, truth, k)
         if recall > best[0] + 1e-9:
             best = (recall, value)
         if recall >= target:
             break
-    vectors.set_search_params(index, {name: best[1]})
+    cache.set_search_params({name: best[1]})
     return {name: best[1]}
 
 
@@ -331,7 +217,7 @@ def optimize(
     """
     started = time.monotonic()
     manifest = index_dir.require_manifest()
-    before = vectors.describe(index_dir.base().index)
+    before = index_dir.cache.describe()
     with index_dir.catalog.read() as conn:
         n = index_dir.catalog.counts(conn)["ok"]
     if n == 0:
@@ -342,13 +228,14 @@ def optimize(
     if measure_only:
         recall = measure(index_dir, k, queries)
         return OptimizeReport(before, before, False, {}, recall, time.monotonic() - started)
-    manifest = configure(manifest, index_dir.directory, index_type, memory)
+    asked = StorageOptions(index_type=index_type, memory=memory)
+    manifest = configure(manifest, index_dir.directory, asked)
     budget = manifest.index_policy.get("memory_bytes")
     chosen, params = (
         choose_layout(manifest, n, budget) if index_type == "auto" else (index_type, {})
     )
     kept = {k: v for k, v in index_dir.require_manifest().index_params.items() if k in _KNOBS}
-    rebuild = force or not _holds(before, vectors.target_layout(chosen, n), params)
+    rebuild = force or not _holds(before, target_layout(chosen, n), params)
     index_dir.set_manifest(
         replace(manifest, index_type=chosen, index_params=params if rebuild else {**params, **kept})
     )
@@ -361,7 +248,7 @@ def optimize(
         index_dir.set_manifest(current.with_index(chosen, {**current.index_params, **tuned}))
         index_dir.sync_vectors()
     recall = _report(index_dir, truth, k)
-    after = vectors.describe(index_dir.base().index)
+    after = index_dir.cache.describe()
     return OptimizeReport(before, after, rebuild, tuned, recall, time.monotonic() - started)
 
 

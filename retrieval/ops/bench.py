@@ -18,7 +18,6 @@ speed does not depend on the weights, and the bench needs no download.
 
 from __future__ import annotations
 
-import io
 import os
 import shutil
 import statistics
@@ -29,19 +28,20 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageOps
 
 from .. import defaults
 from ..errors import BadImage, UsageError
 from ..pathnames import display
-from ..sources.decode import decode_image, read_file, to_rgb
+from ..sources import synthetic
+from ..sources.baseline import megapixels, naive_decode
+from ..sources.decode import decode_image, read_file
 from ..sources.scan import scan
 from ..specs import Preprocess
 from ..store.catalog import NewRow
 from ..store.index_dir import IndexDir
 from ..store.manifest import Manifest
-from . import bench_images, pipeline, searching
 from . import bench_probes as probes
+from . import pipeline, searching
 from .bench_report import BenchReport, Stage
 from .indexing import IndexOptions, index_paths
 
@@ -61,11 +61,11 @@ class BenchOptions:
     batch_size: int | None = None
     workers: int | None = None
     threads: int | None = None
-    images: int = 48  # generated when no folder is given; else at most this many files
-    mix: str = "photos"  # generated images: 'photos' (2-24 MP JPEG + PNG) or 'small'
-    rounds: int = 3
+    images: int = defaults.BENCH_IMAGES  # generated (no folder), else the most files used
+    mix: str = defaults.BENCH_MIXES[0]  # 'photos' (2-24 MP JPEG + PNG) or 'small'
+    rounds: int = defaults.BENCH_ROUNDS
     naive: bool = True
-    search_size: int = 10_000  # vectors in the synthetic search index; 0 skips search
+    search_size: int = defaults.BENCH_SEARCH_SIZE  # synthetic search index; 0: no search
     max_megapixels: float = defaults.MAX_MEGAPIXELS
 
 
@@ -88,7 +88,7 @@ def run_bench(
         if folder is None:
             say(f"making {options.images} {options.mix} images in {scratch}")
             images = os.path.join(scratch, "images")
-            bench_images.make_images(images, options.images, options.mix)
+            synthetic.make_images(images, options.images, options.mix)
             roots, source = [images], f"generated, mix {options.mix}"
         else:
             roots, source = [os.fspath(folder)], os.fspath(folder)
@@ -127,8 +127,8 @@ def _check(options: BenchOptions) -> None:
         raise UsageError(f"--rounds must be at least 1, not {options.rounds}")
     if options.images < 1:
         raise UsageError(f"--images must be at least 1, not {options.images}")
-    if options.mix not in bench_images.MIXES:
-        raise UsageError(f"unknown mix {options.mix!r}; use one of {', '.join(bench_images.MIXES)}")
+    if options.mix not in synthetic.MIXES:
+        raise UsageError(f"unknown mix {options.mix!r}; use one of {', '.join(synthetic.MIXES)}")
 
 
 @dataclass
@@ -256,24 +256,6 @@ def _naive_pass(naive: Any, paths: Sequence[bytes], batch_size: int) -> None:
         naive.embed(np.stack(batch))
 
 
-def naive_decode(path: bytes, preprocess: Preprocess) -> np.ndarray | None:
-    """What a first script does: Pillow at full resolution, then one resize and crop."""
-    try:
-        with Image.open(io.BytesIO(read_file(path)[0])) as image:
-            image.load()  # every pixel: no DCT scaling
-            rgb = to_rgb(ImageOps.exif_transpose(image) or image)
-    except Exception:  # noqa: BLE001 - the baseline skips what it cannot read
-        return None
-    w, h = rgb.size
-    scale = preprocess.resize / min(w, h)
-    resample = Image.Resampling[preprocess.interpolation.upper()]
-    rgb = rgb.resize((max(1, round(w * scale)), max(1, round(h * scale))), resample)
-    left = (rgb.width - preprocess.width) // 2
-    top = (rgb.height - preprocess.height) // 2
-    crop = rgb.crop((left, top, left + preprocess.width, top + preprocess.height))
-    return np.asarray(crop, dtype=np.uint8)
-
-
 def _search_latency(run: _Run) -> dict[str, float]:
     """Milliseconds for one query image against `search_size` random unit vectors.
 
@@ -380,8 +362,7 @@ def _megapixels(paths: Sequence[bytes]) -> dict[str, float]:
     sizes = []
     for path in paths:
         try:
-            with Image.open(os.fsdecode(path)) as image:
-                sizes.append(image.width * image.height / 1e6)
+            sizes.append(megapixels(path))
         except Exception:  # noqa: BLE001 - unreadable files count as 0 MP
             sizes.append(0.0)
     return {

@@ -19,19 +19,19 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 
 from .. import defaults
-from ..errors import CatalogCorrupt, IndexNotFound, ReadOnlyIndex, StorageError
+from ..errors import CatalogCorrupt, StorageError
 from ..pathnames import display
 from ..reports import SKIP, JsonReport, json_field, plain
-from ..store import vectors
 from ..store.catalog import Catalog
-from ..store.files import WriterLock, atomic_write, is_temp, open_regular, read_only_media
+from ..store.files import is_temp
 from ..store.index_dir import IndexDir
 from ..store.manifest import Manifest
+from ..store.vector_cache import VectorsDamaged
 from . import pruning
 
 #: Vectors compared per step (bounded memory on large indexes).
@@ -108,42 +108,24 @@ def check(
     CatalogCorrupt (the catalogue itself is damaged: see its message).
     """
     directory = os.path.abspath(os.fspath(directory))
-    path = os.path.join(directory, defaults.CATALOG_FILE)
-    if not os.path.lexists(path):
-        raise IndexNotFound(directory)
-    lock = WriterLock(os.path.join(directory, defaults.LOCK_FILE))
-    held = not read_only_media(directory)
-    if held:
-        try:
-            lock.acquire(wait)
-        except ReadOnlyIndex:
-            held = False
-    if not held and repair:
-        raise ReadOnlyIndex(directory)
-    # Without the lock (read-only media) nothing can change the index while we look.
-    try:
-        catalog = Catalog(path, writer=False, refuse_foreign=False)
-        index_dir = IndexDir(directory, catalog, lock if held else None)
-        with index_dir:
-            found, facts = _inspect(index_dir)
-            gone = pruning.missing_files(index_dir.catalog)
-            missing = {
-                "missing_files": len(gone),
-                "missing_examples": tuple(p for _, p in gone[: pruning.MISSING_EXAMPLES]),
-            }
-            if not (repair and found):
-                return CheckReport(directory, *facts, problems=tuple(found), **missing)
-            _repair(index_dir, found)
-            left, facts = _inspect(index_dir)
-            remaining = {(p.file, p.problem) for p in left}
-            fixed = [
-                Problem(p.file, p.problem, p.repair, (p.file, p.problem) not in remaining)
-                for p in found
-            ]
-            problems = tuple(fixed + _new(left, found))
-            return CheckReport(directory, *facts, problems=problems, **missing)
-    finally:
-        lock.release()
+    with IndexDir.open_for_check(directory, repair, wait) as index_dir:
+        found, facts = _inspect(index_dir)
+        gone = pruning.missing_files(index_dir.catalog)
+        missing = {
+            "missing_files": len(gone),
+            "missing_examples": tuple(p for _, p in gone[: pruning.MISSING_EXAMPLES]),
+        }
+        if not (repair and found):
+            return CheckReport(directory, *facts, problems=tuple(found), **missing)
+        _repair(index_dir, found)
+        left, facts = _inspect(index_dir)
+        remaining = {(p.file, p.problem) for p in left}
+        fixed = [
+            Problem(p.file, p.problem, p.repair, (p.file, p.problem) not in remaining)
+            for p in found
+        ]
+        problems = tuple(fixed + _new(left, found))
+        return CheckReport(directory, *facts, problems=problems, **missing)
 
 
 def _new(left: list[Problem], found: list[Problem]) -> list[Problem]:
@@ -172,7 +154,7 @@ def _inspect(index_dir: IndexDir) -> tuple[list[Problem], tuple[int, int, int]]:
         # The manifest does not describe the vectors: nothing derived from it is checked,
         # and --repair rewrites nothing from it.
         return problems + sizes, (counts["ok"], counts["failed"], generation)
-    problems += _manifest_file(index_dir.directory, manifest)
+    problems += _manifest_file(index_dir)
     problems += _vectors_file(index_dir, manifest, generation)
     return problems, (counts["ok"], counts["failed"], generation)
 
@@ -213,18 +195,16 @@ def _temp_files(directory: str) -> list[Problem]:
     ]
 
 
-def _manifest_file(directory: str, manifest: Manifest) -> list[Problem]:
-    path = os.path.join(directory, defaults.MANIFEST_FILE)
-    try:
-        with open_regular(path) as fh:
-            if fh.read().decode("utf-8") == manifest.to_json():
-                return []
-        problem = "differs from the catalogue's manifest"
-    except FileNotFoundError:
-        problem = "missing"
-    except (OSError, UnicodeDecodeError):
-        problem = "unreadable"
-    return [Problem(defaults.MANIFEST_FILE, problem, "rewrites it from the catalogue")]
+#: How `check` words each `IndexDir.manifest_file_problem` (else "unreadable").
+_MANIFEST_WORDS = {"differs": "differs from the catalogue's manifest", "missing": "missing"}
+
+
+def _manifest_file(index_dir: IndexDir) -> list[Problem]:
+    problem = index_dir.manifest_file_problem()
+    if problem is None:
+        return []
+    text = _MANIFEST_WORDS.get(problem, "unreadable")
+    return [Problem(defaults.MANIFEST_FILE, text, "rewrites it from the catalogue")]
 
 
 def _vectors_file(index_dir: IndexDir, manifest: Manifest, generation: int) -> list[Problem]:
@@ -232,8 +212,8 @@ def _vectors_file(index_dir: IndexDir, manifest: Manifest, generation: int) -> l
         return [Problem(defaults.VECTORS_FILE, text, "rebuilds it from the catalogue")]
 
     try:
-        built = vectors.read(index_dir.vectors_path)
-    except vectors.VectorsDamaged as exc:
+        built = index_dir.cache.read_file()
+    except VectorsDamaged as exc:
         return problem(str(exc))
     if built.catalog_id != index_dir.catalog_id:
         return problem("was built from another catalogue (its catalogue id differs)")
@@ -244,7 +224,7 @@ def _vectors_file(index_dir: IndexDir, manifest: Manifest, generation: int) -> l
             f"claims catalogue generation {built.generation}, newer than the catalogue's "
             f"{generation}"
         )
-    held = vectors.stored_ids(built.index)
+    held = index_dir.cache.held_ids(built)
     duplicates = len(held) - len(np.unique(held))
     if duplicates:
         return problem(f"holds {duplicates} duplicate ids")
@@ -263,7 +243,7 @@ def _vectors_file(index_dir: IndexDir, manifest: Manifest, generation: int) -> l
                     f"holds {len(extra)} ids the catalogue does not and lacks {len(lacking)} "
                     "of its vectors"
                 )
-            differ = _differing(built.index, index_dir, conn, live)
+            differ = index_dir.cache.differing(built, conn, live, batch=_CHUNK)
         except ValueError:
             raise CatalogCorrupt(catalog.path, "a stored vector has the wrong size") from None
     if differ:
@@ -274,27 +254,6 @@ def _vectors_file(index_dir: IndexDir, manifest: Manifest, generation: int) -> l
 def _stored_ids(catalog: Catalog, conn: Any, dim: int) -> np.ndarray:
     parts = [ids for ids, _ in catalog.iter_vectors(conn, dim, batch=_CHUNK)]
     return np.concatenate(parts) if parts else np.zeros(0, np.int64)
-
-
-def _differing(index: Any, index_dir: IndexDir, conn: Any, live: np.ndarray) -> int:
-    """How many cached vectors differ from the stored ones, reduced as the cache holds them
-    (0 for lossy PQ layouts)."""
-    if vectors.layout(index) == "ivfpq":
-        return 0  # product-quantised codes are approximations by design
-    manifest = index_dir.require_manifest()
-    atol = 1e-6 if manifest.vector_dtype == "float32" else 1e-3
-    if manifest.reduced:
-        atol = max(atol, 1e-5)  # the projection's float32 rounding
-    reduced = index_dir.reduction()
-    differ = 0
-    for ids, xb in index_dir.catalog.iter_vectors(conn, manifest.dim, batch=_CHUNK):
-        keep = np.isin(ids, live)
-        if keep.any():
-            cached = vectors.reconstruct(index, ids[keep])
-            expected = xb[keep] if reduced is None else reduced.apply(xb[keep])
-            close = np.isclose(cached, expected, atol=atol, rtol=0).all(axis=1)
-            differ += int((~close).sum())
-    return differ
 
 
 # -- repairing -------------------------------------------------------------------------------------
@@ -313,12 +272,7 @@ def _repair(index_dir: IndexDir, problems: list[Problem]) -> None:
             except OSError as exc:
                 raise StorageError(f"cannot delete {name}: {exc.strerror or exc}") from None
     if defaults.MANIFEST_FILE in files:
-        text = index_dir.require_manifest().to_json().encode("utf-8")
-
-        def write(fh: BinaryIO) -> None:
-            fh.write(text)
-
-        atomic_write(os.path.join(index_dir.directory, defaults.MANIFEST_FILE), write, "manifest")
+        index_dir.write_manifest_file()
     if defaults.VECTORS_FILE in files:
         index_dir.rebuild_vectors()
         failed = [n for n in index_dir.notices if n.startswith("could not save")]

@@ -20,7 +20,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from ..defaults import CATALOG_FILE
+from ..defaults import CATALOG_FILE, EXPORT_FORMATS
 from ..errors import StorageError, UsageError
 from ..pathnames import decoded, display, to_str
 from ..reports import JsonReport
@@ -28,7 +28,7 @@ from ..store.files import atomic_write, describe_os_error, fsync_dir, temp_name
 from ..store.index_dir import IndexDir
 from ..store.manifest import Manifest
 
-FORMATS = ("npy", "parquet")
+FORMATS = EXPORT_FORMATS
 
 
 @dataclass(frozen=True)

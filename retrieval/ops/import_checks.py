@@ -104,6 +104,9 @@ def _weights_problem(weights: Any) -> str | None:
     if not isinstance(weights, dict):
         return "has no weights object"
     source, path, identity = weights.get("source"), weights.get("path"), weights.get("identity")
+    checksum = weights.get("sha256")
+    if checksum is not None and not (isinstance(checksum, str) and _SHA256.fullmatch(checksum)):
+        return "gives a weights checksum that is not a SHA-256 (64 hex digits)"
     if source not in WEIGHT_SOURCES:
         return (
             f"gives the weights source {shown(str(source))}; it must be one of "

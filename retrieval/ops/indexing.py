@@ -197,7 +197,9 @@ def _same_content(
         row = known.get(entry.path)
         if row and row.status == "ok" and row.content_hash and row.size == entry.size:
             try:
-                data, st = read_file(entry.path)
+                data, st = read_file(
+                    entry.path, follow_symlinks=entry.link, identity=entry.identity
+                )
             except BadImage:
                 todo.append(entry)  # decoding will record why
                 continue
@@ -227,7 +229,7 @@ def _find_moves(
         if entry.path in known or entry.size not in sizes:
             continue
         try:
-            data, st = read_file(entry.path)
+            data, st = read_file(entry.path, follow_symlinks=entry.link, identity=entry.identity)
         except BadImage:
             continue
         rows = gone.get((st.st_size, hash_bytes(data)))

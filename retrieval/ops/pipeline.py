@@ -1,24 +1,22 @@
 """Decoding in worker processes, overlapped with inference, with bounded memory.
 
-Files are decoded in chunks by a pool of spawned processes (spawn: no torch threads or open
-SQLite connections are carried across a fork). At most `window` chunks are in flight, so
-memory stays flat however many files there are; results come back in input order.
+Files are decoded in chunks by worker processes (`workers.Pool`: fresh interpreters, so no
+torch threads or open SQLite connections are carried across a fork, and the caller's script
+is never re-run). At most `window` chunks are in flight, so memory stays flat however many
+files there are; results come back in input order.
 """
 
 from __future__ import annotations
 
 import os
-import signal
 from collections import deque
-from collections.abc import Iterator, Mapping, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from multiprocessing import get_context
 
 from .. import defaults
-from ..sources.decode import FileResult, load_file
+from ..sources.decode import FileResult
 from ..specs import Preprocess
+from .workers import Pool, ReadRules, Request, decode_files
 
 #: Files per task sent to a worker: large enough to amortise pickling, small for balance.
 CHUNK = 8
@@ -31,6 +29,9 @@ CHUNKS_PER_WORKER = 4
 BATCH_SIZE = {"cpu": defaults.BATCH_SIZE, "cuda": 256}
 #: Most decode processes started by default (beyond it, IPC and the model are the limit).
 MAX_WORKERS = 32
+#: Most decode processes per CPU even when asked for more: each costs ~50 MB and a start-up,
+#: and beyond the cores they only take turns.
+WORKERS_PER_CPU = 2
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,8 @@ def plan_resources(
     rest run the model. Below 4 cores the model keeps every core and the one worker shares
     them: measured on 2 cores, 1 worker + 2 threads indexes ~1.35x faster than 1 + 1, and
     within noise of decoding in-process between batches. CUDA: the model needs little CPU
-    (normalisation runs on the GPU), so every core but one decodes. Explicit values win.
+    (normalisation runs on the GPU), so every core but one decodes. Explicit values win,
+    workers up to `max_workers()`.
     """
     cpus = cpu_count()
     if device == "cuda":
@@ -61,9 +63,21 @@ def plan_resources(
         decoders = max(1, min(MAX_WORKERS, cpus // 4))
         planned = Resources(workers=decoders, threads=cpus if cpus < 4 else cpus - decoders)
     return Resources(
-        workers=planned.workers if workers is None else workers,
+        workers=planned.workers if workers is None else min(workers, max_workers()),
         threads=planned.threads if threads is None else max(1, threads),
     )
+
+
+def max_workers() -> int:
+    """Most decode processes this machine runs, however many are asked for."""
+    return WORKERS_PER_CPU * cpu_count()
+
+
+def workers_notice(workers: int | None) -> str | None:
+    """The notice for a --workers value above `max_workers()`, else None."""
+    if workers is None or workers <= max_workers():
+        return None
+    return f"--workers {workers} capped to {max_workers()}: this machine has {cpu_count()} CPUs"
 
 
 def default_batch_size(device: str) -> int:
@@ -82,11 +96,6 @@ def default_workers() -> int:
     return plan_resources("cpu").workers
 
 
-#: Per path, what the reader checks (see `load_file`): (follow a symbolic link there, the
-#: scan's (st_dev, st_ino) or None). A path not listed: no link followed, identity unknown.
-ReadRules = Mapping[bytes, tuple[bool, tuple[int, int] | None]]
-
-
 def decode_stream(
     paths: Sequence[bytes],
     preprocess: Preprocess,
@@ -97,91 +106,75 @@ def decode_stream(
 ) -> Iterator[FileResult]:
     """Decode `paths` in order; `workers` = 0 decodes in this process.
 
-    At most `workers * CHUNKS_PER_WORKER` chunks of `chunk_size` files are in flight.
+    At most `workers * CHUNKS_PER_WORKER` chunks of `chunk_size` files are in flight, and
+    no more workers start than there are chunks. A worker that dies (a decoder crashed it)
+    is replaced and its chunk is redone one file at a time, so only the file that kills a
+    worker on its own is recorded as crashed. Raises WorkersUnavailable when the worker
+    processes cannot be started.
     """
     if workers <= 0:
         for path in paths:  # one at a time: lazily, as the batches need them
-            yield from _decode_chunk([path], preprocess, max_megapixels, rules)
+            yield from decode_files([path], preprocess, max_megapixels, rules)
         return
-    chunks = [paths[i : i + chunk_size] for i in range(0, len(paths), chunk_size)]
-    window = workers * CHUNKS_PER_WORKER
-    pool = _new_pool(workers)
-    pending: deque[tuple[Sequence[bytes], Future[list[FileResult]]]] = deque()
-    try:
-        next_chunk = 0
-        while next_chunk < len(chunks) or pending:
-            while next_chunk < len(chunks) and len(pending) < window:
-                chunk = chunks[next_chunk]
-                mine = _rules_for(chunk, rules)  # only the chunk's: pickled with every task
-                pending.append(
-                    (chunk, pool.submit(_decode_chunk, chunk, preprocess, max_megapixels, mine))
-                )
-                next_chunk += 1
-            chunk, future = pending.popleft()
-            try:
-                results = future.result()
-            except BrokenProcessPool:
-                # A decoder crashed a worker: redo the unfinished chunks one file at a time,
-                # so only the file that crashes on its own is marked as failed.
-                chunks[next_chunk:next_chunk] = [c for c, _ in pending]
-                pending.clear()
-                pool.shutdown(wait=False, cancel_futures=True)
-                pool, results = _isolate(chunk, preprocess, max_megapixels, workers, rules)
-            yield from results
-    finally:
-        pool.shutdown(wait=False, cancel_futures=True)
+    if not paths:
+        return
+    workers = min(workers, -(-len(paths) // chunk_size))
+    window = workers * CHUNKS_PER_WORKER * chunk_size  # files sent but not yet yielded
+    done: dict[int, FileResult] = {}
+    retry: deque[Request] = deque()  # requests a dead worker left unanswered: sent first
+    sent_until = next_out = 0
+    with Pool() as pool:
+        pool.start(workers)
+        while next_out < len(paths):
+            for worker in pool.workers:
+                while len(worker.sent) < CHUNKS_PER_WORKER:
+                    if retry:
+                        request = retry.popleft()
+                    elif sent_until < min(len(paths), next_out + window):
+                        chunk = paths[sent_until : sent_until + chunk_size]
+                        mine = _rules_for(chunk, rules)  # only the chunk's: pickled with it
+                        request = Request(sent_until, chunk, preprocess, max_megapixels, mine)
+                        sent_until += len(chunk)
+                    else:
+                        break
+                    pool.send(worker, request)
+            kind, worker, results = pool.events.get()
+            if kind == "result":
+                request = worker.sent.pop(0)
+                first = request.first
+                done.update(zip(range(first, first + len(results)), results, strict=True))
+            elif worker in pool.workers:  # it died: redo what it held
+                retry.extendleft(reversed(_redo(worker.sent, done)))
+                pool.replace(worker)
+            while next_out in done:
+                yield done.pop(next_out)
+                next_out += 1
 
 
-def _isolate(
-    chunk: Sequence[bytes],
-    preprocess: Preprocess,
-    max_megapixels: float,
-    workers: int,
-    rules: ReadRules | None,
-) -> tuple[ProcessPoolExecutor, list[FileResult]]:
-    pool = _new_pool(1)
-    results = []
-    for path in chunk:
-        try:
-            mine = _rules_for([path], rules)
-            one = pool.submit(_decode_chunk, [path], preprocess, max_megapixels, mine)
-            results.extend(one.result())
-        except BrokenProcessPool:
-            results.append(_crashed(path))
-            pool.shutdown(wait=False, cancel_futures=True)
-            pool = _new_pool(1)
-    pool.shutdown(wait=True)
-    return _new_pool(workers), results
+def _redo(lost: list[Request], done: dict[int, FileResult]) -> list[Request]:
+    """What to send again after a worker died holding `lost` (oldest first): the request it
+    was decoding one file at a time, or, when that was a single file, record it as crashed."""
+    if not lost:
+        return []
+    suspect, rest = lost[0], lost[1:]
+    if len(suspect.paths) == 1:
+        done[suspect.first] = _crashed(suspect.paths[0])
+        return rest
+    singles = [
+        Request(
+            suspect.first + i,
+            [path],
+            suspect.preprocess,
+            suspect.max_megapixels,
+            _rules_for([path], suspect.rules),
+        )
+        for i, path in enumerate(suspect.paths)
+    ]
+    return singles + rest
 
 
 def _rules_for(paths: Sequence[bytes], rules: ReadRules | None) -> ReadRules | None:
     return {p: rules[p] for p in paths if p in rules} if rules else None
-
-
-def _new_pool(workers: int) -> ProcessPoolExecutor:
-    return ProcessPoolExecutor(
-        max_workers=workers, mp_context=get_context("spawn"), initializer=_init_worker
-    )
-
-
-def _init_worker() -> None:
-    # Ctrl-C is the parent's to handle: it stops submitting and keeps finished batches.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-def _decode_chunk(
-    paths: Sequence[bytes],
-    preprocess: Preprocess,
-    max_megapixels: float,
-    rules: ReadRules | None = None,
-) -> list[FileResult]:
-    results = []
-    for path in paths:
-        follow, identity = rules.get(path, (False, None)) if rules else (False, None)
-        results.append(
-            load_file(path, preprocess, max_megapixels, follow_symlinks=follow, identity=identity)
-        )
-    return results
 
 
 def _crashed(path: bytes) -> FileResult:

@@ -22,6 +22,7 @@ from ..errors import BadImage, QueryImageError, UsageError
 from ..pathnames import display, printable, to_bytes, to_str
 from ..reports import JsonReport, json_field
 from ..sources.decode import MAX_FILE_BYTES, decode_image, read_file
+from ..sources.formats import pillow_formats
 from ..store.index_dir import IndexDir, Neighbour
 from .indexing import Embeds
 
@@ -190,19 +191,11 @@ class SearchFilter:
         return self == SearchFilter()
 
 
-def _pillow_formats() -> tuple[dict[str, str], frozenset[str]]:
-    """Pillow's extension -> format map ('.jpg' -> 'JPEG') and its format names."""
-    from PIL import Image
-
-    extensions = Image.registered_extensions()  # also loads every plugin: Image.ID is full
-    return extensions, frozenset(Image.ID) | frozenset(extensions.values())
-
-
 def canonical_format(name: str) -> str:
     """Pillow's name for an image format given by name or extension, any case: jpg, .JPG,
     jpeg -> JPEG; tif -> TIFF. A name Pillow does not know comes back upper-cased."""
     upper = name.strip().upper()
-    extensions, known = _pillow_formats()
+    extensions, known = pillow_formats()
     if upper in known:
         return upper
     return extensions.get("." + upper.lstrip(".").lower(), upper)
@@ -238,10 +231,10 @@ def allowed_ids(index_dir: IndexDir, filters: SearchFilter | None) -> np.ndarray
             mtime_after_ns=ns(filters.modified_after),
             mtime_before_ns=ns(filters.modified_before),
         )
-    known = _pillow_formats()[1] if filters.formats else frozenset()
+    known = pillow_formats()[1] if filters.formats else frozenset()
     for name in filters.formats:
         if name not in known:
-            common = sorted({_pillow_formats()[0].get(e, "") for e in defaults.EXTENSIONS} - {""})
+            common = sorted({pillow_formats()[0].get(e, "") for e in defaults.EXTENSIONS} - {""})
             index_dir.notices.append(
                 f"--image-format {printable(name.lower())} is not an image format (known: "
                 f"{', '.join(common)}, ...); no image matches it"

@@ -1,2 +1,4 @@
-"""Where images come from: finding files on disk (`scan`) and turning bytes into pixels
-(`decode`). Neither imports torch, FAISS or SQLAlchemy, so decode workers start fast."""
+"""Where images come from: finding files on disk (`scan`), turning bytes into pixels
+(`decode`), the formats Pillow knows (`formats`), and the benchmark's generated images
+(`synthetic`) and naive decoder (`baseline`). The only package that imports Pillow; none of
+it imports torch, FAISS or SQLAlchemy, so decode workers start fast."""

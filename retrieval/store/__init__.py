@@ -1,3 +1,5 @@
-"""Persistence: an index directory (`index_dir`) built from the catalogue (`catalog`, the only
-SQLAlchemy user), the vector index cache (`vectors`, the only FAISS user), the manifest
-(`manifest`) and crash-safe file primitives (`files`)."""
+"""Persistence: an index directory (`index_dir`, its lifecycle: open, lock, manifest mirror)
+owning its vector cache (`vector_cache`, searched by `searcher`), built from the catalogue
+(`catalog*`, the only SQLAlchemy users) into FAISS indexes (`vectors*`, the only FAISS
+users), the manifest (`manifest`), the PCA of --dim (`reduction`) and crash-safe file
+primitives (`files`)."""

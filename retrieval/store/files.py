@@ -15,15 +15,56 @@ import signal
 import socket
 import stat
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import BinaryIO
 
 from ..errors import IndexBusy, ReadOnlyIndex, StorageError, UnsafeIndexFile
 
 TEMP_MARK = ".tmp-"
 
-#: How often each named test point was reached in this process (see `fault_point`).
-_REACHED: dict[str, int] = {}
+
+class FaultPoints:
+    """Named places where the crash tests stop a process, and how often each was reached.
+
+    The counts live in this object, not in a module global; the process has one,
+    `FAULT_POINTS`, because RETRIEVAL_TEST_KILL_AT="NAME:N" counts reaches across the whole
+    run. `environ` (default: `os.environ`, read on every reach, so a test may set it late)
+    holds the variables described in `fault_point`.
+    """
+
+    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
+        self._environ = os.environ if environ is None else environ
+        self._reached: dict[str, int] = {}
+
+    def reached(self, name: str) -> int:
+        """How many times point `name` was reached while a kill or pause was asked for."""
+        return self._reached.get(name, 0)
+
+    def reach(self, name: str) -> None:
+        """Count point `name` and kill or pause here if the variables ask for this reach."""
+        kill = self._environ.get("RETRIEVAL_TEST_KILL_AT")
+        pause = self._environ.get("RETRIEVAL_TEST_PAUSE_AT")
+        if not kill and not pause:
+            return
+        count = self._reached[name] = self._reached.get(name, 0) + 1
+        here = f"{name}:{count}"
+        if here == kill:
+            os.kill(os.getpid(), signal.SIGKILL)
+        if here == pause:
+            self._pause(self._environ["RETRIEVAL_TEST_PAUSE_FILE"])
+
+    @staticmethod
+    def _pause(flag: str) -> None:
+        """Create `flag` (holding this pid) and sleep until a test deletes it, 60 s at most."""
+        with open(flag, "w") as fh:
+            fh.write(str(os.getpid()))
+        deadline = time.monotonic() + 60
+        while os.path.exists(flag) and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+
+#: This process's test points (see `FaultPoints` for why there is one).
+FAULT_POINTS = FaultPoints()
 
 
 def fault_point(name: str) -> None:
@@ -40,23 +81,7 @@ def fault_point(name: str) -> None:
     "write-synced/FILE" (synced, not renamed), "write-renamed/FILE" (renamed, directory not
     synced), FILE being the destination's name (vectors.faiss, manifest.json).
     """
-    kill, pause = (
-        os.environ.get("RETRIEVAL_TEST_KILL_AT"),
-        os.environ.get("RETRIEVAL_TEST_PAUSE_AT"),
-    )
-    if not kill and not pause:
-        return
-    count = _REACHED[name] = _REACHED.get(name, 0) + 1
-    here = f"{name}:{count}"
-    if here == kill:
-        os.kill(os.getpid(), signal.SIGKILL)
-    if here == pause:
-        flag = os.environ["RETRIEVAL_TEST_PAUSE_FILE"]
-        with open(flag, "w") as fh:
-            fh.write(str(os.getpid()))
-        deadline = time.monotonic() + 60
-        while os.path.exists(flag) and time.monotonic() < deadline:
-            time.sleep(0.01)
+    FAULT_POINTS.reach(name)
 
 
 def temp_name(path: str) -> str:

@@ -1,49 +1,46 @@
-"""The vector index: a FAISS cache of the catalogue's vectors (the only module importing faiss).
+"""The vector index: choosing a FAISS index type, building, patching and searching it.
 
-The file holds a small header, the serialised FAISS index and the index's tombstones:
-
-    magic b"RTVFAISS" | u32 format | u64 generation | u64 payload bytes | u64 tombstones
-    | 32-byte seal | 16-byte catalogue id | payload | tombstones (int64 ids)
-
-(the seal is a SHA-256 over the generation, both sizes, the catalogue id and the SHA-256 of
-everything after the header; see `_seal`). The catalogue id (a random UUID the catalogue
-keeps; zeros for a catalogue made before ids existed) binds the file to its catalogue: a
-sound file copied from another index with the same ids and generation is not this index's.
-
-so a truncated or bit-flipped file is detected (`VectorsDamaged`) instead of being trusted, and
-`generation` says which catalogue state it was built from. Tombstones are ids still inside an
-HNSW graph (which cannot remove ids) but deleted since: searches exclude them, and the graph is
-rebuilt ("compacted") once they pass `COMPACT_RATIO` of it. Format 1 files (no tombstones) and
-format 2 files (no catalogue id) are still read.
+The vectors modules are the only ones importing faiss: this one (construction and search),
+`vectors_describe` (what a built index is and holds) and `vectors_file` (the vectors.faiss
+file). Their public names are re-exported here, so `vectors.read`, `vectors.layout`... work.
 
 Vectors are L2-normalised; the metric is inner product, so a score is a cosine similarity in
 [-1, 1]. Index types: "flat" (exact), "hnsw" (graph), "ivf" (inverted lists of full vectors),
 "ivfpq" (inverted lists of product-quantised codes). With vector_dtype "float16", flat, hnsw
-and ivf keep half-size codes (FAISS scalar quantizer, fp16).
+and ivf keep half-size codes (FAISS scalar quantizer, fp16). Tombstones are ids still inside
+an HNSW graph (which cannot remove ids) but deleted since: searches exclude them, and the
+graph is rebuilt ("compacted") once they pass `COMPACT_RATIO` of it.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import math
 import os
-import struct
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
-from typing import Any, BinaryIO
+from typing import Any
 
 import faiss
 import numpy as np
 
-from .files import atomic_write, open_regular
+# Re-exported (noqa: F401) for the modules and tests that reach them as `vectors.NAME`.
+from . import vectors_describe
+from .vectors_describe import ID_OVERHEAD as _ID_OVERHEAD
+from .vectors_describe import count, describe, layout, reconstruct, stored_ids, unwrap  # noqa: F401
+from .vectors_file import (  # noqa: F401
+    _HEADER,
+    _HEADER_V1,
+    FORMAT,
+    MAGIC,
+    Built,
+    VectorsDamaged,
+    read,
+    write,
+)
 
-MAGIC = b"RTVFAISS"
-FORMAT = 3
-_PREFIX = struct.Struct("<8sI")
-_HEADER_V1 = struct.Struct("<8sIQQ32s")
-_HEADER_V2 = struct.Struct("<8sIQQQ32s")
-_HEADER = struct.Struct("<8sIQQQ32s16s")
+#: Re-exported as a name, not imported: `choose` has a parameter of the same name.
+memory_bytes = vectors_describe.memory_bytes
+
 INDEX_TYPES = ("flat", "hnsw", "ivf", "ivfpq")
 VECTOR_DTYPES = ("float32", "float16")
 
@@ -61,33 +58,9 @@ EXACT_ALLOW_MAX = 20_000
 #: Builds of fewer vectors run on one thread: OpenMP start-up and spinning cost more than
 #: the work, many times more on a busy machine.
 SMALL_BUILD = 20_000
-#: Bytes per vector that a FAISS id map / direct map costs on top of the codes (estimate).
-_ID_OVERHEAD = 64
 _HNSW = {"M": 32, "efConstruction": 80, "efSearch": 64}
 
 Batches = Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]]
-
-
-class VectorsDamaged(Exception):
-    """The vector index file is missing, truncated or corrupt (internal: it is rebuilt)."""
-
-
-def _no_ids() -> np.ndarray:
-    return np.zeros(0, np.int64)
-
-
-@dataclass(frozen=True)
-class Built:
-    """An in-memory FAISS index, the catalogue generation it reflects and its tombstones.
-
-    `tombstones` (sorted int64) are ids still stored in `index` that must never be returned.
-    `catalog_id`: the hex id of the catalogue it was read as built from ("" for none).
-    """
-
-    index: Any
-    generation: int
-    tombstones: np.ndarray = field(default_factory=_no_ids)
-    catalog_id: str = ""
 
 
 # -- choosing a type ---------------------------------------------------------------------------
@@ -264,84 +237,11 @@ def _sample(batches: Batches, n: int, size: int, d: int) -> np.ndarray:
 
 def set_search_params(index: Any, params: dict[str, Any]) -> None:
     """Apply query-time knobs from `params` (nprobe, efSearch) to a built index."""
-    inner = _inner(index)
+    inner = unwrap(index)
     if isinstance(inner, faiss.IndexIVF) and params.get("nprobe"):
         inner.nprobe = int(min(inner.nlist, int(params["nprobe"])))
     if isinstance(inner, faiss.IndexHNSW) and params.get("efSearch"):
         inner.hnsw.efSearch = int(params["efSearch"])
-
-
-# -- describing ---------------------------------------------------------------------------------
-
-
-def _inner(index: Any) -> Any:
-    return faiss.downcast_index(index.index) if hasattr(index, "id_map") else index
-
-
-def layout(index: Any) -> str:
-    """Which of INDEX_TYPES `index` is."""
-    inner = _inner(index)
-    if isinstance(inner, faiss.IndexHNSW):
-        return "hnsw"
-    if isinstance(inner, faiss.IndexIVFPQ):
-        return "ivfpq"
-    if isinstance(inner, faiss.IndexIVF):
-        return "ivf"
-    return "flat"
-
-
-def count(index: Any) -> int:
-    return int(index.ntotal)
-
-
-def memory_bytes(index: Any) -> int:
-    """Estimated RAM held by `index` (codes, ids, graph links, centroids)."""
-    inner = _inner(index)
-    n = int(index.ntotal)
-    total = n * (int(getattr(inner, "code_size", 4 * index.d)) + _ID_OVERHEAD)
-    if isinstance(inner, faiss.IndexHNSW):
-        total += n * (8 * inner.hnsw.nb_neighbors(1) + _ID_OVERHEAD)
-    if isinstance(inner, faiss.IndexIVF):
-        total += inner.nlist * index.d * 4
-    return int(total)
-
-
-def describe(index: Any) -> dict[str, Any]:
-    """Type, parameters and estimated memory of an index, for `info`."""
-    inner = _inner(index)
-    out: dict[str, Any] = {
-        "type": layout(index),
-        "faiss_class": type(inner).__name__,
-        "ntotal": int(index.ntotal),
-        "memory_bytes": memory_bytes(index),
-    }
-    if isinstance(inner, faiss.IndexHNSW):
-        out.update(M=inner.hnsw.nb_neighbors(1), efSearch=inner.hnsw.efSearch)
-    if isinstance(inner, faiss.IndexIVF):
-        out.update(nlist=inner.nlist, nprobe=inner.nprobe)
-    if isinstance(inner, faiss.IndexIVFPQ):
-        out.update(m=inner.pq.M, nbits=inner.pq.nbits)
-    return out
-
-
-def stored_ids(index: Any) -> np.ndarray:
-    """The ids held by `index` (int64, unsorted, duplicates included if any)."""
-    if hasattr(index, "id_map"):
-        return faiss.vector_to_array(index.id_map).astype(np.int64)
-    invlists = faiss.extract_index_ivf(index).invlists
-    parts = [
-        faiss.rev_swig_ptr(invlists.get_ids(i), invlists.list_size(i)).copy()
-        for i in range(invlists.nlist)
-        if invlists.list_size(i)
-    ]
-    return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
-
-
-def reconstruct(index: Any, ids: np.ndarray) -> np.ndarray:
-    """Stored vectors for `ids` (n, d) float32 (approximate for PQ and fp16 codes)."""
-    if len(ids) == 0:
-        return np.zeros((0, index.d), np.float32)
-    return index.reconstruct_batch(np.ascontiguousarray(ids, dtype=np.int64))
 
 
 # -- updating -------------------------------------------------------------------------------------
@@ -478,7 +378,7 @@ def _selector(exclude: np.ndarray | None, allow: np.ndarray | None) -> Any:
 
 
 def _params_for(index: Any, selector: Any, exhaustive: bool = False) -> Any:
-    inner = _inner(index)
+    inner = unwrap(index)
     if isinstance(inner, faiss.IndexHNSW):
         ef = inner.hnsw.efSearch
         params = faiss.SearchParametersHNSW(efSearch=max(ef, 1024) if exhaustive else ef)
@@ -490,133 +390,3 @@ def _params_for(index: Any, selector: Any, exhaustive: bool = False) -> Any:
         params.sel = selector
         params.referenced = selector
     return params
-
-
-# -- the file ---------------------------------------------------------------------------------
-
-
-def write(
-    path: str, built_or_index: Any, generation: int | None = None, *, catalog_id: str = ""
-) -> None:
-    """Write a Built (or an index stamped with `generation`) atomically, streaming the payload,
-    bound to the catalogue with hex id `catalog_id` ("" for none).
-
-    The index is serialised straight into the temporary file (no second copy in memory);
-    the header, written last, holds the payload size and the checksum.
-    """
-    if isinstance(built_or_index, Built):
-        built = built_or_index
-    else:
-        assert generation is not None
-        built = Built(built_or_index, generation)
-    tombstones = np.ascontiguousarray(built.tombstones, dtype=np.int64)
-    owner = _catalog_id_bytes(catalog_id)
-
-    def _write(fh: BinaryIO) -> None:
-        fh.write(b"\0" * _HEADER.size)
-        digest = hashlib.sha256()
-        size = 0
-        failure: list[OSError] = []
-
-        def chunk(data: bytes) -> int:
-            nonlocal size
-            try:
-                fh.write(data)
-            except OSError as exc:
-                failure.append(exc)
-                raise
-            digest.update(data)
-            size += len(data)
-            return len(data)
-
-        writer = faiss.PyCallbackIOWriter(chunk)
-        try:
-            faiss.write_index(built.index, writer)
-        except RuntimeError:
-            if failure:
-                raise failure[0] from None
-            raise
-        finally:
-            del writer
-        tail = tombstones.tobytes()
-        fh.write(tail)
-        digest.update(tail)
-        fh.seek(0)
-        sealed = _seal(digest.digest(), built.generation, size, len(tombstones), owner)
-        header = (MAGIC, FORMAT, built.generation, size, len(tombstones), sealed, owner)
-        fh.write(_HEADER.pack(*header))
-
-    atomic_write(path, _write, "vector index")
-
-
-def _seal(
-    body_digest: bytes, generation: int, size: int, n_tomb: int, owner: bytes | None = None
-) -> bytes:
-    """The header's checksum: covers the generation, sizes and catalogue id too, not only the
-    body, since a flipped generation would make readers skip the catalogue changes made after
-    it. `owner` None: a format 2 file (no catalogue id)."""
-    fields = struct.pack("<QQQ", generation, size, n_tomb) + (owner or b"")
-    return hashlib.sha256(fields + body_digest).digest()
-
-
-def _catalog_id_bytes(catalog_id: str) -> bytes:
-    """A catalogue's hex id as the header's 16 bytes (zeros for "")."""
-    raw = bytes.fromhex(catalog_id) if catalog_id else b""
-    if len(raw) > 16:
-        raise ValueError(f"catalogue id {catalog_id!r} is longer than 16 bytes")
-    return raw.ljust(16, b"\0")
-
-
-def read(path: str) -> Built:
-    """Load and verify a vector index file; raises VectorsDamaged with the reason."""
-    try:
-        with open_regular(path) as fh:
-            return _read(fh)
-    except FileNotFoundError:
-        raise VectorsDamaged("missing") from None
-    except OSError as exc:
-        raise VectorsDamaged(f"unreadable: {exc.strerror or exc}") from None
-
-
-def _read(fh: BinaryIO) -> Built:
-    prefix = fh.read(_PREFIX.size)
-    if len(prefix) < _PREFIX.size:
-        raise VectorsDamaged("truncated header")
-    magic, fmt = _PREFIX.unpack(prefix)
-    if magic != MAGIC or fmt not in (1, 2, FORMAT):
-        raise VectorsDamaged("not a retrieval vector index")
-    header_struct = {1: _HEADER_V1, 2: _HEADER_V2}.get(fmt, _HEADER)
-    rest = fh.read(header_struct.size - _PREFIX.size)
-    if len(rest) < header_struct.size - _PREFIX.size:
-        raise VectorsDamaged("truncated header")
-    fields = header_struct.unpack(prefix + rest)
-    generation, size = fields[2], fields[3]
-    digest_expected = fields[4] if fmt == 1 else fields[5]
-    n_tomb = fields[4] if fmt >= 2 else 0
-    owner = fields[6] if fmt == FORMAT else None
-    actual = os.fstat(fh.fileno()).st_size - header_struct.size
-    if actual != size + 8 * n_tomb:
-        state = "truncated" if actual < size + 8 * n_tomb else "longer than its header says"
-        raise VectorsDamaged(f"{state}: {max(actual, 0)} of {size + 8 * n_tomb} bytes")
-    # Verify before FAISS parses anything: a flipped length field could make it allocate wildly.
-    digest = hashlib.sha256()
-    while block := fh.read(1 << 22):
-        digest.update(block)
-    found = (
-        digest.digest() if fmt == 1 else _seal(digest.digest(), generation, size, n_tomb, owner)
-    )
-    if found != digest_expected:
-        raise VectorsDamaged("checksum mismatch (corrupted bytes)")
-    fh.seek(header_struct.size)
-    reader = faiss.PyCallbackIOReader(fh.read)
-    try:
-        index = faiss.read_index(reader)
-    except RuntimeError as exc:
-        raise VectorsDamaged(f"FAISS cannot read it: {str(exc).splitlines()[0]}") from None
-    finally:
-        del reader
-    if fh.tell() != header_struct.size + size:
-        raise VectorsDamaged("payload size does not match its header")
-    tail = fh.read()
-    catalog_id = owner.hex() if owner and any(owner) else ""
-    return Built(index, generation, np.frombuffer(tail, dtype=np.int64).copy(), catalog_id)
