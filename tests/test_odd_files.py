@@ -8,12 +8,14 @@ its "scanned" test point (RETRIEVAL_TEST_PAUSE_AT, see `retrieval.store.files.fa
 the scan is done, no file is read yet), the test deletes or rewrites a file, then lets it go
 on; a file that grows *while* it is read is opened through a wrapper whose `read()` appends
 to the file first. CI runs as root, where chmod cannot take read access away, so
-PermissionError is injected: `builtins.open` for one file, `os.scandir` for one folder.
+PermissionError is injected: `builtins.open` for one file, `os.scandir` for one folder (and
+an EIO from one listed file's stat).
 """
 
 from __future__ import annotations
 
 import builtins
+import errno
 import importlib.util
 import io
 import os
@@ -417,6 +419,46 @@ def test_unreadable_folder_is_listed_and_its_rows_are_kept(
     assert (third["unchanged"], third["removed"], third["failed"]) == (4, 0, [])
 
 
+class _StatFails:
+    """A directory entry whose stat() fails with EIO (a disk error on that one file)."""
+
+    def __init__(self, entry: os.DirEntry) -> None:
+        self.entry = entry
+
+    def stat(self, *args, **kwargs) -> os.stat_result:
+        raise OSError(errno.EIO, "Input/output error", os.fsdecode(self.entry.path))
+
+    def __getattr__(self, name: str):
+        return getattr(self.entry, name)
+
+
+class _Listing(list):
+    """What `os.scandir` returns, as a list: iterable and a context manager."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _stat_fails(monkeypatch: pytest.MonkeyPatch, target: Path) -> None:
+    """Listing target's folder gives an entry for `target` whose stat fails with EIO."""
+    real_scandir = os.scandir
+    wanted = b(target)
+
+    def fake_scandir(path=".", *args, **kwargs):
+        if b(path) != b(target.parent):
+            return real_scandir(path, *args, **kwargs)
+        with real_scandir(path, *args, **kwargs) as it:
+            return _Listing(_StatFails(e) if e.path == wanted else e for e in it)
+
+    monkeypatch.setattr(os, "scandir", fake_scandir)
+
+
 def test_unreadable_file_during_the_scan_keeps_its_row(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -424,19 +466,11 @@ def test_unreadable_file_during_the_scan_keeps_its_row(
     photos = make_photos(tmp_path / "photos", range(2))
     index = tmp_path / "index"
     add(index, [tmp_path / "photos"])
-    problem = ScanProblem(b(photos[0]), "Input/output error")
-
-    def scan_with_problem(*args, **kwargs):
-        result = scan(*args, **kwargs)
-        result.files = [e for e in result.files if e.path != problem.path]
-        result.problems.append(problem)
-        return result
-
     with monkeypatch.context() as patch:
-        patch.setattr(indexing, "scan", scan_with_problem)
+        _stat_fails(patch, photos[0])
         report = add(index, [tmp_path / "photos"])
     assert (report.removed, report.unchanged) == (0, 1)
-    assert report.failed == [(problem.path, problem.error)]
+    assert report.failed == [(b(photos[0]), "Input/output error")]
     assert sorted(stored(index)) == sorted(b(p) for p in photos)
 
 
