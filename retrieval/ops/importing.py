@@ -21,9 +21,9 @@ import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from .. import defaults
+from ..reports import JsonReport, json_field, rounded
 from ..errors import (
     ImportFormatError,
     IndexIncompatible,
@@ -44,23 +44,14 @@ IMPORT_BATCH = 20_000
 
 
 @dataclass(frozen=True)
-class ImportReport:
+class ImportReport(JsonReport):
     """What an import stored: new rows, rows that replaced a stored path, the files read."""
 
     added: int
     updated: int
     dim: int
     files: tuple[str, ...]
-    seconds: float
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "added": self.added,
-            "updated": self.updated,
-            "dim": self.dim,
-            "files": list(self.files),
-            "seconds": round(self.seconds, 3),
-        }
+    seconds: float = json_field(json=rounded(3))
 
     def summary(self) -> str:
         return (
