@@ -26,9 +26,9 @@ import time
 import warnings
 from pathlib import Path
 
+import _procs as P
 import numpy as np
 import pytest
-import _procs as P
 from conftest import TINY, draw_image, make_photos, run_cli, save_image
 from PIL import Image, ImageFile
 from test_hostile import watchdog

@@ -183,7 +183,8 @@ def test_like_queries_leave_themselves_out(album: dict) -> None:
         np.testing.assert_array_equal(np.stack([q.vector for q in queries]), album["xb"][picks])
         results = search_queries(index_dir, queries, k=4)
     truth = exact(album["xb"], album["ids"], album["xb"][picks], 5)
-    assert _ids(results) == [t[t != own][:4].tolist() for t, own in zip(truth, album["ids"][picks])]
+    owns = album["ids"][picks]
+    assert _ids(results) == [t[t != own][:4].tolist() for t, own in zip(truth, owns, strict=True)]
     assert [r.query for r in results] == [_path(i) for i in picks]
 
 

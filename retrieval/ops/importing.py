@@ -23,7 +23,6 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from .. import defaults
-from ..reports import JsonReport, json_field, rounded
 from ..errors import (
     ImportFormatError,
     IndexIncompatible,
@@ -32,6 +31,7 @@ from ..errors import (
     StorageError,
     UsageError,
 )
+from ..reports import JsonReport, json_field, rounded
 from ..store.catalog import NewRow
 from ..store.files import remove_stale_temps
 from ..store.index_dir import IndexDir
