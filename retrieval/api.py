@@ -16,13 +16,16 @@ from typing import Any, BinaryIO
 
 from . import defaults
 from .errors import IndexNotFound, UsageError
-from .locate import locate
+from .locate import BY_USER, locate
 from .ops import (
     adding,
     ann,
     checking,
+    converting,
     dups,
     embedders,
+    eval_plot,
+    evaluating,
     exchange,
     importing,
     indexing,
@@ -88,6 +91,7 @@ class Index:
         check_roots(paths)  # a mistyped folder must not leave a new, empty index behind
         self._locate_for_writing()
         adding.check_workers(options, self._notify)
+        IndexDir.check_writable(self.directory)
         existing = self._existing_manifest()
         with embedders.kept_torch_threads():
             embedder = adding.embedder_for(
@@ -100,6 +104,7 @@ class Index:
                 options=options,
                 notify=self._notify,
             )
+            adding.planned_manifest(existing, embedder, storage, self.directory)  # checks
             with IndexDir.open_writer(self.directory, wait=wait) as index_dir:
                 self._flush_notices(index_dir)
                 adding.set_manifest(index_dir, existing, embedder, storage)
@@ -130,6 +135,7 @@ class Index:
         """
 
         self._locate_for_writing()
+        IndexDir.check_writable(self.directory)
 
         def configure(manifest: Manifest, new: bool) -> Manifest:
             if new:
@@ -336,9 +342,70 @@ class Index:
             return None
 
     def _open(self) -> IndexDir:
-        return IndexDir.open(self.directory)
+        try:
+            return IndexDir.open(self.directory)
+        except IndexNotFound:
+            if self.location.reason != BY_USER:
+                raise
+            raise IndexNotFound(self.directory, searched_from=os.getcwd()) from None
 
     def _flush_notices(self, index_dir: IndexDir) -> None:
         for notice in index_dir.notices:
             self._notify(notice)
         index_dir.notices.clear()
+
+
+# -- without an index ---------------------------------------------------------------------------
+
+
+def evaluate(
+    directory: str | os.PathLike[str],
+    *,
+    model: str | None = None,
+    weights: WeightsSpec | None = None,
+    device: str = "auto",
+    precision: str = "auto",
+    k: int = defaults.TOP_K,
+    duplicates: str | os.PathLike[str] | None = None,
+    threshold: float = defaults.DUPS_THRESHOLD,
+    plot: str | os.PathLike[str] | None = None,
+    workers: int | None = None,
+    notify: Notify | None = None,
+    progress: Progress | None = None,
+) -> evaluating.EvaluationReport:
+    """Score how well `model` retrieves the labelled images under `directory` (one
+    subfolder per class): leave-one-out mAP@k, precision@k, recall@k per class and overall;
+    with `duplicates` (an imagededup ground-truth JSON), pair precision/recall/F1 at
+    `threshold` and over a sweep; `plot` writes the sweep's precision-recall curve (needs
+    matplotlib). Needs no index and writes none. See `retrieval.ops.eval_metrics` for the
+    definitions."""
+    if plot is not None:
+        if duplicates is None:
+            raise UsageError("--plot draws the duplicates' curve: give --duplicates TRUTH.json")
+        eval_plot.require_matplotlib()  # before minutes of embedding
+    report = evaluating.evaluate(
+        directory,
+        model=model,
+        weights=weights,
+        device=device,
+        precision=precision,
+        k=k,
+        duplicates=duplicates,
+        threshold=threshold,
+        workers=workers,
+        notify=notify,
+        progress=progress,
+    )
+    if plot is not None and report.duplicates is not None:
+        eval_plot.plot_pairs(report.duplicates, plot)
+    return report
+
+
+def convert_weights(
+    source: str | os.PathLike[str], model: str, output: str | os.PathLike[str]
+) -> converting.ConvertReport:
+    """Write `source`'s tensors (another implementation's key names, same architecture)
+    renamed in order to timm `model`'s keys as `output` (.safetensors), for
+    `weights=WeightsSpec('file', output)`. Refuses a file whose tensor count or shapes
+    differ (WeightsMismatch naming the first)."""
+    return converting.convert_weights(source, model, output)

@@ -32,6 +32,12 @@ BATCH_SIZE = 32
 #: Neighbours returned per query.
 TOP_K = 10
 
+#: `dups`: two images are near-duplicates when their cosine similarity is at least this.
+DUPS_THRESHOLD = 0.95
+#: `evaluate --duplicates`: the cosine thresholds swept for the best pair F1, in hundredths
+#: (0.50, 0.51, ..., 0.99); the threshold asked for is added when not among them.
+EVAL_SWEEP = tuple(round(t / 100, 2) for t in range(50, 100))
+
 #: Backgrounds for compositing transparent images (RGBA, LA, P with transparency), chosen
 #: per image so that what a person sees survives: the alpha-weighted mean luminance (ITU-R
 #: 601, 0..255) of the visible pixels decides. Dark content (mean below

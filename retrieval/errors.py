@@ -39,14 +39,27 @@ class UsageError(RetrievalError):
 
 
 class IndexNotFound(RetrievalError):
-    """No index exists at the given directory."""
+    """No index exists at the given directory (`searched_from`: the folder the default
+    location was looked for from, when the user named no index)."""
 
-    def __init__(self, directory: str | os.PathLike[str]) -> None:
+    def __init__(
+        self, directory: str | os.PathLike[str], searched_from: str | None = None
+    ) -> None:
         self.directory = os.fspath(directory)
-        super().__init__(
-            f"no index at {self.directory}: build one with "
-            f"`retrieval index --index {self.directory} FOLDER`"
-        )
+        self.searched_from = searched_from
+        if searched_from is None:
+            message = (
+                f"no index at {self.directory}: build one with "
+                f"`retrieval index --index {self.directory} FOLDER`"
+            )
+        else:
+            message = (
+                f"no index found: no indexes/default in {searched_from} or a folder above "
+                f"it, and none at the per-user default {self.directory}; build one with "
+                "`retrieval index FOLDER` (from your project folder, or anywhere for the "
+                "per-user one), or name it with --index DIR or $RETRIEVAL_INDEX"
+            )
+        super().__init__(message)
 
 
 class IndexBusy(RetrievalError):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ from conftest import TINY, run_cli
 from test_ann import clustered, make_index, synthetic_manifest
 
 from retrieval.api import Index
+from retrieval.specs import WeightsSpec
 from retrieval.store.index_dir import IndexDir
 
 
@@ -139,6 +141,33 @@ def test_import_refuses_another_model(exported, tmp_path: Path) -> None:
         f"`retrieval import {exported['parquet']} --index NEW_DIR`\n"
     )
     assert stored(tmp_path / "other")[1].shape == (20, 16)  # nothing written
+
+
+@pytest.mark.parametrize(
+    ("name", "weights"),
+    [
+        ("test_resnet", WeightsSpec("untrained", identity="1")),
+        ("test_resnet", WeightsSpec("file", path="/models/test.safetensors", identity="ab" * 32)),
+        ("other_net", WeightsSpec("untrained", identity="0")),
+    ],
+    ids=["other-seed", "weights-file", "other-model"],
+)
+def test_import_refuses_the_same_dim_from_other_weights_or_model(
+    tiny_index, exported, tmp_path: Path, name: str, weights: WeightsSpec
+) -> None:
+    """Same 96 dimensions, other weights or model: the vectors live in another space."""
+    built = Index(tiny_index.directory).manifest()
+    other = replace(built, model=replace(built.model, name=name, weights=weights))
+    make_index(tmp_path / "other", other, clustered(20, d=96))
+    result = run_cli("import", exported["parquet"], "--index", tmp_path / "other")
+    assert result.exit_code == 1
+    assert result.stderr == (
+        f"error: {exported['parquet']} holds 96-d vectors from test_resnet (untrained (seed 0)), "
+        f"but the index at {tmp_path / 'other'} holds 96-d vectors from {name} "
+        f"({weights.describe()}); import it into a new index instead: "
+        f"`retrieval import {exported['parquet']} --index NEW_DIR`\n"
+    )
+    assert stored(tmp_path / "other")[1].shape == (20, 96)  # nothing written
 
 
 def test_import_refuses_files_that_are_not_exports(exported, tmp_path: Path) -> None:

@@ -151,13 +151,19 @@ def test_an_index_made_elsewhere_goes_to_the_per_user_default(
     assert run_cli("info", "--json", "--index", user).json()["located_by"] == BY_OPTION
 
 
-def test_nothing_to_find_names_the_per_user_default(
+def test_no_index_anywhere_says_where_it_looked(
     tmp_path: Path, home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.chdir(tmp_path)
-    user = home / "data" / "retrieval" / "indexes" / "default"
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
     result = run_cli("info")
+    user = home / "data" / "retrieval" / "indexes" / "default"
     assert (result.exit_code, result.stdout) == (1, "")
-    assert result.stderr == (
-        f"error: no index at {user}: build one with `retrieval index --index {user} FOLDER`\n"
+    assert (result.exit_code, result.stderr) == (
+        1,
+        f"error: no index found: no indexes/default in {work} or a folder above it, and "
+        f"none at the per-user default {user}; build one with `retrieval index FOLDER` (from "
+        "your project folder, or anywhere for the per-user one), or name it with --index DIR "
+        "or $RETRIEVAL_INDEX\n",
     )

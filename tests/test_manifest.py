@@ -1,5 +1,5 @@
 """store/manifest.py: the manifest's round trip through dict and JSON, its schema check, the
-properties derived from it, and the model / dimension checks that guard an index."""
+properties derived from it, and the model checks that guard an index."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 
 from retrieval.errors import IndexIncompatible
 from retrieval.specs import ModelInfo, Preprocess, WeightsSpec
-from retrieval.store.manifest import SCHEMA_VERSION, Manifest, check_dim, check_model
+from retrieval.store.manifest import SCHEMA_VERSION, Manifest, check_model
 
 PREPROCESS = Preprocess(8, 8, 8, "bilinear", (0.5,) * 3, (0.5,) * 3)
 
@@ -104,15 +104,4 @@ def test_check_model_refuses_other_weights() -> None:
         "the index at /idx was built with fake untrained (seed 0), not untrained (seed 7); "
         "leave out the weights options to reuse them, or build a new index for it: "
         "`retrieval index --index NEW_DIR FOLDER` (or delete /idx)"
-    )
-
-
-def test_check_dim() -> None:
-    manifest = Manifest(model=model(dim=24), precision="fp32")
-    check_dim(manifest, 24, "the query", "/idx")
-    with pytest.raises(IndexIncompatible) as caught:
-        check_dim(manifest, 96, "the query", "/idx")
-    assert str(caught.value) == (
-        "the query has 96-d vectors but the index at /idx holds 24-d vectors from fake; "
-        "use an index built with the same model"
     )

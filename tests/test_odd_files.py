@@ -3,16 +3,19 @@ vanish or change between scan and read, unreadable files and folders, symlink lo
 devices, non-UTF-8 names, 10,000 files in one folder and nesting deeper than the recursion
 limit.
 
-How the races are made without timing luck: `retrieval.ops.indexing._plan` (the step between
-the scan and the first read) is wrapped so that it deletes or rewrites a file after the plan
-is made; a file that grows *while* it is read is opened through a wrapper whose `read()`
-appends to the file first. CI runs as root, where chmod cannot take read access away, so
-PermissionError is injected: `builtins.open` for one file, `os.scandir` for one folder.
+How the races are made without timing luck: a real `retrieval index` process is paused at
+its "scanned" test point (RETRIEVAL_TEST_PAUSE_AT, see `retrieval.store.files.fault_point`:
+the scan is done, no file is read yet), the test deletes or rewrites a file, then lets it go
+on; a file that grows *while* it is read is opened through a wrapper whose `read()` appends
+to the file first. CI runs as root, where chmod cannot take read access away, so
+PermissionError is injected: `builtins.open` for one file, `os.scandir` for one folder (and
+an EIO from one listed file's stat).
 """
 
 from __future__ import annotations
 
 import builtins
+import errno
 import importlib.util
 import io
 import os
@@ -23,6 +26,7 @@ import time
 import warnings
 from pathlib import Path
 
+import _procs as P
 import numpy as np
 import pytest
 from conftest import TINY, draw_image, make_photos, run_cli, save_image
@@ -31,7 +35,6 @@ from test_hostile import watchdog
 
 from retrieval import Index, defaults
 from retrieval.errors import BadImage
-from retrieval.ops import indexing
 from retrieval.ops.indexing import IndexOptions, IndexReport
 from retrieval.sources import scan as scan_module
 from retrieval.sources.decode import MAX_JPEG_SCANS, UNEXPECTED, decode_image, load_file
@@ -249,28 +252,32 @@ def test_float_nan_and_inf_pixels_decode_as_black() -> None:
 # -- files that vanish or change between scan and read ---------------------------------------
 
 
-def _after_plan(monkeypatch: pytest.MonkeyPatch, action) -> None:
-    """Run `action()` right after the indexer planned its work, before it reads any file."""
-    real_plan = indexing._plan
-
-    def plan_then_act(*args, **kwargs):
-        plan = real_plan(*args, **kwargs)
+def _index_with_race(tmp_path: Path, index: Path, action) -> IndexReport:
+    """`retrieval index` of tmp_path/photos in a real process (forked by the `_procs` zygote)
+    that `action()` races: it runs while the process is paused right after its scan, before
+    it reads any file. Returns the run's report (from its --json output)."""
+    zyg = P.zygote()
+    flag = tmp_path / "paused"
+    argv = ["index", str(tmp_path / "photos"), "--index", str(index), "--json", *P.FAST]
+    run = zyg.start(argv, P.pause_env("scanned:1", flag))
+    try:
+        P.wait_for_file(flag, run, zyg)
         action()
-        return plan
+    finally:
+        flag.unlink(missing_ok=True)  # let it go on (or end its pause if the test failed)
+    assert zyg.wait(run) == 0, run.stderr
+    out = run.json()
+    report = IndexReport(**{k: out[k] for k in ("added", "updated", "unchanged", "moved")})
+    report.failed = [(b(f["path"]), f["error"]) for f in out["failed"]]
+    return report
 
-    monkeypatch.setattr(indexing, "_plan", plan_then_act)
 
-
-def test_file_that_vanishes_after_the_scan_is_recorded_and_retried(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_file_that_vanishes_after_the_scan_is_recorded_and_retried(tmp_path: Path) -> None:
     photos = make_photos(tmp_path / "photos", range(3))
     victim = photos[1]
     content = victim.read_bytes()
     index = tmp_path / "index"
-    with monkeypatch.context() as patch:
-        _after_plan(patch, victim.unlink)
-        first = add(index, [tmp_path / "photos"])
+    first = _index_with_race(tmp_path, index, victim.unlink)
     assert (first.added, first.failed) == (2, [(b(victim), VANISHED)])
     assert stored(index)[b(victim)][0] == "failed"
     victim.write_bytes(content)  # it is back: the next run retries it
@@ -279,22 +286,16 @@ def test_file_that_vanishes_after_the_scan_is_recorded_and_retried(
     assert {status for status, _, _ in stored(index).values()} == {"ok"}
 
 
-def test_file_gone_for_good_loses_its_failure_record(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_file_gone_for_good_loses_its_failure_record(tmp_path: Path) -> None:
     photos = make_photos(tmp_path / "photos", range(2))
     index = tmp_path / "index"
-    with monkeypatch.context() as patch:
-        _after_plan(patch, photos[0].unlink)
-        add(index, [tmp_path / "photos"])
+    _index_with_race(tmp_path, index, photos[0].unlink)
     second = add(index, [tmp_path / "photos"])
     assert (second.removed, second.unchanged, second.failed) == (1, 1, [])
     assert list(stored(index)) == [b(photos[1])]
 
 
-def test_file_rewritten_after_the_scan_is_stored_as_read(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_file_rewritten_after_the_scan_is_stored_as_read(tmp_path: Path) -> None:
     photos = make_photos(tmp_path / "photos", range(2))
     victim = photos[0]  # a JPEG
     replacement = draw_image(99, (200, 120))
@@ -303,9 +304,7 @@ def test_file_rewritten_after_the_scan_is_stored_as_read(
         save_image(replacement, victim, format="JPEG", quality=70)
 
     index = tmp_path / "index"
-    with monkeypatch.context() as patch:
-        _after_plan(patch, rewrite)
-        first = add(index, [tmp_path / "photos"])
+    first = _index_with_race(tmp_path, index, rewrite)
     assert (first.added, first.failed) == (2, [])
     status, size, _ = stored(index)[b(victim)]
     assert (status, size) == ("ok", victim.stat().st_size)  # the identity of what was read
@@ -420,6 +419,46 @@ def test_unreadable_folder_is_listed_and_its_rows_are_kept(
     assert (third["unchanged"], third["removed"], third["failed"]) == (4, 0, [])
 
 
+class _StatFails:
+    """A directory entry whose stat() fails with EIO (a disk error on that one file)."""
+
+    def __init__(self, entry: os.DirEntry) -> None:
+        self.entry = entry
+
+    def stat(self, *args, **kwargs) -> os.stat_result:
+        raise OSError(errno.EIO, "Input/output error", os.fsdecode(self.entry.path))
+
+    def __getattr__(self, name: str):
+        return getattr(self.entry, name)
+
+
+class _Listing(list):
+    """What `os.scandir` returns, as a list: iterable and a context manager."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _stat_fails(monkeypatch: pytest.MonkeyPatch, target: Path) -> None:
+    """Listing target's folder gives an entry for `target` whose stat fails with EIO."""
+    real_scandir = os.scandir
+    wanted = b(target)
+
+    def fake_scandir(path=".", *args, **kwargs):
+        if b(path) != b(target.parent):
+            return real_scandir(path, *args, **kwargs)
+        with real_scandir(path, *args, **kwargs) as it:
+            return _Listing(_StatFails(e) if e.path == wanted else e for e in it)
+
+    monkeypatch.setattr(os, "scandir", fake_scandir)
+
+
 def test_unreadable_file_during_the_scan_keeps_its_row(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -427,19 +466,11 @@ def test_unreadable_file_during_the_scan_keeps_its_row(
     photos = make_photos(tmp_path / "photos", range(2))
     index = tmp_path / "index"
     add(index, [tmp_path / "photos"])
-    problem = ScanProblem(b(photos[0]), "Input/output error")
-
-    def scan_with_problem(*args, **kwargs):
-        result = scan(*args, **kwargs)
-        result.files = [e for e in result.files if e.path != problem.path]
-        result.problems.append(problem)
-        return result
-
     with monkeypatch.context() as patch:
-        patch.setattr(indexing, "scan", scan_with_problem)
+        _stat_fails(patch, photos[0])
         report = add(index, [tmp_path / "photos"])
     assert (report.removed, report.unchanged) == (0, 1)
-    assert report.failed == [(problem.path, problem.error)]
+    assert report.failed == [(b(photos[0]), "Input/output error")]
     assert sorted(stored(index)) == sorted(b(p) for p in photos)
 
 

@@ -43,17 +43,51 @@ def test_workers_give_the_in_process_results_in_order(tmp_path: Path) -> None:
     assert got[5].pixels is None and got[5].error.startswith("not a supported image")
 
 
-def test_resource_defaults() -> None:
-    cpus = pipeline.cpu_count()
-    cpu = pipeline.plan_resources("cpu")
-    assert cpu.workers >= 1 and cpu.threads >= 1
-    assert cpu.workers + cpu.threads <= max(2, cpus) + 1  # never far beyond the cores
-    cuda = pipeline.plan_resources("cuda")
-    assert cuda.workers == max(1, min(pipeline.MAX_WORKERS, cpus - 1))
+# (cpus, device) -> (workers, threads) that `plan_resources` must give, from its docstring:
+# CPU: a quarter of the cores decode (at least 1), the rest run the model, and below 4 cores
+# the model keeps them all; CUDA: every core but one decodes, the model gets 2 threads. The
+# worker cap is MAX_WORKERS (32 when written: see the large machines).
+PLANS = [
+    (1, "cpu", 1, 1),
+    (2, "cpu", 1, 2),
+    (3, "cpu", 1, 3),
+    (4, "cpu", 1, 3),
+    (8, "cpu", 2, 6),
+    (16, "cpu", 4, 12),
+    (64, "cpu", 16, 48),
+    (128, "cpu", 32, 96),
+    (256, "cpu", 32, 224),
+    (1, "cuda", 1, 1),
+    (2, "cuda", 1, 2),
+    (8, "cuda", 7, 2),
+    (64, "cuda", 32, 2),
+]
+
+
+@pytest.mark.parametrize(("cpus", "device", "workers", "threads"), PLANS)
+def test_resource_plan_for_each_machine_size(
+    monkeypatch: pytest.MonkeyPatch, cpus: int, device: str, workers: int, threads: int
+) -> None:
+    """The machine (its CPU count) is the environment here: it is set, the plan is checked."""
+    assert pipeline.MAX_WORKERS == 32
+    monkeypatch.setattr(pipeline, "cpu_count", lambda: cpus)
+    assert pipeline.plan_resources(device) == pipeline.Resources(workers, threads)
+    if device == "cpu":
+        assert pipeline.default_workers() == workers
+
+
+def test_explicit_resources_win(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pipeline, "cpu_count", lambda: 8)
     assert pipeline.plan_resources("cpu", workers=0, threads=3) == pipeline.Resources(0, 3)
-    assert pipeline.default_workers() == cpu.workers
+    assert pipeline.plan_resources("cuda", workers=5) == pipeline.Resources(5, 2)
+    assert pipeline.plan_resources("cpu", threads=0) == pipeline.Resources(2, 1)  # at least 1
+    assert pipeline.plan_resources("cpu", workers=100).workers == 16  # capped: 2 per CPU
+
+
+def test_batch_size_defaults() -> None:
     assert pipeline.default_batch_size("cpu") == 32
     assert pipeline.default_batch_size("cuda") == 256
+    assert pipeline.default_batch_size("mps") == 32  # unknown devices get the CPU's
 
 
 def test_jpeg_draft_decoding_matches_a_full_decode(tmp_path: Path) -> None:

@@ -154,3 +154,23 @@ def test_library_prune(two_roots) -> None:
     assert sorted(report.removed) == sorted(os.fsencode(p) for p in b_paths)
     assert report.forgotten == [os.fsencode(b)]
     assert json.loads(json.dumps(report.to_dict()))["removed"] == 2
+
+
+def test_prune_root_that_is_a_file_drops_its_row(two_roots, tmp_path: Path) -> None:
+    """A file given to `index` is a root too: prune --root FILE removes that file's row."""
+    a, b, a_paths, b_paths, directory = two_roots
+    single = make_photos(tmp_path / "c", [6])[0]
+    assert counts(index(single, directory)) == (1, 0, 0, 0, 0)
+    report = Index(directory).prune([os.fsencode(single)])
+    assert (report.removed, report.forgotten) == ([os.fsencode(single)], [os.fsencode(single)])
+    assert stored(directory, tmp_path).keys() == {os.fsencode(p) for p in a_paths + b_paths}
+
+
+def test_prune_root_without_rows_is_forgotten(two_roots, tmp_path: Path) -> None:
+    """A remembered root that holds no indexed image (an empty folder) can be forgotten."""
+    a, b, a_paths, b_paths, directory = two_roots
+    (tmp_path / "empty").mkdir()
+    index(tmp_path / "empty", directory)
+    report = Index(directory).prune([os.fsencode(tmp_path / "empty")])
+    assert (report.removed, report.forgotten) == ([], [os.fsencode(tmp_path / "empty")])
+    assert len(stored(directory, tmp_path)) == len(a_paths + b_paths)

@@ -178,3 +178,27 @@ def test_refusal_without_a_mount(built, tmp_path: Path, monkeypatch):
     assert (result.exit_code, result.stderr) == (1, _message(index))
     repair = run_cli("check", "--index", index, "--repair")
     assert (repair.exit_code, repair.stderr) == (1, _message(index))
+
+
+def test_a_new_index_on_read_only_media_is_refused_before_the_model_loads(
+    built, tmp_path: Path, monkeypatch
+) -> None:
+    """The refusal comes first: no seconds spent loading a model, nor its errors (an unknown
+    model name would be reported instead of the real problem)."""
+    from retrieval import Index, ReadOnlyIndex
+
+    real = os.statvfs
+
+    class ReadOnly:
+        def __init__(self, result: os.statvfs_result) -> None:
+            self._result = result
+            self.f_flag = result.f_flag | os.ST_RDONLY
+
+        def __getattr__(self, name: str):
+            return getattr(self._result, name)
+
+    monkeypatch.setattr(os, "statvfs", lambda path: ReadOnly(real(path)))
+    target = tmp_path / "new" / "index"
+    with pytest.raises(ReadOnlyIndex):
+        Index(target).add([built[0]], model="no_such_model")
+    assert not target.exists()

@@ -61,3 +61,18 @@ def test_storage_options_are_frozen() -> None:
     options = StorageOptions(dim=8)
     with pytest.raises(AttributeError):
         options.dim = 16  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    "storage",
+    [
+        StorageOptions(index_type="btree"),
+        StorageOptions(vector_dtype="int8"),
+        StorageOptions(dim=4096),
+    ],
+    ids=["index-type", "vector-dtype", "dim"],
+)
+def test_a_bad_storage_option_leaves_no_index_behind(tmp_path: Path, storage) -> None:
+    with pytest.raises(UsageError):
+        _index(tmp_path, storage)
+    assert not (tmp_path / "index").exists()

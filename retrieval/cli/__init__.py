@@ -5,7 +5,8 @@ Data goes to stdout, progress and notices to stderr. Exit codes: 0 success, 1 er
 FAISS or SQL (imports are deferred so `retrieval --help` stays fast).
 
 One module per command family: index, search, exchange (export, import), maintain
-(info, check, optimize), prune, bench, dups; common holds the shared options and output helpers.
+(info, check, optimize), prune, bench, evaluate, weights (convert), dups; common holds the
+shared options and output helpers.
 """
 
 from __future__ import annotations
@@ -19,11 +20,13 @@ from .. import Interrupted, RetrievalError, __version__, printable
 from .bench import bench_command
 from .common import CONTEXT, group_index_option
 from .dups import dups_command
+from .evaluate import evaluate_command
 from .exchange import export_command, import_command
 from .index import index_command
 from .maintain import check_command, info_command, optimize_command
 from .prune import prune_command
 from .search import search_command
+from .weights import weights_group
 
 __all__ = ["cli", "main"]
 
@@ -52,6 +55,8 @@ cli.add_command(import_command)
 cli.add_command(optimize_command)
 cli.add_command(prune_command)
 cli.add_command(bench_command)
+cli.add_command(evaluate_command)
+cli.add_command(weights_group)
 cli.add_command(dups_command)
 
 

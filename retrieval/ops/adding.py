@@ -58,6 +58,18 @@ def _announced(embedder: Any, options: IndexOptions | None, notify: Notify) -> A
     return embedder
 
 
+def planned_manifest(
+    existing: Manifest | None, embedder: Any, asked: StorageOptions | None, directory: str
+) -> Manifest:
+    """The manifest `add` will record: the index's own, or a new one from the embedder, with
+    `asked` applied. Pure, so `add` calls it before opening anything for writing: a bad
+    option (UsageError, IndexIncompatible) then leaves no half-made index behind."""
+    if existing is not None:
+        return storage.configure(existing, directory, asked)
+    new = Manifest(model=embedder.info, precision=embedder.precision, created_with=versions())
+    return storage.configure(new, directory, asked, new=True)
+
+
 def set_manifest(
     index_dir: IndexDir,
     existing: Manifest | None,
@@ -70,10 +82,7 @@ def set_manifest(
     directory = index_dir.directory
     wanted = existing.model if existing is not None else embedder.info
     if index_dir.manifest is None:
-        new = existing or Manifest(
-            model=embedder.info, precision=embedder.precision, created_with=versions()
-        )
-        index_dir.set_manifest(storage.configure(new, directory, asked, new=True))
+        index_dir.set_manifest(planned_manifest(existing, embedder, asked, directory))
         return
     if index_dir.manifest.model != wanted:
         # another process created or rebuilt the index meanwhile

@@ -18,6 +18,7 @@ import numpy as np
 
 from .. import defaults
 from ..errors import UsageError
+from ..reports import JsonReport, json_field, rounded
 from ..specs import StorageOptions
 from ..store.index_dir import IndexDir
 from ..store.searcher import exact_search, merge_topk
@@ -31,28 +32,20 @@ RECALL_QUERIES = defaults.RECALL_QUERIES
 #: in the last bits between FAISS and numpy, far below any real gap between neighbours.
 TIE_EPSILON = 1e-5
 
+
 @dataclass(frozen=True)
-class RecallReport:
+class RecallReport(JsonReport):
     """Recall@k of the index against exact search, and what a query costs (batched)."""
 
     k: int
     queries: int
-    recall: float
-    ms_per_query: float
-    exact_ms_per_query: float
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "k": self.k,
-            "queries": self.queries,
-            f"recall@{self.k}": round(self.recall, 4),
-            "ms_per_query": round(self.ms_per_query, 4),
-            "exact_ms_per_query": round(self.exact_ms_per_query, 4),
-        }
+    recall: float = json_field(key=lambda r: f"recall@{r.k}", json=rounded(4))
+    ms_per_query: float = json_field(json=rounded(4))
+    exact_ms_per_query: float = json_field(json=rounded(4))
 
 
 @dataclass(frozen=True)
-class OptimizeReport:
+class OptimizeReport(JsonReport):
     """What `optimize` found and did: index before/after, tuned knobs, measured recall."""
 
     before: dict[str, Any]
@@ -60,17 +53,7 @@ class OptimizeReport:
     rebuilt: bool
     tuned: dict[str, Any] = field(default_factory=dict)
     recall: RecallReport | None = None
-    seconds: float = 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "before": self.before,
-            "after": self.after,
-            "rebuilt": self.rebuilt,
-            "tuned": self.tuned,
-            "recall": self.recall.to_dict() if self.recall else None,
-            "seconds": round(self.seconds, 3),
-        }
+    seconds: float = json_field(0.0, json=rounded(3))
 
     def summary(self) -> str:
         line = f"{self.before['type']} -> {self.after['type']}" if self.rebuilt else "unchanged"

@@ -26,6 +26,7 @@ import numpy as np
 from .. import defaults
 from ..errors import CatalogCorrupt, StorageError
 from ..pathnames import display
+from ..reports import SKIP, JsonReport, json_field, plain
 from ..store.catalog import Catalog
 from ..store.files import is_temp
 from ..store.index_dir import IndexDir
@@ -38,7 +39,7 @@ _CHUNK = 65536
 
 
 @dataclass(frozen=True)
-class Problem:
+class Problem(JsonReport):
     """One thing wrong with an index: the file, what is wrong, and the repair."""
 
     file: str
@@ -46,45 +47,28 @@ class Problem:
     repair: str  # what --repair does (or did) about it
     repaired: bool = False
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "file": self.file,
-            "problem": self.problem,
-            "repair": self.repair,
-            "repaired": self.repaired,
-        }
+
+def _missing(report: CheckReport) -> dict[str, Any]:
+    return {"count": report.missing_files, "examples": plain(report.missing_examples)}
 
 
 @dataclass(frozen=True)
-class CheckReport:
+class CheckReport(JsonReport):
     """What `check` found: facts about the index and its problems (repaired or not)."""
 
-    index: str
+    index: str = json_field(keys=lambda r: {"index": r.index, "ok": r.ok})
     images: int
     failed: int
     generation: int
     problems: tuple[Problem, ...]
-    missing_files: int = 0  # rows whose files are gone from disk (a warning)
-    missing_examples: tuple[bytes, ...] = ()  # the first few of them, by id
+    # rows whose files are gone from disk (a warning), and the first few of them, by id
+    missing_files: int = json_field(0, keys=lambda r: {"missing_files": _missing(r)})
+    missing_examples: tuple[bytes, ...] = json_field((), json=SKIP)
 
     @property
     def ok(self) -> bool:
         """True when no problem remains (none found, or all repaired)."""
         return all(p.repaired for p in self.problems)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "index": self.index,
-            "ok": self.ok,
-            "images": self.images,
-            "failed": self.failed,
-            "generation": self.generation,
-            "problems": [p.to_dict() for p in self.problems],
-            "missing_files": {
-                "count": self.missing_files,
-                "examples": [os.fsdecode(p) for p in self.missing_examples],
-            },
-        }
 
     def lines(self) -> list[str]:
         """The report as text lines: the index, one line per problem, a verdict."""

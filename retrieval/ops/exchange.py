@@ -23,6 +23,7 @@ import numpy as np
 from ..defaults import CATALOG_FILE, EXPORT_FORMATS
 from ..errors import StorageError, UsageError
 from ..pathnames import decoded, display, to_str
+from ..reports import JsonReport
 from ..store.files import atomic_write, describe_os_error, fsync_dir, temp_name
 from ..store.index_dir import IndexDir
 from ..store.manifest import Manifest
@@ -31,15 +32,12 @@ FORMATS = EXPORT_FORMATS
 
 
 @dataclass(frozen=True)
-class ExportReport:
+class ExportReport(JsonReport):
     """What an export wrote: rows, dim, and the files."""
 
     rows: int
     dim: int
     files: tuple[str, ...]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"rows": self.rows, "dim": self.dim, "files": list(self.files)}
 
 
 def sidecar_path(npy_path: str) -> str:

@@ -21,7 +21,6 @@ import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from .. import defaults
 from ..errors import (
@@ -32,6 +31,7 @@ from ..errors import (
     StorageError,
     UsageError,
 )
+from ..reports import JsonReport, json_field, rounded
 from ..store.catalog import NewRow
 from ..store.files import remove_stale_temps
 from ..store.index_dir import IndexDir
@@ -44,23 +44,14 @@ IMPORT_BATCH = 20_000
 
 
 @dataclass(frozen=True)
-class ImportReport:
+class ImportReport(JsonReport):
     """What an import stored: new rows, rows that replaced a stored path, the files read."""
 
     added: int
     updated: int
     dim: int
     files: tuple[str, ...]
-    seconds: float
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "added": self.added,
-            "updated": self.updated,
-            "dim": self.dim,
-            "files": list(self.files),
-            "seconds": round(self.seconds, 3),
-        }
+    seconds: float = json_field(json=rounded(3))
 
     def summary(self) -> str:
         return (

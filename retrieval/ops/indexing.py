@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
@@ -24,6 +24,7 @@ import numpy as np
 from .. import defaults
 from ..errors import BadImage, Interrupted
 from ..pathnames import display, to_bytes, to_str
+from ..reports import SKIP, JsonReport, json_field, rounded
 from ..sources.decode import FileResult, hash_bytes, read_file
 from ..sources.scan import (
     EmptyRoot,
@@ -67,8 +68,12 @@ class IndexOptions:
     workers: int | None = None  # None: `pipeline.plan_resources` for the model's device
 
 
+def _failures(failed: list[tuple[bytes, str]]) -> list[dict[str, str]]:
+    return [{"path": to_str(p), "error": e} for p, e in failed]
+
+
 @dataclass
-class IndexReport:
+class IndexReport(JsonReport):
     """What a run did. `failed` holds (path bytes, reason) for this run's failures."""
 
     added: int = 0
@@ -76,20 +81,9 @@ class IndexReport:
     unchanged: int = 0
     moved: int = 0
     removed: int = 0
-    failed: list[tuple[bytes, str]] = field(default_factory=list)
-    seconds: float = 0.0
-    empty_roots: list[EmptyRoot] = field(default_factory=list)  # folders with no image
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "added": self.added,
-            "updated": self.updated,
-            "unchanged": self.unchanged,
-            "moved": self.moved,
-            "removed": self.removed,
-            "failed": [{"path": to_str(p), "error": e} for p, e in self.failed],
-            "seconds": round(self.seconds, 3),
-        }
+    failed: list[tuple[bytes, str]] = json_field(default_factory=list, json=_failures)
+    seconds: float = json_field(0.0, json=rounded(3))
+    empty_roots: list[EmptyRoot] = json_field(default_factory=list, json=SKIP)  # no image
 
     def notices(self) -> list[str]:
         """One-line notices for stderr: the folders given that held no image."""

@@ -11,11 +11,12 @@ or I/O error keeps its row. Removal goes through the catalogue's own `remove` (l
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from ..errors import UsageError
-from ..pathnames import display, to_str
+from ..pathnames import display
+from ..reports import SKIP, JsonReport, json_field, plain
 from ..sources.scan import vanished
 from ..store.catalog import Catalog
 from ..store.index_dir import IndexDir
@@ -26,22 +27,24 @@ MISSING_EXAMPLES = 5
 LISTED = 50
 
 
+def _removed(report: PruneReport) -> dict[str, Any]:
+    """`dry_run` first, then how many rows and their paths."""
+    return {
+        "dry_run": report.dry_run,
+        "removed": len(report.removed),
+        "paths": plain(report.removed),
+    }
+
+
 @dataclass
-class PruneReport:
+class PruneReport(JsonReport):
     """What `prune` removed (or, with `dry_run`, would remove): rows by path, and roots."""
 
-    removed: list[bytes] = field(default_factory=list)
-    forgotten: list[bytes] = field(default_factory=list)
-    dry_run: bool = False
-    named_roots: bool = False  # --root given: rows under them, whether on disk or not
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "dry_run": self.dry_run,
-            "removed": len(self.removed),
-            "paths": [to_str(p) for p in self.removed],
-            "forgotten_roots": [to_str(p) for p in self.forgotten],
-        }
+    removed: list[bytes] = json_field(default_factory=list, keys=lambda r: _removed(r))
+    forgotten: list[bytes] = json_field(default_factory=list, key="forgotten_roots")
+    dry_run: bool = json_field(False, json=SKIP)  # in the JSON with `removed`, first
+    # --root given: the rows under those roots, whether on disk or not
+    named_roots: bool = json_field(False, json=SKIP)
 
     def lines(self) -> list[str]:
         if not self.removed and not self.forgotten:

@@ -20,6 +20,7 @@ import numpy as np
 from .. import defaults
 from ..errors import BadImage, QueryImageError, UsageError
 from ..pathnames import display, printable, to_bytes, to_str
+from ..reports import JsonReport, json_field
 from ..sources.decode import MAX_FILE_BYTES, decode_image, read_file
 from ..sources.formats import pillow_formats
 from ..store.index_dir import IndexDir, Neighbour
@@ -34,26 +35,18 @@ READ_CHUNK = 1 << 20
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 
+def _hits(results: list[Neighbour]) -> list[dict[str, Any]]:
+    return [{"id": n.id, "path": to_str(n.path), "score": round(n.score, 6)} for n in results]
+
+
 @dataclass(frozen=True)
-class QueryResult:
+class QueryResult(JsonReport):
     """The neighbours of one query, best first; `error` says why a query could not be used
     (then `results` is empty)."""
 
     query: str
-    results: list[Neighbour]
-    error: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        found: dict[str, Any] = {
-            "query": self.query,
-            "results": [
-                {"id": n.id, "path": to_str(n.path), "score": round(n.score, 6)}
-                for n in self.results
-            ],
-        }
-        if self.error is not None:
-            found["error"] = self.error
-        return found
+    results: list[Neighbour] = json_field(json=_hits)
+    error: str | None = json_field(None, omit_none=True)
 
 
 @dataclass(frozen=True)

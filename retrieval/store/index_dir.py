@@ -81,18 +81,27 @@ class IndexDir:
         opened._sync_manifest_file()
         return opened
 
+    @staticmethod
+    def check_writable(directory: str) -> None:
+        """Raise ReadOnlyIndex when `directory` (not made yet: its nearest existing parent)
+        is on read-only media; writers call it before any costly work (loading a model)."""
+        folder = os.path.abspath(directory)
+        while not os.path.exists(folder) and os.path.dirname(folder) != folder:
+            folder = os.path.dirname(folder)
+        if read_only_media(folder):
+            raise ReadOnlyIndex(directory)
+
     @classmethod
     def open_writer(cls, directory: str | os.PathLike[str], wait: bool = False) -> IndexDir:
         """Open (creating if needed) an index for writing, holding its writer lock."""
         directory = os.path.abspath(os.fspath(directory))
+        cls.check_writable(directory)
         try:
             os.makedirs(directory, exist_ok=True)
         except OSError as exc:
             raise StorageError(
                 f"cannot create the index directory {directory}: {describe_os_error(exc)}"
             ) from None
-        if read_only_media(directory):
-            raise ReadOnlyIndex(directory)
         lock = WriterLock(os.path.join(directory, defaults.LOCK_FILE))
         lock.acquire(wait)
         try:

@@ -144,11 +144,3 @@ def check_model(
             f"the index at {directory} was built with {built.name} {built.weights.describe()}, "
             f"not {weights.describe()}; leave out the weights options to reuse them, or {rebuild}"
         )
-
-
-def check_dim(manifest: Manifest, dim: int, what: str, directory: str) -> None:
-    if dim != manifest.dim:
-        raise IndexIncompatible(
-            f"{what} has {dim}-d vectors but the index at {directory} holds {manifest.dim}-d "
-            f"vectors from {manifest.model.name}; use an index built with the same model"
-        )
