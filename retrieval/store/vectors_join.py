@@ -86,8 +86,11 @@ def _against(
     r, c = np.nonzero(np.triu(S >= threshold, k=1))
     yield ids_m[r], ids_m[c], S[r, c]
     # the other lists' vectors that probe list m, gathered a source list at a time
-    starts = np.flatnonzero(np.r_[True, source[1:] != source[:-1]]) if len(source) else []
-    ids_q, xq = [], []
+    starts: np.ndarray = np.flatnonzero(np.r_[True, source[1:] != source[:-1]])
+    if not len(source):
+        starts = np.zeros(0, np.int64)
+    ids_q: list[np.ndarray] = []
+    xq: list[np.ndarray] = []
     for i, start in enumerate(starts):
         end = starts[i + 1] if i + 1 < len(starts) else len(source)
         ids_l, xl = _list(ivf, int(source[start]))
