@@ -140,9 +140,11 @@ def found(report: DupsReport) -> set[frozenset[bytes]]:
         StorageOptions(index_type="ivf"),
         StorageOptions(index_type="ivfpq"),
         StorageOptions(index_type="flat", vector_dtype="float16"),
+        StorageOptions(index_type="hnsw", vector_dtype="float16"),
+        StorageOptions(index_type="ivf", vector_dtype="float16"),
         StorageOptions(index_type="ivf", dim=8),
     ],
-    ids=["flat", "hnsw", "ivf", "ivfpq", "flat-fp16", "ivf-dim8"],
+    ids=["flat", "hnsw", "ivf", "ivfpq", "flat-fp16", "hnsw-fp16", "ivf-fp16", "ivf-dim8"],
 )
 def test_every_index_type_finds_the_exact_groups(tmp_path: Path, storage) -> None:
     paths, xb = planted()

@@ -167,8 +167,9 @@ class RangeFinder:
     snapshot `conn` opened after `base` was loaded (as `search` does): the cache `base`
     minus the rows changed since it was written, plus those rows searched exactly.
 
-    A cache whose scores are exact (float32 codes, no reduction) is range-searched; a lossy
-    one (PQ codes, fp16 codes, a PCA reduction) gives k-NN candidates, re-scored with the
+    A cache whose scores are exact (its codes are the stored vectors: float32, or float16 for
+    an index storing float16; no reduction) is range-searched; a lossy one (PQ codes, a PCA
+    reduction, or any cache with re-ranking on) gives k-NN candidates, re-scored with the
     full stored vectors, k growing for the rows whose candidates mostly pass.
     """
 
@@ -181,9 +182,8 @@ class RangeFinder:
         self.delta = cache.catalog.delta(conn, base.generation, self.dim)
         self.exclude = np.union1d(self.delta.stale, base.tombstones)
         manifest = cache.manifest()
-        self.lossy = (
-            cache.rerank_factor() > 0 or manifest.reduced or manifest.vector_dtype != "float32"
-        )
+        # float16 codes are not lossy here: the catalogue stores the same float16 values
+        self.lossy = cache.rerank_factor() > 0 or manifest.reduced
         self.factor = max(cache.rerank_factor(), 2)
 
     def pairs(self, ids: np.ndarray, xq: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -207,7 +207,7 @@ class RangeFinder:
         return a[keep], b[keep], s[keep]
 
     def can_join(self) -> bool:
-        """Whether `join` applies: an IVF-Flat cache with exact scores."""
+        """Whether `join` applies: an IVF cache with exact scores (see `vectors_join`)."""
         return not self.lossy and vectors_join.joinable(self.base.index)
 
     def join(

@@ -5,8 +5,8 @@ the same work as matrix products, list by list: every vector is a query for the 
 its `probe` nearest centroids, and each target list is multiplied once by all the queries
 assigned to it. A pair is found when one vector's list is among the other's `probe`
 nearest, as IVF search with nprobe = probe would find it (near-duplicates share their
-nearest centroids). Only for IndexIVFFlat over float32 vectors: its codes are the vectors,
-so the scores are exact.
+nearest centroids). Only for IVF indexes whose codes are the stored vectors (IVF-Flat, and
+float16 codes of an index storing float16 vectors), so the scores are exact.
 """
 
 from __future__ import annotations
@@ -24,8 +24,16 @@ QUERY_BLOCK = 16384
 
 
 def joinable(index: Any) -> bool:
-    """Whether `ivf_join` can run on `index` (an IVF-Flat index)."""
-    return type(unwrap(index)) is faiss.IndexIVFFlat
+    """Whether `ivf_join` can run on `index`: IVF over float32 vectors, or over float16 codes
+    of the vectors themselves (not of residuals), which decode exactly."""
+    inner = unwrap(index)
+    if type(inner) is faiss.IndexIVFFlat:
+        return True
+    return (
+        type(inner) is faiss.IndexIVFScalarQuantizer
+        and inner.sq.qtype == faiss.ScalarQuantizer.QT_fp16
+        and not inner.by_residual
+    )
 
 
 def ivf_join(
@@ -113,4 +121,6 @@ def _list(ivf: Any, list_no: int) -> tuple[np.ndarray, np.ndarray]:
         return np.zeros(0, np.int64), np.zeros((0, ivf.d), np.float32)
     ids = faiss.rev_swig_ptr(lists.get_ids(list_no), n).astype(np.int64)
     codes = faiss.rev_swig_ptr(lists.get_codes(list_no), n * ivf.code_size)
+    if type(ivf) is faiss.IndexIVFScalarQuantizer:  # float16 codes: decoded (a copy)
+        return ids, np.frombuffer(codes, dtype=np.float16).reshape(n, ivf.d).astype(np.float32)
     return ids, np.frombuffer(codes, dtype=np.float32).reshape(n, ivf.d)
