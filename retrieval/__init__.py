@@ -62,6 +62,11 @@ _LAZY = {
     "CheckReport": ("ops.checking", "CheckReport"),
     "PruneReport": ("ops.pruning", "PruneReport"),
     "OptimizeReport": ("ops.ann", "OptimizeReport"),
+    "MovePlan": ("ops.dups_apply", "MovePlan"),  # dups --apply: groups of keep/move members
+    "MoveGroup": ("ops.dups_apply", "MoveGroup"),
+    "MoveMember": ("ops.dups_apply", "MoveMember"),
+    "ApplyReport": ("ops.dups_apply", "ApplyReport"),
+    "plan_from_report": ("ops.dups_apply", "plan_from_report"),
     "RecallReport": ("ops.ann", "RecallReport"),
     "QueryStream": ("ops.searching", "QueryStream"),  # a query image read from a stream
     "parse_size": ("ops.storage", "parse_size"),  # '4G' -> bytes, for memory budgets
