@@ -563,3 +563,172 @@ def test_plan_from_report_keeps_keepers_and_references() -> None:
     assert plan == MovePlan(
         (MoveGroup((MoveMember(1, b"/p/1", True),), (MoveMember(2, b"/p/2", False),)),)
     )
+
+
+def test_a_journal_of_another_index_is_refused(library, tmp_path: Path) -> None:
+    photos, directory, _ = library
+    report = Index(directory).apply_dups(plan_by_hash(directory), tmp_path / "attic")
+    other = tmp_path / "other-index"
+    assert run_cli("index", photos, "--index", other, *TINY).exit_code == 0
+
+    with pytest.raises(UsageError) as caught:
+        Index(other).undo_dups(report.journal)
+
+    assert str(caught.value) == (
+        f"the journal {report.journal} was written for the index {directory}, not {other}; "
+        f"run the undo with --index {directory}"
+    )
+
+
+def test_a_second_apply_leaves_what_the_first_moved(library, tmp_path: Path) -> None:
+    """The moved rows stay in the index (re-pointed), so the same groups come back; their
+    members already in the move-to folder are left there."""
+    _, directory, _ = library
+    attic = tmp_path / "attic"
+    first = Index(directory).apply_dups(plan_by_hash(directory), attic)
+
+    second = Index(directory).apply_dups(plan_by_hash(directory), attic)
+
+    assert second.moved == ()
+    assert sorted(o.source for o in second.skipped) == sorted(o.destination for o in first.moved)
+    assert {o.reason for o in second.skipped} == {"already in the --move-to folder"}
+
+
+def test_non_utf8_names_round_trip(tmp_path: Path) -> None:
+    photos = tmp_path / "photos"
+    (original,) = make_photos(photos, [7])
+    odd = os.path.join(os.fsencode(photos), b"caf\xe9", b"\x1b[31m.jpg")
+    os.makedirs(os.path.dirname(odd))
+    shutil.copy2(original, odd)
+    directory = tmp_path / "index"
+    assert run_cli("index", photos, "--index", directory, *TINY).exit_code == 0
+    before = rows(directory)
+    ids = {r[1]: r[0] for r in before}
+    keep = MoveMember(ids[os.fsencode(original)], os.fsencode(original))
+    plan = MovePlan((MoveGroup((keep,), (MoveMember(ids[odd], odd),)),))
+
+    report = Index(directory).apply_dups(plan, tmp_path / "attic")
+
+    moved = os.path.join(os.fsencode(tmp_path / "attic"), b"caf\xe9", b"\x1b[31m.jpg")
+    assert [o.destination for o in report.moved] == [moved]
+    assert open(moved, "rb").read() == original.read_bytes()
+    assert "  " + str(original.parent) + "/caf\\xe9/\\x1b[31m.jpg -> " in "\n".join(report.lines())
+    Index(directory).undo_dups(report.journal)
+    assert rows(directory) == before
+
+
+# -- the command line ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def dups_cli(monkeypatch: pytest.MonkeyPatch):
+    """`retrieval dups-by-hash`: the options of cli/dups_apply wired as `cli/dups.py` wires
+    them, over the content-hash groups (the real `dups` report is d1-dups's)."""
+    import click
+
+    from retrieval.cli import cli
+    from retrieval.cli.common import index_option
+    from retrieval.cli.dups_apply import apply_options, check_apply_options, run_apply, run_undo
+
+    @click.command("dups-by-hash")
+    @index_option
+    @click.option("--json", "as_json", is_flag=True)
+    @apply_options
+    def command(index_dir, as_json, apply, move_to, journal, undo, wait):
+        check_apply_options(apply, move_to, journal)
+        if undo:
+            run_undo(index_dir, undo, wait, as_json, quiet=False)
+            return
+        if apply:
+            index = Index(index_dir)
+            run_apply(index, report_by_hash(index.directory), move_to, journal, wait, as_json)
+
+    monkeypatch.setitem(cli.commands, "dups-by-hash", command)
+    return "dups-by-hash"
+
+
+def report_by_hash(directory: str):
+    """The content-hash plan in the shape of `DupsReport` (groups of members with is_keeper,
+    is_reference), which is what `run_apply` receives."""
+    from types import SimpleNamespace as NS
+
+    groups = []
+    for group in plan_by_hash(Path(directory)).groups:
+        kept = [NS(id=m.id, path=m.path, is_keeper=True, is_reference=False) for m in group.keep]
+        rest = [NS(id=m.id, path=m.path, is_keeper=False, is_reference=False) for m in group.move]
+        groups.append(NS(members=tuple(kept + rest)))
+    return NS(groups=tuple(groups))
+
+
+def test_cli_apply_needs_move_to_and_move_to_needs_apply(library, dups_cli) -> None:
+    _, directory, before_files = library
+    alone = run_cli(dups_cli, "--index", directory, "--apply")
+    stray = run_cli(dups_cli, "--index", directory, "--move-to", "/tmp/x")
+
+    assert alone.exit_code == 2
+    assert alone.stderr.splitlines()[-1] == (
+        "Error: --apply needs --move-to DIR: images are moved aside, never deleted"
+    )
+    assert stray.exit_code == 2
+    assert stray.stderr.splitlines()[-1] == (
+        "Error: --move-to and --journal act only with --apply; add --apply to move the images "
+        "(nothing was changed)"
+    )
+    assert {p: p.read_bytes() for p in before_files} == before_files
+
+
+def test_cli_apply_json_then_undo_text(library, dups_cli, tmp_path: Path) -> None:
+    _, directory, before_files = library
+    before_rows = rows(directory)
+    attic = tmp_path / "attic"
+    journal = tmp_path / "j.journal"
+
+    applied = run_cli(
+        dups_cli,
+        "--index",
+        directory,
+        "--apply",
+        "--move-to",
+        attic,
+        "--journal",
+        journal,
+        "--json",
+    )
+    assert applied.exit_code == 0, applied.stderr
+    out = applied.json()
+    assert (out["action"], out["journal"], len(out["moved"]), out["failed"]) == (
+        "apply",
+        str(journal),
+        5,
+        [],
+    )
+
+    undone = run_cli(dups_cli, "--index", directory, "--undo", journal)
+    assert undone.exit_code == 0, undone.stderr
+    assert undone.stdout.splitlines()[0] == "moved back 5 file(s)"
+    assert rows(directory) == before_rows
+    assert {p: p.read_bytes() for p in before_files} == before_files
+
+
+def test_cli_undo_of_garbage_is_one_error_line_and_failures_exit_1(
+    library, dups_cli, tmp_path: Path
+) -> None:
+    _, directory, _ = library
+    garbage = tmp_path / "garbage.journal"
+    garbage.write_bytes(b"\x00\x01 not json")
+    result = run_cli(dups_cli, "--index", directory, "--undo", garbage)
+    assert (result.exit_code, result.stdout) == (1, "")
+    assert result.stderr == (
+        f"error: {garbage} is not a usable retrieval dups journal (it is not JSON); "
+        "nothing was changed\n"
+    )
+
+    report = Index(directory).apply_dups(plan_by_hash(directory), tmp_path / "attic")
+    os.unlink(report.moved[0].destination)
+    partial = run_cli(dups_cli, "--index", directory, "--undo", report.journal)
+    assert partial.exit_code == 1
+    assert partial.stdout.splitlines()[:1] == ["moved back 4 file(s)"]
+    assert "failed: 1 file(s)" in partial.stdout
+    assert partial.stderr == (
+        "error: 1 file(s) could not be put back (listed above with the reason); the others were\n"
+    )

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import Interrupted, StorageError, UsageError
-from ..pathnames import display, to_bytes, to_str
+from ..pathnames import display, printable, to_bytes, to_str
 from ..store.catalog_schema import RowState
 from ..store.files import describe_os_error, fault_point
 from ..store.index_dir import IndexDir
@@ -125,27 +125,29 @@ class ApplyReport:
         }
 
     def lines(self) -> list[str]:
-        verb = "moved back" if self.undo else "moved"
-        out = [
-            f"{verb} {len(self.moved)} file(s)"
-            + ("" if self.undo else f" to {display(self.move_to)}")
-        ]
+        """The report for people: what moved, then what was left alone or failed and why."""
+        if self.undo:
+            out = [f"moved back {len(self.moved)} file(s)"]
+        else:
+            out = [f"moved {len(self.moved)} file(s) to {display(self.move_to)}"]
         arrow = "<-" if self.undo else "->"
-        out += [
-            f"  {display(o.source)} {arrow} {display(o.destination or b'')}"
-            for o in self.moved[:LISTED]
-        ]
-        if len(self.moved) > LISTED:
-            out.append(f"  ... and {len(self.moved) - LISTED} more (use --json for all)")
+        out += _listed(
+            [f"  {display(o.source)} {arrow} {display(o.destination or b'')}" for o in self.moved]
+        )
         for title, items in (("left alone", self.skipped), ("failed", self.failed)):
             if items:
                 out.append(f"{title}: {len(items)} file(s)")
-                out += [f"  {display(o.source)}: {o.reason}" for o in items[:LISTED]]
+                out += _listed([f"  {display(o.source)}: {o.reason}" for o in items])
         if not self.undo:
-            out.append(
-                f"journal: {self.journal} (`retrieval dups --undo {self.journal}` puts them back)"
-            )
+            name = printable(self.journal)
+            out.append(f"journal: {name} (`retrieval dups --undo {name}` puts them back)")
         return out
+
+
+def _listed(lines: list[str]) -> list[str]:
+    """The first LISTED lines, and how many more there are."""
+    more = len(lines) - LISTED
+    return lines[:LISTED] + ([f"  ... and {more} more (use --json for all)"] if more > 0 else [])
 
 
 # -- apply ------------------------------------------------------------------------------------
@@ -291,6 +293,9 @@ def _prepare(
     taken: set[bytes] = set()
     for member in members:
         destination = wanted[member.id]
+        if _within(member.path, target):  # moved aside by an earlier --apply
+            skipped.append(Skip(member.id, member.path, "already in the --move-to folder"))
+            continue
         reason, move = _check_member(member, kept, rows, destination, taken)
         if move is None:
             skipped.append(Skip(member.id, member.path, reason))

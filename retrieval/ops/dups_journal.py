@@ -111,9 +111,15 @@ class JournalPlan:
 
 
 def default_path(move_to: bytes) -> bytes:
-    """MOVE_TO/retrieval-dups-YYYYmmddTHHMMSSZ.journal (UTC, to the second)."""
+    """MOVE_TO/retrieval-dups-YYYYmmddTHHMMSSZ.journal (UTC, to the second), with -2, -3 ...
+    before the extension when that name is taken."""
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    return os.path.join(move_to, f"retrieval-dups-{stamp}.journal".encode())
+    path = os.path.join(move_to, f"retrieval-dups-{stamp}.journal".encode())
+    number = 1
+    while os.path.lexists(path):
+        number += 1
+        path = os.path.join(move_to, f"retrieval-dups-{stamp}-{number}.journal".encode())
+    return path
 
 
 def _digest(body: dict[str, Any]) -> str:
@@ -198,7 +204,7 @@ def read(path: str | os.PathLike[str]) -> JournalPlan:
     try:
         with open(name, "rb") as fh:
             first, *rest = fh.read().split(b"\n")
-        header = json.loads(first)
+        header = json.loads(first.decode("utf-8"))
         if not isinstance(header, dict) or header.get("journal") != FORMAT:
             raise ValueError("its first line is not a retrieval dups plan")
         if header.get("version") != VERSION:
@@ -225,7 +231,7 @@ def read(path: str | os.PathLike[str]) -> JournalPlan:
 def _reason(exc: Exception) -> str:
     if isinstance(exc, KeyError):
         return f"the field {exc} is missing"
-    if isinstance(exc, json.JSONDecodeError):
+    if isinstance(exc, (json.JSONDecodeError, UnicodeDecodeError)):
         return "it is not JSON"
     return str(exc) or type(exc).__name__
 
