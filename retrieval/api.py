@@ -170,7 +170,7 @@ class Index:
 
     def apply_dups(
         self,
-        plan: dups_apply.MovePlan,
+        plan: Any,
         move_to: str | os.PathLike[str],
         *,
         journal: str | os.PathLike[str] | None = None,
@@ -178,10 +178,12 @@ class Index:
     ) -> dups_apply.ApplyReport:
         """Move the members of `plan` that are not kept into `move_to` (relative to their
         indexed root), journal first, re-pointing their rows (nothing is re-embedded or
-        deleted); `dups_apply.plan_from_report(self.dups(...))` makes the plan. `journal`
+        deleted). `plan` is a `MovePlan` or the `DupsReport` of `dups()`. `journal`
         defaults to MOVE_TO/retrieval-dups-<UTC time>.journal. Holds the writer lock (`wait`
         queues). Raises UsageError (a move-to inside the index or an indexed root),
         StorageError (journal not writable: nothing moved), Interrupted."""
+        if not isinstance(plan, dups_apply.MovePlan):  # a DupsReport
+            plan = dups_apply.plan_from_report(plan)
         if self._existing_manifest() is None:
             raise IndexNotFound(self.directory)
         with IndexDir.open_writer(self.directory, wait=wait) as index_dir:

@@ -732,3 +732,30 @@ def test_cli_undo_of_garbage_is_one_error_line_and_failures_exit_1(
     assert partial.stderr == (
         "error: 1 file(s) could not be put back (listed above with the reason); the others were\n"
     )
+
+
+def test_a_move_to_holding_a_root_is_refused_and_none_lands_in_the_index(
+    library, tmp_path: Path
+) -> None:
+    """--move-to above the root is refused; above the index folder it is allowed, but a
+    member whose relative path would put it inside the index folder is left alone."""
+    photos, _, _ = library
+    with pytest.raises(UsageError) as caught:
+        Index(tmp_path / "index").apply_dups(plan_by_hash(tmp_path / "index"), tmp_path)
+    assert str(caught.value) == (
+        f"--move-to {tmp_path} holds the indexed root {photos}: moved files would mix with the "
+        "indexed ones; choose a folder outside every indexed root"
+    )
+    (photos / "index").mkdir()
+    shutil.copy2(photos / "photo_1.jpg", photos / "index" / "photo_1.jpg")
+    store = tmp_path / "store"
+    directory = store / "index"
+    assert run_cli("index", photos, "--index", directory, *TINY).exit_code == 0
+
+    report = Index(directory).apply_dups(plan_by_hash(directory), store)
+
+    assert {os.fsdecode(o.source): o.reason for o in report.skipped} == {
+        str(photos / "index/photo_1.jpg"): f"{directory}/photo_1.jpg would lie inside the "
+        f"index folder {directory}",
+    }
+    assert len(report.moved) == 5

@@ -67,9 +67,7 @@ def run_apply(
 ) -> None:
     """Move the non-keepers of a `DupsReport` and print what moved (JSON or lines); exits 1
     (an `error:` line) when some file could not be moved."""
-    from .. import plan_from_report
-
-    applied = index.apply_dups(plan_from_report(report), move_to, journal=journal, wait=wait)
+    applied = index.apply_dups(report, move_to, journal=journal, wait=wait)
     _show(applied, as_json)
 
 

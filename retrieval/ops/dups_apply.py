@@ -190,6 +190,12 @@ def apply_moves(
                 recorder.record({"moving": number})
                 try:
                     found = _move_one(index_dir, move, target)
+                except StorageError as exc:  # the catalogue failed: stop, undo knows the rest
+                    name = to_str(where)
+                    raise StorageError(
+                        f"{exc}; the journal {name} says what moved: "
+                        f"`retrieval dups --undo {name}` puts it back"
+                    ) from None
                 except MoveRefused as exc:
                     recorder.record({"failed": number, "error": str(exc)})
                     failed.append(FileOutcome(move.id, move.source, move.destination, str(exc)))
@@ -238,7 +244,8 @@ def _stat_fields(found: os.stat_result) -> dict[str, int]:
 
 def check_move_to(index_dir: IndexDir, move_to: bytes, roots: Sequence[bytes]) -> bytes:
     """The real path of the move-to folder, created if missing; raises UsageError when it is
-    inside the index folder or a remembered root, StorageError when it cannot be made."""
+    inside the index folder or a remembered root or holds a root, StorageError when it
+    cannot be made."""
     target = os.path.realpath(move_to)
     index = os.path.realpath(os.fsencode(index_dir.directory))
     if _within(target, index):
@@ -247,6 +254,13 @@ def check_move_to(index_dir: IndexDir, move_to: bytes, roots: Sequence[bytes]) -
             "choose a folder outside it"
         )
     for root in roots:
+        for r in {root, os.path.realpath(root)}:
+            if _within(r, target) and r != target:
+                raise UsageError(
+                    f"--move-to {display(move_to)} holds the indexed root {display(root)}: "
+                    "moved files would mix with the indexed ones; choose a folder outside "
+                    "every indexed root"
+                )
         if any(_within(target, r) for r in {root, os.path.realpath(root)}):
             raise UsageError(
                 f"--move-to {display(move_to)} is inside the indexed root {display(root)}: the "
@@ -282,6 +296,10 @@ def _prepare(
 ) -> tuple[list[PlannedMove], list[Skip]]:
     """The moves to make, in plan order, and the members left alone with the reason."""
     kept = {m.id for g in plan.groups for m in g.keep}
+    index = os.path.realpath(os.fsencode(index_dir.directory))
+    guarded = [(index, "the index folder")] + [
+        (r, "the indexed root") for root in roots for r in {root, os.path.realpath(root)}
+    ]
     members = list({m.id: m for g in plan.groups for m in g.move}.values())
     wanted = {m.id: destination_for(m.path, roots, target) for m in members}
     rows = {
@@ -295,6 +313,12 @@ def _prepare(
         destination = wanted[member.id]
         if _within(member.path, target):  # moved aside by an earlier --apply
             skipped.append(Skip(member.id, member.path, "already in the --move-to folder"))
+            continue
+        inside = [(f, what) for f, what in guarded if _within(destination, f)]
+        if inside:  # a move-to folder above the index: ROOT/index/x.jpg -> MOVE_TO/index/x.jpg
+            folder, what = inside[0]
+            reason = f"{display(destination)} would lie inside {what} {display(folder)}"
+            skipped.append(Skip(member.id, member.path, reason))
             continue
         reason, move = _check_member(member, kept, rows, destination, taken)
         if move is None:
