@@ -759,3 +759,37 @@ def test_a_move_to_holding_a_root_is_refused_and_none_lands_in_the_index(
         f"index folder {directory}",
     }
     assert len(report.moved) == 5
+
+
+def test_a_catalogue_failure_stops_the_run_and_undo_puts_back(
+    library, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The 2nd re-pointing fails (disk full, say): the run stops with the journal named,
+    the 2nd file is moved but its row is not; undo puts both back."""
+    from retrieval.store.catalog import Catalog
+
+    _, directory, before_files = library
+    before_rows = rows(directory)
+    real_repoint = Catalog.repoint
+    calls = []
+
+    def repoint(self, moves):
+        calls.append(moves)
+        if len(calls) == 2:
+            raise StorageError("could not write the catalogue: database or disk is full")
+        return real_repoint(self, moves)
+
+    monkeypatch.setattr(Catalog, "repoint", repoint)
+    journal = tmp_path / "j.journal"
+    with pytest.raises(StorageError) as caught:
+        Index(directory).apply_dups(plan_by_hash(directory), tmp_path / "attic", journal=journal)
+    monkeypatch.setattr(Catalog, "repoint", real_repoint)
+
+    assert str(caught.value) == (
+        "could not write the catalogue: database or disk is full; the journal "
+        f"{journal} says what moved: `retrieval dups --undo {journal}` puts it back"
+    )
+    undone = Index(directory).undo_dups(journal)
+    assert (len(undone.moved), undone.failed) == (2, ())
+    assert rows(directory) == before_rows
+    assert {p: p.read_bytes() for p in before_files} == before_files

@@ -186,32 +186,45 @@ def apply_moves(
 
     try:
         with journal.recording(where) as recorder:
-            for number, move in enumerate(moves):
-                recorder.record({"moving": number})
-                try:
-                    found = _move_one(index_dir, move, target)
-                except StorageError as exc:  # the catalogue failed: stop, undo knows the rest
-                    name = to_str(where)
-                    raise StorageError(
-                        f"{exc}; the journal {name} says what moved: "
-                        f"`retrieval dups --undo {name}` puts it back"
-                    ) from None
-                except MoveRefused as exc:
-                    recorder.record({"failed": number, "error": str(exc)})
-                    failed.append(FileOutcome(move.id, move.source, move.destination, str(exc)))
-                    continue
-                recorder.record({"moved": number, **_stat_fields(found)})
-                done.append(FileOutcome(move.id, move.source, move.destination))
+            _move_all(index_dir, moves, target, recorder, done, failed)
     except KeyboardInterrupt:
+        name = to_str(where)
         raise Interrupted(
             f"interrupted after moving {len(done)} of {len(moves)} file(s); the journal "
-            f"{to_str(where)} says which: `retrieval dups --undo {to_str(where)}` puts them back",
+            f"{name} says which: `retrieval dups --undo {name}` puts them back",
             report(),
+        ) from None
+    except StorageError as exc:  # the catalogue or the journal failed: undo knows the rest
+        name = to_str(where)
+        raise StorageError(
+            f"{exc}; the journal {name} says what moved: `retrieval dups --undo {name}` "
+            "puts it back"
         ) from None
     finally:
         if done:
             index_dir.sync_vectors()
     return report()
+
+
+def _move_all(
+    index_dir: IndexDir,
+    moves: list[PlannedMove],
+    target: bytes,
+    recorder: journal.Recorder,
+    done: list[FileOutcome],
+    failed: list[FileOutcome],
+) -> None:
+    """Make the moves in order, recording each in the journal and in `done` or `failed`."""
+    for number, move in enumerate(moves):
+        recorder.record({"moving": number})
+        try:
+            found = _move_one(index_dir, move, target)
+        except MoveRefused as exc:
+            recorder.record({"failed": number, "error": str(exc)})
+            failed.append(FileOutcome(move.id, move.source, move.destination, str(exc)))
+            continue
+        recorder.record({"moved": number, **_stat_fields(found)})
+        done.append(FileOutcome(move.id, move.source, move.destination))
 
 
 def _move_one(index_dir: IndexDir, move: PlannedMove, target: bytes) -> os.stat_result:

@@ -180,8 +180,7 @@ class Recorder:
         except OSError as exc:
             raise StorageError(
                 f"could not record progress in the journal {display(self.path)}: "
-                f"{describe_os_error(exc)}; it still lists every planned move, and "
-                f"`retrieval dups --undo {display(self.path)}` puts back what moved"
+                f"{describe_os_error(exc)}; it still lists every planned move"
             ) from None
 
     def close(self) -> None:

@@ -106,8 +106,9 @@ def move_file(
         if exc.errno != errno.EXDEV:
             raise MoveRefused(f"could not move it: {exc.strerror or exc}") from None
         _copy_across(source, destination, size, mtime_ns, content_hash)
-    fsync_dir(os.path.dirname(destination))
-    fsync_dir(os.path.dirname(source))
+    for folder in (os.path.dirname(destination), os.path.dirname(source)):
+        with contextlib.suppress(OSError):  # moved either way; only durability is at stake
+            fsync_dir(folder)
     return os.lstat(destination)
 
 
