@@ -22,6 +22,7 @@ from .ops import (
     ann,
     checking,
     dups_apply,
+    dups_undo,
     embedders,
     exchange,
     importing,
@@ -201,7 +202,7 @@ class Index:
             raise IndexNotFound(self.directory)
         with IndexDir.open_writer(self.directory, wait=wait) as index_dir:
             try:
-                return dups_apply.undo(index_dir, journal)
+                return dups_undo.undo(index_dir, journal)
             finally:
                 self._flush_notices(index_dir)
 
