@@ -646,7 +646,7 @@ def dups_cli(monkeypatch: pytest.MonkeyPatch):
     @click.option("--json", "as_json", is_flag=True)
     @apply_options
     def command(index_dir, as_json, apply, move_to, journal, undo, wait):
-        check_apply_options(apply, move_to, journal)
+        check_apply_options(apply, move_to, journal, undo)
         if undo:
             run_undo(index_dir, undo, wait, as_json, quiet=False)
             return
@@ -684,6 +684,12 @@ def test_cli_apply_needs_move_to_and_move_to_needs_apply(library, dups_cli) -> N
     assert stray.stderr.splitlines()[-1] == (
         "Error: --move-to and --journal act only with --apply; add --apply to move the images "
         "(nothing was changed)"
+    )
+    both = run_cli(dups_cli, "--index", directory, "--undo", "j", "--apply", "--move-to", "x")
+    assert both.exit_code == 2
+    assert both.stderr.splitlines()[-1] == (
+        "Error: --undo JOURNAL takes no --apply, --move-to or --journal: it puts back what that "
+        "journal's --apply moved"
     )
     assert {p: p.read_bytes() for p in before_files} == before_files
 

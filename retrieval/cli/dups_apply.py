@@ -51,8 +51,15 @@ def apply_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return func
 
 
-def check_apply_options(apply: bool, move_to: str | None, journal: str | None) -> None:
+def check_apply_options(
+    apply: bool, move_to: str | None, journal: str | None, undo: str | None
+) -> None:
     """Usage errors (exit 2) for option combinations that cannot be meant."""
+    if undo and (apply or move_to or journal):
+        raise click.UsageError(
+            "--undo JOURNAL takes no --apply, --move-to or --journal: it puts back what that "
+            "journal's --apply moved"
+        )
     if apply and not move_to:
         raise click.UsageError("--apply needs --move-to DIR: images are moved aside, never deleted")
     if (move_to or journal) and not apply:
