@@ -62,6 +62,11 @@ _LAZY = {
     "CheckReport": ("ops.checking", "CheckReport"),
     "PruneReport": ("ops.pruning", "PruneReport"),
     "OptimizeReport": ("ops.ann", "OptimizeReport"),
+    "MovePlan": ("ops.dups_apply", "MovePlan"),  # dups --apply: groups of keep/move members
+    "MoveGroup": ("ops.dups_apply", "MoveGroup"),
+    "MoveMember": ("ops.dups_apply", "MoveMember"),
+    "ApplyReport": ("ops.dups_apply", "ApplyReport"),
+    "plan_from_report": ("ops.dups_apply", "plan_from_report"),
     "RecallReport": ("ops.ann", "RecallReport"),
     "DupsReport": ("ops.dups", "DupsReport"),  # what `dups` found: groups of near-duplicates
     "DupGroup": ("ops.dups", "DupGroup"),

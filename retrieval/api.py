@@ -23,6 +23,8 @@ from .ops import (
     checking,
     converting,
     dups,
+    dups_apply,
+    dups_undo,
     embedders,
     eval_plot,
     evaluating,
@@ -171,6 +173,43 @@ class Index:
         with opened as index_dir:
             try:
                 return pruning.prune(index_dir, named, dry_run)
+            finally:
+                self._flush_notices(index_dir)
+
+    def apply_dups(
+        self,
+        plan: Any,
+        move_to: str | os.PathLike[str],
+        *,
+        journal: str | os.PathLike[str] | None = None,
+        wait: bool = False,
+    ) -> dups_apply.ApplyReport:
+        """Move the members of `plan` that are not kept into `move_to` (relative to their
+        indexed root), journal first, re-pointing their rows (nothing is re-embedded or
+        deleted). `plan` is a `MovePlan` or the `DupsReport` of `dups()`. `journal`
+        defaults to MOVE_TO/retrieval-dups-<UTC time>.journal. Holds the writer lock (`wait`
+        queues). Raises UsageError (a move-to inside the index or an indexed root),
+        StorageError (journal not writable: nothing moved), Interrupted."""
+        if not isinstance(plan, dups_apply.MovePlan):  # a DupsReport
+            plan = dups_apply.plan_from_report(plan)
+        if self._existing_manifest() is None:
+            raise IndexNotFound(self.directory)
+        with IndexDir.open_writer(self.directory, wait=wait) as index_dir:
+            try:
+                return dups_apply.apply_moves(index_dir, plan, move_to, journal)
+            finally:
+                self._flush_notices(index_dir)
+
+    def undo_dups(
+        self, journal: str | os.PathLike[str], *, wait: bool = False
+    ) -> dups_apply.ApplyReport:
+        """Put back what `apply_dups` moved, from its journal; a file changed or removed
+        since is a per-file failure, files already back are left alone (safe to repeat)."""
+        if self._existing_manifest() is None:
+            raise IndexNotFound(self.directory)
+        with IndexDir.open_writer(self.directory, wait=wait) as index_dir:
+            try:
+                return dups_undo.undo(index_dir, journal)
             finally:
                 self._flush_notices(index_dir)
 

@@ -11,6 +11,7 @@ import click
 
 from .. import defaults
 from .common import CONTEXT, Progress, index_option, notifier, read_only
+from .dups_apply import apply_options, check_apply_options, run_apply, run_undo
 
 _RULES = [name for name, _ in defaults.KEEP_RULES]
 _RULES_HELP = "; ".join(f"{name}: {what}" for name, what in defaults.KEEP_RULES)
@@ -75,6 +76,7 @@ def _parse_keep(ctx: click.Context, param: click.Parameter, value: str) -> tuple
 @click.option("--json", "as_json", is_flag=True, help="Same as --format json.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write here, not stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or notices on stderr.")
+@apply_options
 @read_only
 def dups_command(
     index_dir: str,
@@ -87,6 +89,11 @@ def dups_command(
     as_json: bool,
     output: str | None,
     quiet: bool,
+    apply: bool,
+    move_to: str | None,
+    journal: str | None,
+    undo: str | None,
+    wait: bool,
 ) -> None:
     """Find groups of near-duplicate images among those indexed, and suggest which to keep.
 
@@ -94,22 +101,34 @@ def dups_command(
     --threshold; a group is every image linked by such pairs (so A~B and B~C make one group
     even when A and C are further apart: its "min similarity" shows it). Each group lists
     the image to keep first (the --keep rules, or the --reference images), then the others
-    with their cosine to it. Nothing is changed.
+    with their cosine to it. Nothing is changed unless --apply: then every image not kept is
+    moved into --move-to DIR (paths kept relative to their indexed root; nothing is deleted),
+    a journal is written first, the index follows the files, and --undo JOURNAL puts them
+    back.
 
     \b
     Example:
       retrieval dups
       retrieval dups --threshold 0.97 --under ~/Pictures/2023 --format csv -o dups.csv
       retrieval dups --reference ~/Pictures/originals --format html -o dups.html
+      retrieval dups --apply --move-to ~/dups-attic
+      retrieval dups --undo ~/dups-attic/retrieval-dups-20261201T131500Z.journal
     """
     from .. import Index, dups_csv_rows, dups_html
 
     fmt = "json" if as_json else fmt
+    check_apply_options(apply, move_to, journal, undo)
+    if undo:
+        run_undo(index_dir, undo, wait, fmt == "json", quiet)
+        return
     index = Index(index_dir, notify=notifier(quiet))
     with Progress(quiet) as progress:
         report = index.dups(
             threshold=threshold, under=under, keep=keep, reference=reference, progress=progress
         )
+    if apply and output is None:  # stdout says what moved; with -o the groups go there too
+        run_apply(index, report, move_to, journal, wait, fmt == "json")
+        return
     if fmt == "json":
         text = json.dumps(report.to_dict()) + "\n"
     elif fmt == "csv":
@@ -122,6 +141,8 @@ def dups_command(
     _write(text, output)
     if output and not quiet:
         click.echo(report.summary(), err=True)
+    if apply:
+        run_apply(index, report, move_to, journal, wait, fmt == "json")
 
 
 def _csv(rows: list[list[Any]]) -> str:
