@@ -340,7 +340,7 @@ def test_json_schema(tmp_path: Path) -> None:
         "images_in_groups", "duplicates", "seconds", "groups",
     }  # fmt: skip
     assert (out["threshold"], out["keep"], out["groups_found"], out["duplicates"]) == (
-        0.95,
+        0.88,
         ["pixels", "bytes", "oldest", "path"],
         1,
         4,
@@ -390,7 +390,7 @@ def test_table_lists_groups_keeper_first(tmp_path: Path) -> None:
     assert re.fullmatch(r"group 1: 5 images, min similarity 0\.9\d{3}", lines[0])
     assert lines[1] == "  keep 1.0000 /x/cccc.jpg"
     assert lines[2].startswith("  dup  0.9") and lines[2].endswith(" /x/a.jpg")
-    assert lines[-1].startswith("1 group(s) of near-duplicates (cosine >= 0.95) among 5 image")
+    assert lines[-1].startswith("1 group(s) of near-duplicates (cosine >= 0.88) among 5 image")
 
 
 def test_html_embeds_one_preview_per_member_and_escapes_names(tmp_path: Path) -> None:
