@@ -320,6 +320,11 @@ class Index:
             finally:
                 self._flush_notices(index_dir)
 
+    def check_output(self, out: str | os.PathLike[str]) -> None:
+        """Raise UsageError when a file written at `out` would land inside an index folder
+        (this index's or any other): the faces check their -o before writing a report."""
+        exchange.refuse_index_folder(self.directory, os.fspath(out))
+
     def export(
         self, out: str | os.PathLike[str] | BinaryIO, fmt: str = "parquet"
     ) -> exchange.ExportReport:

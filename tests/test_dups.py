@@ -535,3 +535,16 @@ def test_range_search_returns_every_neighbour_above_the_threshold(index_type: st
         for i, score in zip(got.tolist(), D[lims[q] : lims[q + 1]].tolist(), strict=True):
             assert score == pytest.approx(exact[i], abs=1e-5)
     assert lims[2] - lims[1] == 149  # 150 copies, one excluded
+
+
+def test_output_inside_an_index_folder_is_refused(tmp_path: Path) -> None:
+    index = five_copies(tmp_path, **META)
+    catalog = Path(index.directory) / "catalog.sqlite"
+    before = catalog.read_bytes()
+    result = run_cli("dups", "--index", index.directory, "-o", catalog)
+    assert (result.exit_code, result.stdout) == (1, "")
+    assert result.stderr == (
+        f"error: {catalog} is inside the index folder {index.directory}; writing there could "
+        "destroy the index: choose an output outside it\n"
+    )
+    assert catalog.read_bytes() == before

@@ -122,6 +122,8 @@ def dups_command(
         run_undo(index_dir, undo, wait, fmt == "json", quiet)
         return
     index = Index(index_dir, notify=notifier(quiet))
+    if output is not None:
+        index.check_output(output)
     with Progress(quiet) as progress:
         report = index.dups(
             threshold=threshold, under=under, keep=keep, reference=reference, progress=progress

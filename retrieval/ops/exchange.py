@@ -64,17 +64,18 @@ def export(index_dir: IndexDir, out: str | BinaryIO, fmt: str) -> ExportReport:
     folder = os.path.dirname(out)
     if not os.path.isdir(folder):
         raise UsageError(f"the folder {folder} does not exist; create it or choose another -o")
-    _refuse_index_folder(index_dir, out)
+    refuse_index_folder(index_dir.directory, out, sidecar_path(out) if fmt == "npy" else None)
     if fmt == "npy":
         return _export_npy(index_dir, out)
     return _export_parquet(index_dir, out)
 
 
-def _refuse_index_folder(index_dir: IndexDir, out: str) -> None:
-    """Raise UsageError when `out` (or, for npy, its sidecar) would land in an index folder:
-    replacing catalog.sqlite there destroyed the index. Symlinks are resolved first."""
-    own = os.path.realpath(index_dir.directory)
-    for path in (out, sidecar_path(out)):
+def refuse_index_folder(directory: str, out: str, sidecar: str | None = None) -> None:
+    """Raise UsageError when `out` (or its `sidecar`) would land in an index folder, the
+    one at `directory` or any other: replacing catalog.sqlite there destroys the index.
+    Symlinks are resolved first."""
+    own = os.path.realpath(directory)
+    for path in (out,) if sidecar is None else (out, sidecar):
         folder = os.path.dirname(os.path.realpath(path))
         if folder == own or os.path.isfile(os.path.join(folder, CATALOG_FILE)):
             raise UsageError(
