@@ -59,6 +59,27 @@ def test_a_renamed_root_is_moved_not_added(
     assert counts(index(exif2, directory)) == (0, 0, 4, 0, 0)
 
 
+def test_a_renamed_root_whose_images_all_moved_is_forgotten(tmp_path: Path) -> None:
+    """`mv exif exif2; retrieval index exif2` leaves nothing under exif: that run forgets it
+    (with a notice), so a later `retrieval index` does not say its images stay."""
+    exif = tmp_path / "exif"
+    make_photos(exif, [1, 2])
+    directory = tmp_path / "index"
+    index(exif, directory)
+    exif2 = tmp_path / "exif2"
+    exif.rename(exif2)
+    moved = run_cli("index", exif2, "--index", directory, *LOUD, "--json")
+    assert counts(moved.json()) == (0, 0, 0, 2, 0)
+    assert (
+        f"retrieval: {exif} no longer exists and no indexed image is left under it: forgotten"
+        in moved.stderr.splitlines()
+    )
+    result = run_cli("index", "--index", directory, *LOUD, "--json")
+    assert result.exit_code == 0, result.stderr
+    assert counts(result.json()) == (0, 0, 2, 0, 0)
+    assert result.stderr == f"retrieval: re-scanning 1 remembered root(s): {exif2}\n"
+
+
 def test_a_copied_root_is_added_and_the_original_kept(tmp_path: Path) -> None:
     photos = tmp_path / "photos"
     make_photos(photos, [1, 2])

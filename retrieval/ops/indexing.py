@@ -84,10 +84,17 @@ class IndexReport(JsonReport):
     failed: list[tuple[bytes, str]] = json_field(default_factory=list, json=_failures)
     seconds: float = json_field(0.0, json=rounded(3))
     empty_roots: list[EmptyRoot] = json_field(default_factory=list, json=SKIP)  # no image
+    #: Remembered roots gone from disk with nothing left under them (all moved): forgotten.
+    forgotten_roots: list[bytes] = json_field(default_factory=list, json=SKIP)
 
     def notices(self) -> list[str]:
-        """One-line notices for stderr: the folders given that held no image."""
-        return [empty_root_notice(root) for root in self.empty_roots]
+        """One-line notices for stderr: the folders given that held no image, the roots
+        forgotten."""
+        forgotten = [
+            f"{display(root)} no longer exists and no indexed image is left under it: forgotten"
+            for root in self.forgotten_roots
+        ]
+        return [empty_root_notice(root) for root in self.empty_roots] + forgotten
 
     def summary(self) -> str:
         return (
@@ -145,9 +152,21 @@ def index_paths(
             "run the same command again to resume",
             report,
         ) from None
+    report.forgotten_roots = _forget_emptied_roots(index_dir.catalog)
     index_dir.sync_vectors()
     report.seconds = time.monotonic() - started
     return report
+
+
+def _forget_emptied_roots(catalog: Catalog) -> list[bytes]:
+    """Forget the remembered roots that are gone from disk and hold no row any more (a
+    renamed folder whose images all moved): no image of theirs is kept, so nothing for
+    `prune` to do. Roots gone with rows left stay remembered (an unplugged drive)."""
+    _, gone = split_roots(catalog.remembered_roots())
+    emptied = [root for root in gone if not catalog.rows_at_or_under(root)]
+    if emptied:
+        catalog.forget_roots(emptied)
+    return emptied
 
 
 def _plan(index_dir: IndexDir, roots: Sequence[Any], found: ScanResult) -> _Plan:
