@@ -42,9 +42,7 @@ class IndexNotFound(RetrievalError):
     """No index exists at the given directory (`searched_from`: the folder the default
     location was looked for from, when the user named no index)."""
 
-    def __init__(
-        self, directory: str | os.PathLike[str], searched_from: str | None = None
-    ) -> None:
+    def __init__(self, directory: str | os.PathLike[str], searched_from: str | None = None) -> None:
         self.directory = os.fspath(directory)
         self.searched_from = searched_from
         if searched_from is None:

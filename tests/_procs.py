@@ -253,7 +253,6 @@ def _state(pid: int) -> bytes:
         return b"Z"
 
 
-
 # -- looking at an index directory ---------------------------------------------------------------
 
 

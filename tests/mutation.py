@@ -130,9 +130,7 @@ MUTATIONS = [
         "a fixed failure counts as updated, not added",
     ),
     # -- searching: filters, k, like queries ---------------------------------------------------
-    Mutation(
-        SEARCHING, "hits = hits[:k]", "hits = hits[: k + 1]", SEARCH_TESTS, "k + 1 results"
-    ),
+    Mutation(SEARCHING, "hits = hits[:k]", "hits = hits[: k + 1]", SEARCH_TESTS, "k + 1 results"),
     Mutation(
         SEARCHING,
         "hits = [h for h in hits if h.score >= min_score]",

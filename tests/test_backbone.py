@@ -192,9 +192,7 @@ def test_pretrained_weights_from_the_hf_cache(tmp_path: Path, monkeypatch, state
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     model, _, spec = create_backbone("test_resnet", pretrained())
     assert_backbone_equals(model, state)
-    assert spec == WeightsSpec(
-        "pretrained", identity=f"{HUB_ID}@{revision}", sha256=sha256(cached)
-    )
+    assert spec == WeightsSpec("pretrained", identity=f"{HUB_ID}@{revision}", sha256=sha256(cached))
     assert "state_dict" not in model.pretrained_cfg  # the tensors are not kept twice
 
 

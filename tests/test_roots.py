@@ -30,9 +30,7 @@ def search_paths(directory: Path, query: Path, *extra: str) -> list[str]:
 # -- moves across roots (issue item 3) ------------------------------------------------------------
 
 
-def test_a_renamed_root_is_moved_not_added(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_renamed_root_is_moved_not_added(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     exif = tmp_path / "exif"
     make_photos(exif, [1, 2, 3, 4])
     directory = tmp_path / "index"

@@ -19,9 +19,7 @@ from .. import Interrupted, RetrievalError, StorageOptions, defaults, display, p
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
-def _resolve_index(
-    ctx: click.Context, param: click.Parameter, value: str | None
-) -> str | None:
+def _resolve_index(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
     """The command's own --index, else the group's (`retrieval --index DIR search ...`),
     else None: the library then locates the index (see `retrieval.locate`)."""
     if value is not None:

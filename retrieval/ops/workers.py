@@ -221,8 +221,7 @@ def _cannot_start(count: int, exc: OSError) -> WorkersUnavailable:
 
 def _not_ready(count: int, reason: str) -> WorkersUnavailable:
     return WorkersUnavailable(
-        f"the decode workers could not start ({reason}); use --workers 0 to decode in this "
-        "process",
+        f"the decode workers could not start ({reason}); use --workers 0 to decode in this process",
         count,
     )
 

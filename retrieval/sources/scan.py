@@ -296,9 +296,7 @@ def _translate(pattern: bytes) -> bytes:
             negate = pattern[i : i + 1] == b"!"
             members = pattern[i + negate : end]
             # every member escaped ('[', '&&' would read as set syntax) but '-', the range
-            escaped = b"".join(
-                b"-" if m == ord("-") else re.escape(bytes([m])) for m in members
-            )
+            escaped = b"".join(b"-" if m == ord("-") else re.escape(bytes([m])) for m in members)
             out.append(b"[" + b"^" * negate + escaped + b"]")
             i = end + 1
         else:

@@ -171,9 +171,7 @@ def _read(fh: BinaryIO) -> Built:
     digest = hashlib.sha256()
     while block := fh.read(1 << 22):
         digest.update(block)
-    found = (
-        digest.digest() if fmt == 1 else _seal(digest.digest(), generation, size, n_tomb, owner)
-    )
+    found = digest.digest() if fmt == 1 else _seal(digest.digest(), generation, size, n_tomb, owner)
     if found != digest_expected:
         raise VectorsDamaged("checksum mismatch (corrupted bytes)")
     fh.seek(header_struct.size)
