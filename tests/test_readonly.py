@@ -163,17 +163,7 @@ def test_catalogue_copied_with_its_write_ahead_log(built, tmp_path: Path, read_o
 def test_refusal_without_a_mount(built, tmp_path: Path, monkeypatch):
     """Where no mount is possible: statvfs saying ST_RDONLY is enough to refuse writes."""
     index = _copy(built, tmp_path)
-    real = os.statvfs
-
-    class ReadOnly:
-        def __init__(self, result: os.statvfs_result) -> None:
-            self._result = result
-            self.f_flag = result.f_flag | os.ST_RDONLY
-
-        def __getattr__(self, name: str):
-            return getattr(self._result, name)
-
-    monkeypatch.setattr(os, "statvfs", lambda path: ReadOnly(real(path)))
+    statvfs_says_read_only(monkeypatch)
     result = run_cli("index", built[0], "--index", index, *P.FAST)
     assert (result.exit_code, result.stderr) == (1, _message(index))
     repair = run_cli("check", "--index", index, "--repair")
@@ -187,6 +177,15 @@ def test_a_new_index_on_read_only_media_is_refused_before_the_model_loads(
     model name would be reported instead of the real problem)."""
     from retrieval import Index, ReadOnlyIndex
 
+    statvfs_says_read_only(monkeypatch)
+    target = tmp_path / "new" / "index"
+    with pytest.raises(ReadOnlyIndex):
+        Index(target).add([built[0]], model="no_such_model")
+    assert not target.exists()
+
+
+def statvfs_says_read_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make every file system look mounted read-only (ST_RDONLY), where no mount is possible."""
     real = os.statvfs
 
     class ReadOnly:
@@ -198,7 +197,3 @@ def test_a_new_index_on_read_only_media_is_refused_before_the_model_loads(
             return getattr(self._result, name)
 
     monkeypatch.setattr(os, "statvfs", lambda path: ReadOnly(real(path)))
-    target = tmp_path / "new" / "index"
-    with pytest.raises(ReadOnlyIndex):
-        Index(target).add([built[0]], model="no_such_model")
-    assert not target.exists()

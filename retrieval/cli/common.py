@@ -70,6 +70,28 @@ def read_only(func: Callable[..., Any]) -> Callable[..., Any]:
     return command
 
 
+def model_options(default_note: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """--model, --weights, --no-pretrained; `default_note` says when --model's default
+    applies (e.g. "new index")."""
+
+    def wrap(func: Callable[..., Any]) -> Callable[..., Any]:
+        func = click.option(
+            "--no-pretrained",
+            is_flag=True,
+            help="Untrained backbone with a fixed seed (offline demos).",
+        )(func)
+        func = click.option(
+            "--weights",
+            type=click.Path(exists=True, dir_okay=False),
+            help="Local weights file (.safetensors, .pth, .pt) for --model.",
+        )(func)
+        return click.option(
+            "--model", default=None, help=f"timm model name [{default_note}: {defaults.MODEL}]."
+        )(func)
+
+    return wrap
+
+
 def device_option(func: Callable[..., Any]) -> Callable[..., Any]:
     return click.option(
         "--device",

@@ -8,20 +8,20 @@ import os
 import click
 
 from .. import defaults
-from .common import CONTEXT, Progress, device_option, notifier, precision_option, read_only
+from .common import (
+    CONTEXT,
+    Progress,
+    device_option,
+    model_options,
+    notifier,
+    precision_option,
+    read_only,
+)
 
 
 @click.command("evaluate", context_settings=CONTEXT)
 @click.argument("directory", type=click.Path(exists=True, file_okay=False))
-@click.option("--model", default=None, help=f"timm model name [default: {defaults.MODEL}].")
-@click.option(
-    "--weights",
-    type=click.Path(exists=True, dir_okay=False),
-    help="Local weights file (.safetensors, .pth, .pt) for --model.",
-)
-@click.option(
-    "--no-pretrained", is_flag=True, help="Untrained backbone with a fixed seed (offline demos)."
-)
+@model_options("default")
 @click.option(
     "-k",
     "--k",

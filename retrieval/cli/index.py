@@ -13,6 +13,7 @@ from .common import (
     Progress,
     device_option,
     index_option,
+    model_options,
     notifier,
     precision_option,
     show,
@@ -23,15 +24,7 @@ from .common import (
 @click.command("index", context_settings=CONTEXT)
 @click.argument("paths", nargs=-1, required=False, type=click.Path())
 @index_option
-@click.option("--model", default=None, help=f"timm model name [new index: {defaults.MODEL}].")
-@click.option(
-    "--weights",
-    type=click.Path(exists=True, dir_okay=False),
-    help="Local weights file (.safetensors, .pth, .pt) for --model.",
-)
-@click.option(
-    "--no-pretrained", is_flag=True, help="Untrained backbone with a fixed seed (offline demos)."
-)
+@model_options("new index")
 @click.option(
     "--exclude",
     multiple=True,
