@@ -78,9 +78,9 @@ _LAZY = {
     "BenchOptions": ("ops.bench", "BenchOptions"),
     "BenchReport": ("ops.bench_report", "BenchReport"),
     "run_bench": ("ops.bench", "run_bench"),
-    "evaluate": ("api", "evaluate"),  # labelled folders -> retrieval (and duplicate) scores
+    "evaluate": ("toolbox", "evaluate"),  # labelled folders -> retrieval (and duplicate) scores
     "EvaluationReport": ("ops.evaluating", "EvaluationReport"),
-    "convert_weights": ("api", "convert_weights"),  # other key names -> timm safetensors
+    "convert_weights": ("toolbox", "convert_weights"),  # other key names -> timm safetensors
     "ConvertReport": ("ops.converting", "ConvertReport"),
     "printable": ("pathnames", "printable"),  # any text, terminal controls escaped
     "display": ("pathnames", "display"),  # a stored (bytes) path for people

@@ -35,14 +35,14 @@ HOMES = {
 KNOWN: set[tuple[str, str]] = set()
 #: Packages of retrieval a lower layer must not import (dependencies point down).
 UPWARD = {
-    "store/": ("api", "cli", "ops", "embedding", "sources"),
-    "embedding/": ("api", "cli", "ops", "store"),
-    "sources/": ("api", "cli", "ops", "store", "embedding"),
-    "ops/": ("api", "cli"),
-    "specs.py": ("api", "cli", "ops", "store", "embedding", "sources"),
-    "errors.py": ("api", "cli", "ops", "store", "embedding", "sources"),
-    "defaults.py": ("api", "cli", "ops", "store", "embedding", "sources"),
-    "_version.py": ("api", "cli", "ops", "store", "embedding", "sources"),
+    "store/": ("api", "toolbox", "cli", "ops", "embedding", "sources"),
+    "embedding/": ("api", "toolbox", "cli", "ops", "store"),
+    "sources/": ("api", "toolbox", "cli", "ops", "store", "embedding"),
+    "ops/": ("api", "toolbox", "cli"),
+    "specs.py": ("api", "toolbox", "cli", "ops", "store", "embedding", "sources"),
+    "errors.py": ("api", "toolbox", "cli", "ops", "store", "embedding", "sources"),
+    "defaults.py": ("api", "toolbox", "cli", "ops", "store", "embedding", "sources"),
+    "_version.py": ("api", "toolbox", "cli", "ops", "store", "embedding", "sources"),
 }
 #: What the CLI may use besides `retrieval`'s public names, click and the standard library:
 #: tqdm draws its progress bar (presentation, like click).
