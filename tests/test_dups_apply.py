@@ -545,7 +545,11 @@ def test_killed_after_a_move_then_undo_restores(library, tmp_path: Path) -> None
     env = {
         **os.environ,
         "RETRIEVAL_TEST_KILL_AT": "dups-moved:2",
-        "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ["PYTHONPATH"]]),
+        # the tests folder for test_dups_apply; the package comes from the install (or from
+        # a PYTHONPATH the caller set)
+        "PYTHONPATH": os.pathsep.join(
+            p for p in (str(Path(__file__).parent), os.environ.get("PYTHONPATH")) if p
+        ),
     }
     done = subprocess.run(
         [sys.executable, "-c", script, str(directory), str(tmp_path / "attic"), str(journal)],
