@@ -55,10 +55,8 @@ def mixture(n: int, d: int, seed: int, chunk: int = 50_000, spectrum: float = 0.
         yield start, x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
-def write_parquet(path: str, n: int, d: int, spectrum: float) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
+def synthetic_schema(d: int):
+    """The parquet schema of an export of `d`-d vectors from a made-up untrained model."""
     from retrieval.ops.exchange import parquet_schema
     from retrieval.specs import ModelInfo, Preprocess, WeightsSpec
     from retrieval.store.manifest import Manifest
@@ -69,28 +67,41 @@ def write_parquet(path: str, n: int, d: int, spectrum: float) -> None:
         Preprocess(224, 224, 256, "bilinear", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
         d,
     )
-    manifest = Manifest(model=model, precision="fp32")
-    schema = parquet_schema(manifest)
+    return parquet_schema(Manifest(model=model, precision="fp32"))
+
+
+def export_table(schema, paths: list[str], xb: np.ndarray, first: int):
+    """Rows `first`.. of an export: `paths`, vectors `xb` (n, d) float32, plausible stats."""
+    import pyarrow as pa
+
+    ids = np.arange(first, first + len(xb))
+    return pa.table(
+        {
+            "id": ids,
+            "path": paths,
+            "path_bytes": [p.encode() for p in paths],
+            "embedding": pa.FixedSizeListArray.from_arrays(pa.array(xb.ravel()), xb.shape[1]),
+            "size": np.full(len(xb), 100_000),
+            "mtime_ns": 1_600_000_000_000_000_000 + ids,
+            "width": np.full(len(xb), 640, np.int32),
+            "height": np.full(len(xb), 480, np.int32),
+            "format": ["JPEG"] * len(xb),
+            "content_hash": [None] * len(xb),
+        },
+        schema=schema,
+    )
+
+
+def write_parquet(path: str, n: int, d: int, spectrum: float) -> None:
+    import pyarrow.parquet as pq
+
+    schema = synthetic_schema(d)
     with pq.ParquetWriter(path, schema) as writer:
         for start, xb in mixture(n, d, seed=1, spectrum=spectrum):
-            ids = np.arange(start, start + len(xb))
-            paths = [f"/bench/{i // 1000:04d}/img{i:07d}.jpg" for i in ids]
-            table = pa.table(
-                {
-                    "id": ids,
-                    "path": paths,
-                    "path_bytes": [p.encode() for p in paths],
-                    "embedding": pa.FixedSizeListArray.from_arrays(pa.array(xb.ravel()), d),
-                    "size": np.full(len(xb), 100_000),
-                    "mtime_ns": 1_600_000_000_000_000_000 + ids,
-                    "width": np.full(len(xb), 640, np.int32),
-                    "height": np.full(len(xb), 480, np.int32),
-                    "format": ["JPEG"] * len(xb),
-                    "content_hash": [None] * len(xb),
-                },
-                schema=schema,
-            )
-            writer.write_table(table)
+            paths = [
+                f"/bench/{i // 1000:04d}/img{i:07d}.jpg" for i in range(start, start + len(xb))
+            ]
+            writer.write_table(export_table(schema, paths, xb, start))
 
 
 def run_isolated(args: list[str]) -> tuple[float, float, str]:

@@ -28,7 +28,12 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_ann import mixture, run_isolated  # noqa: E402 - the same data and process timing
+from bench_ann import (  # noqa: E402 - the same data, rows and process timing
+    export_table,
+    mixture,
+    run_isolated,
+    synthetic_schema,
+)
 
 
 def copies_of(x: np.ndarray, count: int, low: float, rng: np.random.Generator) -> np.ndarray:
@@ -43,48 +48,19 @@ def copies_of(x: np.ndarray, count: int, low: float, rng: np.random.Generator) -
 
 def write_parquet(path: str, n: int, d: int, low: float) -> dict[str, list[str]]:
     """The export file; returns {group name: member paths} of the planted groups."""
-    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from retrieval.ops.exchange import parquet_schema
-    from retrieval.specs import ModelInfo, Preprocess, WeightsSpec
-    from retrieval.store.manifest import Manifest
-
-    model = ModelInfo(
-        "synthetic-mixture",
-        WeightsSpec("untrained", identity="1234"),
-        Preprocess(224, 224, 256, "bilinear", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
-        d,
-    )
-    schema = parquet_schema(Manifest(model=model, precision="fp32"))
+    schema = synthetic_schema(d)
     rng = np.random.default_rng(77)
     sources = set(rng.choice(n, n // 100, replace=False).tolist())
     planted: dict[str, list[str]] = {}
-
-    def table(paths: list[str], xb: np.ndarray, first: int) -> pa.Table:
-        ids = np.arange(first, first + len(xb))
-        return pa.table(
-            {
-                "id": ids,
-                "path": paths,
-                "path_bytes": [p.encode() for p in paths],
-                "embedding": pa.FixedSizeListArray.from_arrays(pa.array(xb.ravel()), d),
-                "size": np.full(len(xb), 100_000),
-                "mtime_ns": 1_600_000_000_000_000_000 + ids,
-                "width": np.full(len(xb), 640, np.int32),
-                "height": np.full(len(xb), 480, np.int32),
-                "format": ["JPEG"] * len(xb),
-                "content_hash": [None] * len(xb),
-            },
-            schema=schema,
-        )
 
     with pq.ParquetWriter(path, schema) as writer:
         for start, xb in mixture(n, d, seed=1):
             paths = [
                 f"/bench/{i // 1000:04d}/img{i:07d}.jpg" for i in range(start, start + len(xb))
             ]
-            writer.write_table(table(paths, xb, start))
+            writer.write_table(export_table(schema, paths, xb, start))
             extra_paths, extra = [], []
             for row in range(len(xb)):
                 if start + row not in sources:
@@ -95,7 +71,9 @@ def write_parquet(path: str, n: int, d: int, low: float) -> dict[str, list[str]]
                 extra_paths += names
                 extra.append(copies)
             if extra:
-                writer.write_table(table(extra_paths, np.concatenate(extra), n + len(planted)))
+                writer.write_table(
+                    export_table(schema, extra_paths, np.concatenate(extra), n + len(planted))
+                )
     return planted
 
 
