@@ -224,3 +224,15 @@ def tiny_index(tmp_path_factory: pytest.TempPathFactory) -> TinyIndex:
         query_sources={"flip": originals[2], "crop": originals[5]},
         report=result.json(),
     )
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_index, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """{"parquet": path, "npy": path}: `retrieval export` of the tiny index, both formats
+    (import tests read and tamper with copies of them)."""
+    out = tmp_path_factory.mktemp("exports")
+    files = {"parquet": out / "all.parquet", "npy": out / "all.npy"}
+    for fmt, path in files.items():
+        result = run_cli("export", "--index", tiny_index.directory, "--format", fmt, "-o", path)
+        assert result.exit_code == 0, result.stderr
+    return files

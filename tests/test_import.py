@@ -35,16 +35,6 @@ def answers(directory: Path, xq: np.ndarray) -> list[list[tuple[bytes, float]]]:
     ]
 
 
-@pytest.fixture(scope="module")
-def exported(tiny_index, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    out = tmp_path_factory.mktemp("exports")
-    files = {"parquet": out / "all.parquet", "npy": out / "all.npy"}
-    for fmt, path in files.items():
-        result = run_cli("export", "--index", tiny_index.directory, "--format", fmt, "-o", path)
-        assert result.exit_code == 0, result.stderr
-    return files
-
-
 @pytest.mark.parametrize("fmt", ["parquet", "npy"])
 def test_round_trip_gives_the_same_search_results(
     tiny_index, exported, tmp_path: Path, fmt: str

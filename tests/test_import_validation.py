@@ -23,16 +23,6 @@ from retrieval.ops.import_checks import NOTHING
 ROW = 3  # the row the row-level cases spoil
 
 
-@pytest.fixture(scope="module")
-def exports(tiny_index, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    out = tmp_path_factory.mktemp("exports")
-    files = {"parquet": out / "all.parquet", "npy": out / "all.npy"}
-    for fmt, path in files.items():
-        result = run_cli("export", "--index", tiny_index.directory, "--format", fmt, "-o", path)
-        assert result.exit_code == 0, result.stderr
-    return files
-
-
 def refused(args: list, target: Path) -> str:
     """Run `retrieval import ARGS --index target`; check it failed cleanly; return stderr."""
     result = run_cli("import", *args, "--index", target)
@@ -121,10 +111,10 @@ ROW_CASES = {
 
 @pytest.mark.parametrize("case", list(ROW_CASES))
 def test_parquet_row_that_index_could_not_have_written_is_refused(
-    exports, tmp_path: Path, case: str
+    exported, tmp_path: Path, case: str
 ) -> None:
     change, problem = ROW_CASES[case]
-    table = pq.read_table(exports["parquet"])
+    table = pq.read_table(exported["parquet"])
     real_path = table["path"][ROW].as_py()
     bad = tmp_path / "rows.parquet"
     pq.write_table(change(table).replace_schema_metadata(table.schema.metadata), bad)
@@ -222,17 +212,17 @@ HEADER_CASES = {
 
 @pytest.mark.parametrize("case", list(HEADER_CASES))
 def test_parquet_header_that_export_could_not_have_written_is_refused(
-    exports, tmp_path: Path, case: str
+    exported, tmp_path: Path, case: str
 ) -> None:
     change, problem = HEADER_CASES[case]
     bad = tmp_path / "header.parquet"
-    pq.write_table(change(pq.read_table(exports["parquet"])), bad)
+    pq.write_table(change(pq.read_table(exported["parquet"])), bad)
     assert refused([bad], tmp_path / "new") == f"error: {bad}: {problem}; {NOTHING}\n"
 
 
 @pytest.mark.parametrize("where", ["middle", "footer"])
-def test_bit_flipped_parquet_is_one_line(exports, tmp_path: Path, where: str) -> None:
-    data = bytearray(exports["parquet"].read_bytes())
+def test_bit_flipped_parquet_is_one_line(exported, tmp_path: Path, where: str) -> None:
+    data = bytearray(exported["parquet"].read_bytes())
     start = len(data) // 2 if where == "middle" else len(data) - 200
     for i in range(start, start + 64):
         data[i] ^= 0xFF
@@ -244,11 +234,11 @@ def test_bit_flipped_parquet_is_one_line(exports, tmp_path: Path, where: str) ->
 # -- npy + sidecar ------------------------------------------------------------------------------
 
 
-def npy_pair(exports: dict[str, Path], folder: Path, matrix=None, sidecar=None) -> Path:
+def npy_pair(exported: dict[str, Path], folder: Path, matrix=None, sidecar=None) -> Path:
     """A copy of the npy export in `folder`, its matrix and/or sidecar replaced."""
     npy = folder / "rows.npy"
-    np.save(npy, np.load(exports["npy"]) if matrix is None else matrix)
-    original = json.loads(exports["npy"].with_suffix(".rows.json").read_text())
+    np.save(npy, np.load(exported["npy"]) if matrix is None else matrix)
+    original = json.loads(exported["npy"].with_suffix(".rows.json").read_text())
     text = json.dumps(original if sidecar is None else sidecar(original))
     (folder / "rows.rows.json").write_text(text)
     return npy
@@ -263,19 +253,19 @@ def with_row(row: dict) -> Callable[[dict], dict]:
     return change
 
 
-def test_npy_matrix_types_export_never_writes_are_refused(exports, tmp_path: Path) -> None:
-    xb = np.load(exports["npy"])
+def test_npy_matrix_types_export_never_writes_are_refused(exported, tmp_path: Path) -> None:
+    xb = np.load(exported["npy"])
     for name, matrix in {
         "complex64": xb.astype(np.complex64) + 1j,
         "float64": xb.astype(np.float64),
         "int64": np.rint(xb * 100).astype(np.int64),
     }.items():
-        npy = npy_pair(exports, tmp_path, matrix=matrix)
+        npy = npy_pair(exported, tmp_path, matrix=matrix)
         expected = f"it holds {name} values, but `retrieval export` writes float32 vectors"
         assert refused([npy], tmp_path / "new") == f"error: {npy}: {expected}; {NOTHING}\n"
 
 
-def test_npy_rows_are_checked(exports, tmp_path: Path) -> None:
+def test_npy_rows_are_checked(exported, tmp_path: Path) -> None:
     side = tmp_path / "rows.rows.json"
     cases = {
         "no-path": (with_row({"id": 1}), f"{side} row {ROW}: it has no path (a string)"),
@@ -293,20 +283,20 @@ def test_npy_rows_are_checked(exports, tmp_path: Path) -> None:
         ),
     }
     for change, expected in cases.values():
-        npy = npy_pair(exports, tmp_path, sidecar=change)
+        npy = npy_pair(exported, tmp_path, sidecar=change)
         assert refused([npy], tmp_path / "new") == f"error: {expected}; {NOTHING}\n"
 
-    xb = np.load(exports["npy"])
+    xb = np.load(exported["npy"])
     xb[ROW] *= 3
-    npy = npy_pair(exports, tmp_path, matrix=xb)
+    npy = npy_pair(exported, tmp_path, matrix=xb)
     assert refused([npy], tmp_path / "new") == (
         f"error: {npy} row {ROW}: embedding has length 3, not 1 (`retrieval index` writes "
         f"L2-normalised vectors); {NOTHING}\n"
     )
 
 
-def test_truncated_npy_and_wrong_row_count_are_one_line(exports, tmp_path: Path) -> None:
-    npy = npy_pair(exports, tmp_path)
+def test_truncated_npy_and_wrong_row_count_are_one_line(exported, tmp_path: Path) -> None:
+    npy = npy_pair(exported, tmp_path)
     whole = npy.read_bytes()
     npy.write_bytes(whole[:-100])
     size = len(whole)
@@ -318,7 +308,7 @@ def test_truncated_npy_and_wrong_row_count_are_one_line(exports, tmp_path: Path)
     stderr = refused([npy], tmp_path / "new")
     assert stderr.startswith(f"error: {npy}: it is not a readable .npy matrix (")
 
-    npy = npy_pair(exports, tmp_path, matrix=np.load(exports["npy"])[:5])
+    npy = npy_pair(exported, tmp_path, matrix=np.load(exported["npy"])[:5])
     assert refused([npy], tmp_path / "new").startswith(
         f"error: {npy} holds a (5, 96) matrix but {tmp_path / 'rows.rows.json'} describes 8 rows"
     )
@@ -329,7 +319,7 @@ def test_truncated_npy_and_wrong_row_count_are_one_line(exports, tmp_path: Path)
 
 def test_names_with_newlines_and_mtimes_before_1970_round_trip(tmp_path: Path) -> None:
     """`retrieval index` stores any name the OS hands out (a newline is a legal byte) and the
-    mtime as stat gives it (negative before 1970): import must accept its own exports."""
+    mtime as stat gives it (negative before 1970): import must accept its own exported."""
     photos = tmp_path / "photos"
     odd = save_image(draw_image(1), photos / "two\nlines.jpg")
     save_image(draw_image(2), photos / "plain.png")
@@ -345,10 +335,10 @@ def test_names_with_newlines_and_mtimes_before_1970_round_trip(tmp_path: Path) -
         assert result.json()["added"] == 2
 
 
-def test_exports_of_a_float16_index_are_accepted(exports, tmp_path: Path) -> None:
+def test_exports_of_a_float16_index_are_accepted(exported, tmp_path: Path) -> None:
     """float16 storage moves a vector's length off 1 by up to 2^-11: still an export."""
     half = tmp_path / "half"
-    result = run_cli("import", exports["parquet"], "--index", half, "--vector-dtype", "float16")
+    result = run_cli("import", exported["parquet"], "--index", half, "--vector-dtype", "float16")
     assert result.exit_code == 0, result.stderr
     for fmt in ("parquet", "npy"):
         out = tmp_path / f"half.{fmt}"

@@ -92,6 +92,15 @@ def model_options(default_note: str) -> Callable[[Callable[..., Any]], Callable[
     return wrap
 
 
+def workers_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--workers",
+        type=click.IntRange(min=0),
+        default=None,
+        help="Decode processes (0: decode in the main process) [default: by cores and device].",
+    )(func)
+
+
 def device_option(func: Callable[..., Any]) -> Callable[..., Any]:
     return click.option(
         "--device",

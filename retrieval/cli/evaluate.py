@@ -16,6 +16,7 @@ from .common import (
     notifier,
     precision_option,
     read_only,
+    workers_option,
 )
 
 
@@ -51,12 +52,7 @@ from .common import (
     metavar="PR.png",
     help="With --duplicates: draw the precision-recall curve (needs retrieval[plot]).",
 )
-@click.option(
-    "--workers",
-    type=click.IntRange(min=0),
-    default=None,
-    help="Decode processes (0: decode in the main process) [default: by cores and device].",
-)
+@workers_option
 @device_option
 @precision_option
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")

@@ -18,6 +18,7 @@ from .common import (
     precision_option,
     show,
     vector_options,
+    workers_option,
 )
 
 
@@ -46,12 +47,7 @@ from .common import (
     default=None,
     help="Images per forward pass and per transaction [default: 32 on CPU, 256 on CUDA].",
 )
-@click.option(
-    "--workers",
-    type=click.IntRange(min=0),
-    default=None,
-    help="Decode processes (0: decode in the main process) [default: by cores and device].",
-)
+@workers_option
 @device_option
 @precision_option
 @vector_options

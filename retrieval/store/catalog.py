@@ -1,13 +1,6 @@
 """The catalogue: one SQLite database (through SQLAlchemy 2.x) that is the source of truth.
 
-Tables:
-  images    one row per file: path (raw bytes), size, mtime_ns, content_hash, width, height,
-            format, status ('ok' | 'failed'), error, vector (BLOB), gen, indexed_at
-  removals  ids deleted from `images`, with the generation that deleted them
-  meta      key/value: 'generation', 'manifest' (JSON), 'catalog_id' (uuid4 hex)
-  roots     the paths given to `retrieval index` (raw bytes), so `retrieval index` with no
-            path can re-scan them (schema 2; a schema-1 catalogue gets the table, empty, the
-            first time it is opened for writing: roots are not guessed from its rows)
+Its tables (images, removals, meta, roots) are described in `catalog_schema`.
 
 Every write transaction bumps `generation` and stamps the rows it touches with it, so a
 vector-index file built at generation G can be brought up to date from the rows with
