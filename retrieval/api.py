@@ -103,10 +103,11 @@ class Index:
                 options=options,
                 notify=self._notify,
             )
-            adding.planned_manifest(existing, embedder, storage, self.directory)  # checks
+            # checked before anything is created: a bad option leaves no half-made index
+            planned = adding.planned_manifest(existing, embedder, storage, self.directory)
             with IndexDir.open_writer(self.directory, wait=wait) as index_dir:
                 self._flush_notices(index_dir)
-                adding.set_manifest(index_dir, existing, embedder, storage)
+                adding.set_manifest(index_dir, existing, planned, storage)
                 try:
                     report = indexing.index_paths(
                         index_dir, embedder, paths, options or IndexOptions(), progress

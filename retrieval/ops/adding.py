@@ -73,16 +73,18 @@ def planned_manifest(
 def set_manifest(
     index_dir: IndexDir,
     existing: Manifest | None,
-    embedder: Any,
+    planned: Manifest,
     asked: StorageOptions | None,
 ) -> None:
-    """Record the manifest of a new index (the embedder's model, `asked` storage), or apply
-    `asked` to the index's own; `index_dir` is open for writing. `existing` is the manifest
-    seen before the lock was taken: another process may have created the index meanwhile."""
+    """Record `planned` (see `planned_manifest`) for a new index, or apply `asked` to the
+    index's own; `index_dir` is open for writing. `existing` is the manifest seen before the
+    lock was taken: another process may have created (or removed) the index meanwhile."""
     directory = index_dir.directory
-    wanted = existing.model if existing is not None else embedder.info
+    wanted = planned.model
     if index_dir.manifest is None:
-        index_dir.set_manifest(planned_manifest(existing, embedder, asked, directory))
+        if existing is not None:  # removed meanwhile: made anew, as a new index
+            planned = storage.configure(existing, directory, asked, new=True)
+        index_dir.set_manifest(planned)
         return
     if index_dir.manifest.model != wanted:
         # another process created or rebuilt the index meanwhile
