@@ -19,6 +19,7 @@ from . import defaults, errors  # noqa: E402 - light: the standard library only
 from ._version import __version__
 from .defaults import (  # noqa: E402 - the choices every face offers, and optimize's targets
     DEVICES,
+    ENGINES,
     EXPORT_FORMATS,
     INDEX_TYPES,
     PRECISIONS,
@@ -46,7 +47,13 @@ from .errors import (  # noqa: E402
     WeightsUnavailable,
     WorkersUnavailable,
 )
-from .specs import ModelInfo, Preprocess, StorageOptions, WeightsSpec  # noqa: E402 - light
+from .specs import (  # noqa: E402 - light
+    EngineOptions,
+    ModelInfo,
+    Preprocess,
+    StorageOptions,
+    WeightsSpec,
+)
 
 #: Public name -> (module under retrieval, its name there), imported on first access.
 _LAZY = {
@@ -91,12 +98,14 @@ __all__ = [
     "errors",
     "defaults",
     "DEVICES",
+    "ENGINES",
     "PRECISIONS",
     "INDEX_TYPES",
     "VECTOR_DTYPES",
     "EXPORT_FORMATS",
     "TARGET_RECALL",
     "RECALL_QUERIES",
+    "EngineOptions",
     "ModelInfo",
     "Preprocess",
     "StorageOptions",

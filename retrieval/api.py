@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any, BinaryIO
 
-from . import defaults
+from . import defaults, engines
 from .errors import IndexNotFound, UsageError
 from .locate import BY_USER, locate
 from .ops import (
@@ -37,7 +37,7 @@ from .ops.indexing import IndexOptions, IndexReport, Progress
 from .ops.searching import QueryResult, SearchFilter
 from .pathnames import to_bytes
 from .sources.scan import check_roots
-from .specs import StorageOptions, WeightsSpec
+from .specs import EngineOptions, StorageOptions, WeightsSpec
 from .store.index_dir import IndexDir, index_summary
 from .store.manifest import Manifest
 
@@ -74,6 +74,7 @@ class Index:
         wait: bool = False,
         progress: Progress | None = None,
         storage: StorageOptions | None = None,
+        engine: EngineOptions | None = None,
     ) -> IndexReport:
         """Index `paths` (folders or files): add new, update changed, drop vanished files.
 
@@ -83,7 +84,8 @@ class Index:
         an existing one must be asked for the same or nothing. `storage` sets how vectors are
         stored and searched (see `StorageOptions`: index type, memory budget, vector dtype,
         a PCA reduction `dim` -- plain PCA unless `whiten=True` -- and `rerank`); None keeps
-        what the index has. Raises RetrievalError.
+        what the index has. `engine` chooses where files are decoded and embedded (see
+        `EngineOptions`; default: here). Raises RetrievalError.
         """
         if not paths:
             paths = self._remembered_roots()
@@ -92,6 +94,7 @@ class Index:
         adding.check_workers(options, self._notify)
         IndexDir.check_writable(self.directory)
         existing = self._existing_manifest()
+        runner = engines.create(engine, device, precision, self._notify)
         with embedders.kept_torch_threads():
             embedder = adding.embedder_for(
                 existing,
@@ -110,7 +113,7 @@ class Index:
                 adding.set_manifest(index_dir, existing, planned, storage)
                 try:
                     report = indexing.index_paths(
-                        index_dir, embedder, paths, options or IndexOptions(), progress
+                        index_dir, embedder, paths, options or IndexOptions(), progress, runner
                     )
                 finally:
                     self._flush_notices(index_dir)

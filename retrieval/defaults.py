@@ -68,6 +68,8 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 INDEX_TYPES = ("auto", "flat", "hnsw", "ivf", "ivfpq")
 #: How the vector index stores vectors; float16 halves its memory.
 VECTOR_DTYPES = ("float32", "float16")
+#: Indexing engines: this machine, or a Ray cluster (`pip install 'retrieval[ray]'`).
+ENGINES = ("local", "ray")
 #: `export` formats: a matrix + sidecar rows file, or one parquet file.
 EXPORT_FORMATS = ("npy", "parquet")
 

@@ -119,3 +119,19 @@ class StorageOptions:
     def changes_layout(self) -> bool:
         """Whether an existing index's type, budget or dtype is asked to change."""
         return (self.index_type, self.memory, self.vector_dtype) != (None, None, None)
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """Where `Index.add` decodes and embeds the files it must embed (`defaults.ENGINES`).
+
+    "local": this process and its decode workers. "ray": a Ray cluster (the `ray` extra);
+    the catalogue is still written here, batch by batch.
+    """
+
+    kind: str = "local"
+    #: Ray: None starts Ray on this machine (loopback only); "auto" or "ray://HOST:10001"
+    #: joins a running cluster.
+    address: str | None = None
+    #: Ray: embedding actors [one per GPU of the cluster, else 1].
+    actors: int | None = None

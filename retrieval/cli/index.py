@@ -7,7 +7,7 @@ import os
 
 import click
 
-from .. import StorageOptions, defaults
+from .. import EngineOptions, StorageOptions, defaults
 from .common import (
     CONTEXT,
     Progress,
@@ -51,6 +51,27 @@ from .common import (
 @device_option
 @precision_option
 @vector_options
+@click.option(
+    "--engine",
+    type=click.Choice(defaults.ENGINES),
+    default="local",
+    show_default=True,
+    help="Where files are decoded and embedded: here, or on Ray (pip install 'retrieval[ray]'); "
+    "the index is written here either way.",
+)
+@click.option(
+    "--ray-address",
+    metavar="ADDR",
+    default=None,
+    help="With --engine ray: join this cluster ('auto', 'ray://HOST:10001') [default: start "
+    "Ray on this machine].",
+)
+@click.option(
+    "--actors",
+    type=click.IntRange(min=1),
+    default=None,
+    help="With --engine ray: embedding actors [default: one per GPU, else 1].",
+)
 @click.option("--wait", is_flag=True, help="Wait for another writer instead of failing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or notices.")
@@ -68,6 +89,9 @@ def index_command(
     device: str,
     precision: str,
     storage: StorageOptions,
+    engine: str,
+    ray_address: str | None,
+    actors: int | None,
     wait: bool,
     as_json: bool,
     quiet: bool,
@@ -85,11 +109,14 @@ def index_command(
       retrieval index                                 # re-scan the folders indexed before
       retrieval index /archive --index-type auto --memory 4G --vector-dtype float16
       retrieval index /archive --dim 256              # 256-d PCA search cache
+      retrieval index /archive --engine ray --ray-address auto   # embed on a Ray cluster
     """
     from .. import Index, IndexOptions, WeightsSpec
 
     if weights and no_pretrained:
         raise click.UsageError("--weights and --no-pretrained exclude each other")
+    if engine != "ray" and (ray_address or actors):
+        raise click.UsageError("--ray-address and --actors need --engine ray")
     spec = None
     if weights:
         spec = WeightsSpec("file", path=os.path.abspath(weights))
@@ -113,6 +140,7 @@ def index_command(
             wait=wait,
             progress=progress,
             storage=storage,
+            engine=EngineOptions(engine, address=ray_address, actors=actors),
         )
     if as_json:
         click.echo(json.dumps(report.to_dict()))

@@ -13,9 +13,10 @@ The roots given are remembered in the catalogue, for `retrieval index` with no p
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -38,6 +39,7 @@ from ..specs import Preprocess
 from ..store.catalog import Catalog, NewRow, RowState
 from ..store.files import fault_point
 from ..store.index_dir import IndexDir
+from ..store.manifest import Manifest
 from .pipeline import decode_stream, default_batch_size, plan_resources
 
 Progress = Callable[[int, int], None]
@@ -55,6 +57,18 @@ class Embeds(Protocol):
     def device(self) -> str: ...
 
     def embed(self, pixels: np.ndarray) -> np.ndarray: ...
+
+
+class Engine(Protocol):
+    """Decodes and embeds the files a run must embed somewhere else (a Ray cluster); the
+    run still commits each batch here, with the local engine's transactions."""
+
+    def embed_files(
+        self, manifest: Manifest, todo: list[FileEntry], options: IndexOptions
+    ) -> Iterator[list[FileResult]]:
+        """Batches of `todo`, each file exactly once: a decoded file's `pixels` holds its
+        vector ((d,) float32, L2-normalised), a failed one has no pixels and its error."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -120,8 +134,10 @@ def index_paths(
     roots: Sequence[str | os.PathLike[str]],
     options: IndexOptions = IndexOptions(),
     progress: Progress | None = None,
+    engine: Engine | None = None,
 ) -> IndexReport:
     """Bring the index up to date with `roots` (folders or files). See the module docstring.
+    `engine`: where the files to embed are decoded and embedded [None: here, with `model`].
 
     Raises Interrupted (with the partial report) on Ctrl-C, after keeping finished batches.
     """
@@ -143,7 +159,10 @@ def index_paths(
         index_dir.catalog.remove([r.id for r in plan.missing])
         report.removed = len(plan.missing)
     try:
-        _embed_all(index_dir, model, plan, options, report, progress)
+        if engine is None:
+            _embed_all(index_dir, model, plan, options, report, progress)
+        else:
+            _commit_engine(index_dir, engine, plan, options, report, progress)
     except KeyboardInterrupt:
         report.seconds = time.monotonic() - started
         kept = report.added + report.updated
@@ -319,6 +338,40 @@ def _embed_all(
         fault_point("batch-committed")
         if progress:
             progress(done, total)
+
+
+def _commit_engine(
+    index_dir: IndexDir,
+    engine: Engine,
+    plan: _Plan,
+    options: IndexOptions,
+    report: IndexReport,
+    progress: Progress | None,
+) -> None:
+    """`_embed_all` with the decoding and embedding done by `engine`: each batch it yields
+    is committed by `_flush`, as the local engine's are."""
+    if not plan.todo:
+        return
+    total, done = len(plan.todo), 0
+    if progress:
+        progress(0, total)
+    batches = engine.embed_files(index_dir.require_manifest(), plan.todo, options)
+    with contextlib.closing(batches):  # an interruption shuts the engine down
+        for batch in batches:
+            done += _flush(index_dir, _EMBEDDED, batch, plan.known, report)
+            fault_point("batch-committed")
+            if progress:
+                progress(done, total)
+
+
+class _Embedded:
+    """The `Embeds` of an engine's batches: their `pixels` are the vectors already."""
+
+    def embed(self, vectors: np.ndarray) -> np.ndarray:
+        return vectors.astype(np.float32, copy=False)
+
+
+_EMBEDDED: Any = _Embedded()
 
 
 def _flush(

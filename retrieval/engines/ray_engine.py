@@ -1,0 +1,194 @@
+"""The Ray engine: the files an indexing run must embed, decoded and embedded on a Ray cluster.
+
+The driver (`ops.indexing.index_paths`) scans, plans and commits as with the local engine;
+this module only turns the plan's files into embedded batches. With Ray Data:
+
+    from_items(paths + read rules) -> map_batches(decode, CPU tasks)
+        -> map_batches(embed, an actor pool) -> iter_batches on the driver
+
+Decoding is our own (`ops.workers.decode_files`, the code the local workers run), so a bad
+file is a failure record in its batch, never a failed job (Ray's `read_images` aborts the
+whole job on one bad file). Each actor loads the index's own model once
+(`ops.embedders.load_for`: the manifest's weights, checked). Order is preserved, so a run
+assigns the same ids as the local engine would. Ray is started on this machine (loopback
+only) unless an address is given, and always shut down, on errors and Ctrl-C too.
+
+Only this module imports ray.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+import ray
+import ray.data
+
+from ..ops import embedders, pipeline
+from ..ops.indexing import IndexOptions
+from ..ops.workers import decode_files
+from ..sources.decode import FileResult
+from ..sources.scan import FileEntry
+from ..specs import EngineOptions, Preprocess
+from ..store.manifest import Manifest
+
+Notify = Callable[[str], None]
+
+#: Files per decode task: small, so the tasks spread over the cluster's CPUs.
+DECODE_BATCH = 8
+#: CPUs an embedding actor reserves on a CPU-only cluster: a fraction, so the decode tasks
+#: still get CPUs (whole-CPU actors on 2 cores starve them and the job hangs).
+ACTOR_CPUS = 0.5
+
+
+@dataclass
+class RayEngine:
+    """`indexing.Engine` on Ray. `options.address`: None starts Ray on this machine, "auto"
+    or "ray://HOST:10001" joins a cluster; `options.actors`: embedding actors [one per GPU
+    of the cluster, else 1]. `device` / `precision` are `Index.add`'s."""
+
+    options: EngineOptions
+    device: str
+    precision: str
+    notify: Notify
+
+    def embed_files(
+        self, manifest: Manifest, todo: list[FileEntry], options: IndexOptions
+    ) -> Iterator[list[FileResult]]:
+        """Batches of `todo` in order, each file once: a decoded file's `pixels` holds its
+        vector ((d,) float32, L2-normalised); a failure has no pixels and its error."""
+        _start(self.options.address)
+        try:
+            yield from self._batches(manifest, todo, options)
+        finally:
+            ray.shutdown()
+
+    def _batches(
+        self, manifest: Manifest, todo: list[FileEntry], options: IndexOptions
+    ) -> Iterator[list[FileResult]]:
+        gpus = int(ray.cluster_resources().get("GPU", 0))
+        device = "cuda" if gpus and self.device in ("auto", "cuda") else "cpu"
+        actors = self.options.actors or max(1, gpus if device == "cuda" else 1)
+        batch_size = options.batch_size or pipeline.default_batch_size(device)
+        preprocess = manifest.model.preprocess
+        items = [
+            {"path": e.path, "follow": e.link, "device": e.device, "inode": e.inode} for e in todo
+        ]
+        decoded = ray.data.from_items(items).map_batches(
+            _decode,
+            fn_args=(preprocess, options.max_megapixels),
+            batch_size=DECODE_BATCH,
+            batch_format="numpy",
+        )
+        embedded = decoded.map_batches(
+            _actor_class(manifest, device, self.precision),
+            batch_size=batch_size,
+            batch_format="numpy",
+            concurrency=actors,
+            num_gpus=1 if device == "cuda" else 0,
+            num_cpus=1 if device == "cuda" else ACTOR_CPUS,
+        )
+        nodes: dict[str, set[str]] = {"decode": set(), "embed": set()}
+        for batch in embedded.iter_batches(batch_size=batch_size, batch_format="numpy"):
+            nodes["decode"].update(batch["decode_node"].tolist())
+            nodes["embed"].update(batch["embed_node"].tolist())
+            yield _results(batch)
+        self.notify(
+            f"ray: decoded on {len(nodes['decode'])} node(s), embedded by {actors} "
+            f"{device} actor(s) on {len(nodes['embed'])} node(s)"
+        )
+
+
+def _start(address: str | None) -> None:
+    """Join the cluster at `address`, or start Ray on this machine on loopback only; Ray's
+    own logs stay off stderr (its workers' output is not forwarded)."""
+    ctx = ray.data.DataContext.get_current()
+    ctx.execution_options.preserve_order = True  # the local engine's ids
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+    logging.getLogger("ray").setLevel(logging.ERROR)
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
+    common: dict[str, Any] = {
+        "log_to_driver": False,
+        "logging_level": logging.ERROR,
+        "configure_logging": True,
+    }
+    if address:
+        ray.init(address=address, **common)
+        return
+    ray.init(
+        num_cpus=pipeline.cpu_count(),
+        include_dashboard=False,
+        _node_ip_address="127.0.0.1",
+        **common,
+    )
+
+
+def _decode(
+    batch: dict[str, np.ndarray], preprocess: Preprocess, max_megapixels: float
+) -> dict[str, np.ndarray]:
+    """A decode task: files -> pixels (n, height, width, 3) uint8, zeros for a failure, and
+    each file's `FileResult` without pixels, pickled ("meta")."""
+    paths = [bytes(p) for p in batch["path"]]
+    rules = {
+        path: (bool(follow), (int(dev), int(ino)) if ino else None)
+        for path, follow, dev, ino in zip(
+            paths, batch["follow"], batch["device"], batch["inode"], strict=True
+        )
+    }
+    results = decode_files(paths, preprocess, max_megapixels, rules)
+    pixels = np.zeros((len(results), preprocess.height, preprocess.width, 3), np.uint8)
+    for i, result in enumerate(results):
+        if result.pixels is not None:
+            pixels[i] = result.pixels
+    node = ray.get_runtime_context().get_node_id()
+    return {
+        "meta": np.array([pickle.dumps(replace(r, pixels=None)) for r in results], object),
+        "ok": np.array([r.pixels is not None for r in results], bool),
+        "pixels": pixels,
+        "decode_node": np.array([node] * len(results), object),
+    }
+
+
+def _actor_class(manifest: Manifest, device: str, precision: str) -> type:
+    """`_Embedder` for this model: its settings ride in the class (shipped with it), not as
+    constructor arguments in the object store, which Ray warns a restarted actor may lose."""
+    return type("Embedder", (_Embedder,), {"settings": (manifest, device, precision)})
+
+
+class _Embedder:
+    """An embedding actor: loads the index's model once, then embeds decoded batches."""
+
+    settings: tuple[Manifest, str, str]  # set by `_actor_class`
+
+    def __init__(self) -> None:
+        self.model = embedders.load_for(*self.settings)
+        embedders.configure_threads(self.model.device, None)
+        self.node = ray.get_runtime_context().get_node_id()
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """(n, h, w, 3) pixels -> (n, d) vectors (zeros where decoding failed)."""
+        ok = batch["ok"]
+        vectors = np.zeros((len(ok), self.model.info.dim), np.float32)
+        if ok.any():
+            vectors[ok] = self.model.embed(batch["pixels"][ok])
+        return {
+            "meta": batch["meta"],
+            "ok": ok,
+            "vector": vectors,
+            "decode_node": batch["decode_node"],
+            "embed_node": np.array([self.node] * len(ok), object),
+        }
+
+
+def _results(batch: dict[str, np.ndarray]) -> list[FileResult]:
+    """An embedded batch as `FileResult`s whose `pixels` hold the vectors."""
+    out = []
+    for meta, ok, vector in zip(batch["meta"], batch["ok"], batch["vector"], strict=True):
+        result = pickle.loads(meta)
+        out.append(replace(result, pixels=vector) if ok else result)
+    return out

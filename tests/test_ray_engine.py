@@ -1,0 +1,196 @@
+"""`retrieval index --engine ray`: decoding and embedding on Ray, committing here.
+
+Every Ray run is a `python -m retrieval` subprocess (Ray starts and stops with it), bounded by
+a timeout; after each test no Ray process it started is left (`_ray_processes`). The Ray runs
+are `slow` (Ray starts in ~5 s, each actor loads torch): CI still runs them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import _procs as P
+import numpy as np
+import pytest
+
+pytest.importorskip("ray.data")
+
+ROOT = Path(__file__).resolve().parent.parent
+PHOTOS = ROOT / "data" / "photos"
+#: Options for a small, offline, deterministic index (fp32: pinned by conftest too).
+MODEL = ["--model", "test_resnet", "--no-pretrained", "--precision", "fp32"]
+#: Ray's long-lived processes (the per-node servers and agents; workers die with raylet).
+RAY_SERVERS = (b"raylet", b"gcs_server", b"ray::DashboardAgent", b"ray::RuntimeEnvAgent")
+TIMEOUT = 150
+
+
+def _ray_processes() -> set[int]:
+    """Pids of Ray's server processes on this machine (read from /proc)."""
+    found = set()
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/cmdline", "rb") as f:
+                cmdline = f.read()
+        except OSError:
+            continue
+        if any(server in cmdline for server in RAY_SERVERS):
+            found.add(int(name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().split(b") ")[-1][:1] != b"Z"
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def no_ray_left() -> Iterator[set[int]]:
+    """Fails the test if a Ray server process started during it is still alive 10 s later
+    (`leftovers` given back: pids the test itself may end and excuse, e.g. after SIGKILL)."""
+    before = _ray_processes()
+    excused: set[int] = set()
+    yield excused
+    deadline = time.monotonic() + 10
+    left = {p for p in _ray_processes() - before if _alive(p)}
+    while left - excused and time.monotonic() < deadline:
+        time.sleep(0.2)
+        left = {p for p in _ray_processes() - before if _alive(p)}
+    for pid in left & excused:
+        os.kill(pid, signal.SIGKILL)
+    assert left - excused == set()
+
+
+def _index(
+    photos: Path, index: Path, *extra: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    argv = [sys.executable, "-m", "retrieval", "index", str(photos), "--index", str(index)]
+    return subprocess.run(
+        [*argv, *MODEL, "--json", *extra],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        env={**os.environ, **(env or {})},
+        start_new_session=True,
+    )
+
+
+def _rows(index: Path) -> dict[bytes, tuple[int, str, np.ndarray | None]]:
+    return {
+        path: (row.id, row.status, np.frombuffer(row.vector, np.float32) if row.vector else None)
+        for path, row in P.rows(index).items()
+    }
+
+
+def _assert_same_rows(index: Path, reference: Path) -> None:
+    """Same paths, ids and states as `reference`, vectors at cosine >= 0.9999."""
+    got, want = _rows(index), _rows(reference)
+    assert sorted(got) == sorted(want)
+    assert {p: r[:2] for p, r in got.items()} == {p: r[:2] for p, r in want.items()}
+    for path, (_, status, vector) in want.items():
+        if status == "ok":
+            assert float(got[path][2] @ vector) >= 0.9999, path
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """data/photos plus two bad files: a JPEG cut short and a text file named .png."""
+    folder = tmp_path_factory.mktemp("ray") / "photos"
+    shutil.copytree(PHOTOS, folder)
+    (folder / "truncated.jpg").write_bytes((PHOTOS / "coffee.jpg").read_bytes()[:2000])
+    (folder / "not_an_image.png").write_bytes(b"hello, not a PNG\n" * 10)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def local(photos: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    index = tmp_path_factory.mktemp("local") / "index"
+    done = _index(photos, index, "--workers", "0")
+    assert done.returncode == 0, done.stderr
+    return index
+
+
+def test_without_ray_the_engine_says_how_to_install_it(tmp_path: Path) -> None:
+    blocked = (
+        "import sys; sys.modules['ray'] = None; "  # `import ray` now raises ImportError
+        "from retrieval.cli import main; main(sys.argv[1:])"
+    )
+    index = tmp_path / "index"
+    argv = ["index", str(PHOTOS), "--index", str(index), *MODEL, "--engine", "ray"]
+    done = subprocess.run(
+        [sys.executable, "-c", blocked, *argv], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("error: --engine ray needs Ray Data, which cannot be imported")
+    assert lines[0].endswith(
+        "install it: pip install 'retrieval[ray]' (or: pip install 'ray[data]>=2.40')"
+    )
+    assert not index.exists()  # refused before anything was written
+
+
+def test_ray_options_need_the_ray_engine(tmp_path: Path) -> None:
+    from conftest import run_cli
+
+    result = run_cli("index", str(PHOTOS), "--index", str(tmp_path / "i"), "--actors", "2")
+    assert result.exit_code == 2
+    assert "--ray-address and --actors need --engine ray" in result.stderr
+
+
+@pytest.mark.slow
+def test_ray_run_equals_a_local_run(photos: Path, local: Path, tmp_path: Path, no_ray_left):
+    index = tmp_path / "index"
+    done = _index(photos, index, "--engine", "ray", "--batch-size", "4")
+    assert done.returncode == 0, done.stderr
+    got = json.loads(done.stdout)
+    assert (got["added"], len(got["failed"])) == (11, 2)
+    assert sorted(f["path"].rsplit("/", 1)[1] for f in got["failed"]) == [
+        "not_an_image.png",
+        "truncated.jpg",
+    ]
+    assert "ray: decoded on 1 node(s), embedded by 1 cpu actor(s) on 1 node(s)" in done.stderr
+    _assert_same_rows(index, local)
+
+
+@pytest.mark.slow
+def test_a_killed_driver_keeps_its_batches_and_the_rerun_finishes(
+    photos: Path, local: Path, tmp_path: Path, no_ray_left
+) -> None:
+    index = tmp_path / "index"
+    killed = _index(
+        photos, index, "--engine", "ray", "--batch-size", "4", env=P.kill_env("batch-committed:2")
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    kept = _rows(index)
+    assert [r[1] for r in kept.values()].count("ok") == 8  # two batches of 4, then killed
+    # Ray's agents outlive a SIGKILLed driver by up to ~2 minutes (they exit once they see
+    # raylet gone); raylet and GCS die with it. The agents are excused and ended here.
+    no_ray_left.update(p for p in _ray_processes() if _is_agent(p))
+    resumed = _index(photos, index, "--engine", "ray", "--batch-size", "4")
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads(resumed.stdout)["added"] == 3  # only the rest: the 8 kept are unchanged
+    assert {p: r[:2] for p, r in _rows(index).items() if p in kept} == {
+        p: r[:2] for p, r in kept.items()
+    }
+    _assert_same_rows(index, local)
+
+
+def _is_agent(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return b"Agent" in f.read()
+    except OSError:
+        return False
