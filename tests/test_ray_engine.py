@@ -30,6 +30,9 @@ MODEL = ["--model", "test_resnet", "--no-pretrained", "--precision", "fp32"]
 #: Ray's long-lived processes (the per-node servers and agents; workers die with raylet).
 RAY_SERVERS = (b"raylet", b"gcs_server", b"ray::DashboardAgent", b"ray::RuntimeEnvAgent")
 TIMEOUT = 150
+#: On Linux Ray replaces a loopback address (even `_node_ip_address="127.0.0.1"`) with the
+#: machine's outward address unless this is set: the tests keep Ray on 127.0.0.1.
+LOOPBACK = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 
 
 def _ray_processes() -> set[int]:
@@ -82,7 +85,7 @@ def _index(
         capture_output=True,
         text=True,
         timeout=TIMEOUT,
-        env={**os.environ, **(env or {})},
+        env={**os.environ, **LOOPBACK, **(env or {})},
         start_new_session=True,
     )
 
@@ -194,3 +197,61 @@ def _is_agent(pid: int) -> bool:
             return b"Agent" in f.read()
     except OSError:
         return False
+
+
+@pytest.mark.slow
+def test_a_three_node_cluster_spreads_the_work_and_losing_a_node_loses_nothing(
+    tmp_path: Path, no_ray_left, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ray's own tests simulate a cluster on one machine with `ray.cluster_utils.Cluster`:
+    a head and two worker nodes, loopback only. The run is paused after its
+    second commit, one worker node is removed (its processes killed), and the run goes on:
+    Ray redoes the lost work, and every file is committed exactly once."""
+    from ray._private import ray_constants
+    from ray.cluster_utils import Cluster
+
+    monkeypatch.setattr(ray_constants, "ENABLE_RAY_CLUSTER", False)  # LOOPBACK, in-process
+    for name, value in LOOPBACK.items():
+        monkeypatch.setenv(name, value)
+    signal.alarm(2 * TIMEOUT)  # the cluster's own start and stop are bounded too
+    photos = tmp_path / "photos"
+    P.make_images(photos, 40)
+    reference = tmp_path / "reference"
+    assert _index(photos, reference, "--workers", "0").returncode == 0
+    # 2 CPUs a node: an actor takes 0.5, and a decode task needs a whole one beside it
+    node = {"num_cpus": 2, "node_ip_address": "127.0.0.1", "object_store_memory": 80 << 20}
+    cluster = Cluster(initialize_head=True, head_node_args={**node, "include_dashboard": False})
+    try:
+        workers = [cluster.add_node(**node) for _ in range(2)]
+        cluster.wait_for_nodes()
+        flag, index = tmp_path / "paused", tmp_path / "index"
+        argv = [sys.executable, "-m", "retrieval", "index", str(photos), "--index", str(index)]
+        argv += [*MODEL, "--json", "--engine", "ray", "--ray-address", cluster.address]
+        run = subprocess.Popen(
+            [*argv, "--actors", "2", "--batch-size", "4"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, **LOOPBACK, **P.pause_env("batch-committed:2", flag)},
+            start_new_session=True,
+        )
+        try:
+            deadline = time.monotonic() + TIMEOUT
+            while not flag.exists() and run.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert flag.exists(), run.communicate()[1]
+            cluster.remove_node(workers[0])
+            flag.unlink()
+            out, err = run.communicate(timeout=TIMEOUT)
+        finally:
+            if run.poll() is None:
+                os.killpg(run.pid, signal.SIGKILL)
+                run.wait()
+        assert run.returncode == 0, err
+        assert json.loads(out or "{}").get("added") == 40, (out, err)
+        decoded_on = int(err.split("ray: decoded on ")[1].split(" ")[0])
+        assert decoded_on > 1, err
+        _assert_same_rows(index, reference)  # exactly once: same ids, no row lost or doubled
+    finally:
+        cluster.shutdown()
+        signal.alarm(0)

@@ -78,7 +78,8 @@ class RayEngine:
         items = [
             {"path": e.path, "follow": e.link, "device": e.device, "inode": e.inode} for e in todo
         ]
-        decoded = ray.data.from_items(items).map_batches(
+        blocks = -(-len(items) // DECODE_BATCH)  # a decode task per block: spread, not one
+        decoded = ray.data.from_items(items, override_num_blocks=blocks).map_batches(
             _decode,
             fn_args=(preprocess, options.max_megapixels),
             batch_size=DECODE_BATCH,
