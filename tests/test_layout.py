@@ -9,11 +9,14 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from conftest import TINY, run_cli
 from test_ann import clustered, synthetic_manifest
 
+from retrieval.api import Index
 from retrieval.errors import UsageError
-from retrieval.ops.layout import ShardWriter
+from retrieval.ops.layout import METADATA_COLUMNS, ShardWriter
 from retrieval.store.catalog import NewRow
+from retrieval.store.index_dir import IndexDir
 
 DIM = 16
 
@@ -84,3 +87,173 @@ def test_a_folder_with_files_is_refused(tmp_path: Path) -> None:
     (tmp_path / "o" / "keep.txt").write_text("x")
     with pytest.raises(UsageError, match="already holds files"):
         ShardWriter(str(tmp_path / "o"), synthetic_manifest(DIM))
+
+
+# -- export --layout clip-retrieval and import DIR, on the tiny index ---------------------------
+
+
+@pytest.fixture(scope="module")
+def layout(tiny_index, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`export --layout clip-retrieval --shard-size 3` of the tiny index (8 rows: 3 shards)."""
+    out = tmp_path_factory.mktemp("layout") / "embeddings"
+    result = run_cli(
+        "export",
+        "--index",
+        tiny_index.directory,
+        "--layout",
+        "clip-retrieval",
+        "--shard-size",
+        "3",
+        "-o",
+        out,
+    )
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout == f"exported 8 embeddings (96-d, float32) in 3 shard(s) to {out}\n"
+    return out
+
+
+def catalogue(directory: Path) -> tuple[list[int], list[bytes], np.ndarray]:
+    """(ids, paths, vectors) of every stored row, in id order."""
+    with IndexDir.open(directory) as index_dir, index_dir.catalog.read() as conn:
+        rows = [r for batch in index_dir.catalog.metadata_rows(conn) for r in batch]
+        dim = index_dir.require_manifest().dim
+        xb = index_dir.catalog.decode([r.vector for r in rows], dim)
+        return [r.id for r in rows], [r.path for r in rows], xb
+
+
+def by_path(directory: Path) -> tuple[list[bytes], np.ndarray]:
+    _, paths, xb = catalogue(directory)
+    order = sorted(range(len(paths)), key=paths.__getitem__)
+    return [paths[i] for i in order], xb[order]
+
+
+def test_layout_files_sizes_and_columns(tiny_index, layout: Path) -> None:
+    ids, paths, xb = catalogue(tiny_index.directory)
+    assert sorted(p.name for p in (layout / "img_emb").iterdir()) == [
+        "img_emb_0.npy",
+        "img_emb_1.npy",
+        "img_emb_2.npy",
+    ]
+    shards = [np.load(layout / "img_emb" / f"img_emb_{k}.npy") for k in range(3)]
+    assert [s.shape for s in shards] == [(3, 96), (3, 96), (2, 96)]
+    assert all(s.dtype == np.float32 for s in shards)
+    np.testing.assert_array_equal(np.concatenate(shards), xb)  # in id order, bit for bit
+    meta = pq.read_table(sorted((layout / "metadata").iterdir())).to_pylist()
+    assert list(meta[0]) == list(METADATA_COLUMNS)  # image_path first; no embedding, no bytes
+    assert [m["id"] for m in meta] == ids
+    assert [m["image_path"].encode() for m in meta] == paths
+    assert all(len(m["content_hash"]) == 32 and int(m["content_hash"], 16) >= 0 for m in meta)
+    info = json.loads((layout / "manifest.json").read_text())
+    assert (info["layout"], info["dim"], info["rows"], info["normalized"]) == (
+        "clip-retrieval",
+        96,
+        8,
+        True,
+    )
+    assert info["manifest"] == Index(tiny_index.directory).manifest().to_dict()
+
+
+def test_import_of_the_layout_round_trips(tiny_index, layout: Path, tmp_path: Path) -> None:
+    result = run_cli("import", layout, "--index", tmp_path / "copy", "--json")
+    assert result.exit_code == 0, result.stderr
+    assert (result.json()["added"], result.json()["dim"]) == (8, 96)
+    paths, xb = by_path(tiny_index.directory)
+    copy_paths, copy_xb = by_path(tmp_path / "copy")
+    assert copy_paths == paths
+    np.testing.assert_array_equal(copy_xb, xb)
+    copy = Index(tmp_path / "copy").manifest()
+    assert copy.model == Index(tiny_index.directory).manifest().model
+    # the metadata came along: a later `index` of the same folder re-embeds nothing
+    result = run_cli("index", tiny_index.photos, "--index", tmp_path / "copy", *TINY, "--json")
+    assert result.exit_code == 0, result.stderr
+    assert result.json()["added"] == 0 and result.json()["updated"] == 0
+
+
+def test_float16_layout_round_trips_within_tolerance(tiny_index, tmp_path: Path) -> None:
+    out = tmp_path / "half"
+    result = run_cli(
+        "export",
+        "--index",
+        tiny_index.directory,
+        "--layout",
+        "clip-retrieval",
+        "--dtype",
+        "float16",
+        "-o",
+        out,
+    )
+    assert result.exit_code == 0, result.stderr
+    assert [p.name for p in (out / "img_emb").iterdir()] == ["img_emb_0.npy"]  # one shard
+    assert np.load(out / "img_emb" / "img_emb_0.npy").dtype == np.float16
+    assert run_cli("import", out, "--index", tmp_path / "copy").exit_code == 0
+    paths, xb = by_path(tiny_index.directory)
+    copy_paths, copy_xb = by_path(tmp_path / "copy")
+    assert copy_paths == paths
+    assert np.abs(copy_xb - xb).max() < 2e-3
+    assert np.einsum("ij,ij->i", copy_xb, xb).min() >= 0.9999
+
+
+def test_embedding_reader_reads_every_row(tiny_index, layout: Path) -> None:
+    """embedding-reader's parquet_npy format (what clip-retrieval's index step and autofaiss
+    use to read embeddings with metadata) reads the layout unchanged."""
+    embedding_reader = pytest.importorskip("embedding_reader")
+    reader = embedding_reader.EmbeddingReader(
+        str(layout / "img_emb"),
+        file_format="parquet_npy",
+        meta_columns=["image_path"],
+        metadata_folder=str(layout / "metadata"),
+    )
+    assert (reader.count, reader.dimension) == (8, 96)
+    got_paths: list[str] = []
+    got_xb = []
+    for xb, meta in reader(batch_size=5, start=0, end=reader.count, show_progress=False):
+        got_xb.append(xb)
+        got_paths.extend(meta["image_path"].tolist())
+    _, paths, xb = catalogue(tiny_index.directory)
+    assert got_paths == [p.decode() for p in paths]
+    np.testing.assert_array_equal(np.concatenate(got_xb), xb)
+
+
+def test_what_autofaiss_reads(tiny_index, layout: Path) -> None:
+    """autofaiss --embeddings DIR/img_emb takes every .npy there in sorted name order (autofaiss
+    pins numpy 1.26 and cannot install beside numpy 2: this is that read, done with numpy)."""
+    files = sorted((layout / "img_emb").glob("*.npy"))
+    xb = np.concatenate([np.load(f) for f in files])
+    _, _, stored_xb = catalogue(tiny_index.directory)
+    np.testing.assert_array_equal(xb, stored_xb)
+    assert np.allclose(np.linalg.norm(xb, axis=1), 1, atol=1e-5)  # inner product = cosine
+
+
+def test_exact_neighbours_of_the_export_match_search_like(tiny_index, layout: Path) -> None:
+    xb = np.concatenate([np.load(f) for f in sorted((layout / "img_emb").glob("*.npy"))])
+    meta = pq.read_table(sorted((layout / "metadata").iterdir())).to_pylist()
+    paths = [m["image_path"] for m in meta]
+    for q in (0, 5):
+        scores = xb @ xb[q]
+        order = [int(i) for i in np.argsort(-scores, kind="stable") if i != q][:3]
+        result = run_cli(
+            "search",
+            "--like",
+            paths[q],
+            "--index",
+            tiny_index.directory,
+            "-k",
+            "3",
+            "--format",
+            "json",
+        )
+        assert result.exit_code == 0, result.stderr
+        hits = result.json()[0]["results"]
+        assert [h["path"] for h in hits] == [paths[i] for i in order]
+        np.testing.assert_allclose([h["score"] for h in hits], scores[order], atol=1e-5)
+
+
+def test_export_refuses_a_folder_that_holds_files(tiny_index, layout: Path) -> None:
+    result = run_cli(
+        "export", "--index", tiny_index.directory, "--layout", "clip-retrieval", "-o", layout
+    )
+    assert result.exit_code == 1
+    assert result.stderr == (
+        f"error: {layout} already holds files; a layout export writes into a new or empty "
+        "folder: remove it or choose another -o\n"
+    )

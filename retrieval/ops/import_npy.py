@@ -85,7 +85,7 @@ def _read_sidecar(path: str, side: str) -> dict[str, Any]:
 
 
 def npy_header(path: str, dtypes: tuple[str, ...] = ("<f4",)) -> tuple[tuple[int, ...], int]:
-    """(shape, offset of the data) of a little-endian float32, C-order .npy file."""
+    """(shape, offset of the data) of a C-order .npy file of one of `dtypes` (numpy names)."""
     fmt = np.lib.format
     try:
         with open(path, "rb") as fh:

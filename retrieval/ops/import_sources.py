@@ -23,7 +23,9 @@ from ..pathnames import decoded
 from ..store.catalog import NewRow
 from ..store.manifest import Manifest
 from . import import_checks as checks
+from . import import_foreign as foreign_files
 from .exchange import sidecar_path
+from .import_foreign import Fallback
 
 #: Stamp of a file: (st_dev, st_ino, st_size, st_mtime_ns) of it (and of its sidecar).
 Stamp = tuple[tuple[int, ...], ...]
@@ -41,6 +43,8 @@ class Source:
     batches: Callable[[int], Iterator[list[NewRow]]]
     stamp: Stamp
     opened: float = field(default_factory=time.monotonic)
+    #: Something to tell the user about this file (a manifest taken from elsewhere), or None.
+    notice: str | None = None
 
     def check_unchanged(self) -> None:
         if stamp(self.path) != self.stamp:
@@ -51,7 +55,10 @@ class Source:
 
 
 def stamp(path: str) -> Stamp:
-    files = [path, sidecar_path(path)] if path.endswith(".npy") else [path]
+    if os.path.isdir(path):  # a layout folder: every file in it
+        files = sorted(os.path.join(r, f) for r, _, names in os.walk(path) for f in names)
+    else:
+        files = [path, sidecar_path(path)] if path.endswith(".npy") else [path]
     try:
         stats = [os.stat(f) for f in files]
     except OSError:
@@ -59,16 +66,26 @@ def stamp(path: str) -> Stamp:
     return tuple((s.st_dev, s.st_ino, s.st_size, s.st_mtime_ns) for s in stats)
 
 
-def open_source(path: str) -> Source:
-    """Read and check the header of an export (.parquet, or .npy with its .rows.json)."""
+def open_source(path: str, fallback: Fallback | None = None) -> Source:
+    """Read and check the header of an export (.parquet, .npy with its .rows.json, or a
+    clip-retrieval layout folder). `fallback`: the manifest for a parquet file without one."""
     path = os.path.abspath(path)
+    if os.path.isdir(path):
+        from .import_layout import is_layout, layout_source
+
+        if is_layout(path):
+            return layout_source(path)
+        raise UsageError(
+            f"{path} is a folder but not a clip-retrieval layout (img_emb/, metadata/, "
+            "manifest.json); give the files `retrieval export` wrote"
+        )
     if not os.path.isfile(path):
         raise UsageError(f"{path} does not exist; give the files `retrieval export` wrote")
     if path.endswith(".npy"):
         from .import_npy import npy_source
 
         return npy_source(path)
-    return _parquet_source(path)
+    return _parquet_source(path, fallback)
 
 
 def manifest_from(raw: Any, where: str) -> Manifest:
@@ -105,7 +122,7 @@ _COLUMNS = ("path", "path_bytes", "embedding", "size", "mtime_ns", "width", "hei
 _COLUMNS += ("content_hash",)
 
 
-def _parquet_source(path: str) -> Source:
+def _parquet_source(path: str, fallback: Fallback | None) -> Source:
     import pyarrow.parquet as pq
 
     try:
@@ -116,13 +133,20 @@ def _parquet_source(path: str) -> Source:
     except Exception as exc:  # pyarrow raises ArrowInvalid, OSError, ... for damaged files
         raise checks.refuse(path, f"it is not a readable parquet file ({reason(exc)})") from None
     meta = schema.metadata or {}
-    manifest = manifest_from(meta.get(b"retrieval.manifest"), path)
+    raw = meta.get(b"retrieval.manifest")
+    foreign = raw is None or raw == b""  # rewritten by another tool: the manifest is lost
+    if foreign and fallback is None:
+        raise foreign_files.no_manifest(path)
+    manifest = fallback.manifest if foreign and fallback else manifest_from(raw, path)
     names = schema.names
     if "embedding" not in names or not {"path", "path_bytes"} & set(names):
         raise ImportFormatError(f"{path} lacks the columns embedding and path_bytes (or path)")
     wanted = [c for c in _COLUMNS if c in names]
     for name in wanted:
         problem = _type_problem(name, schema, manifest.dim)
+        if foreign and schema.names.count(name) == 1:
+            relaxed = foreign_files.type_problem(name, schema.field(name).type, manifest.dim)
+            problem = problem if relaxed is False else relaxed
         if problem:
             raise checks.refuse(path, problem)
     for key, value in ((b"model", manifest.model.name), (b"dim", str(manifest.dim))):
@@ -145,10 +169,13 @@ def _parquet_source(path: str) -> Source:
                 raise checks.refuse(
                     path, f"it is damaged after row {first} ({reason(exc)})"
                 ) from None
+            if foreign:
+                batch = foreign_files.conform(batch, manifest.dim, path, first)
             yield _parquet_rows(batch, manifest.dim, path, first)
             first += batch.num_rows
 
-    return Source(path, manifest, total, batches, stamp(path))
+    said = foreign_files.notice(path, fallback) if foreign and fallback else None
+    return Source(path, manifest, total, batches, stamp(path), notice=said)
 
 
 def _type_problem(name: str, schema: Any, dim: int) -> str | None:
