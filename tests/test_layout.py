@@ -4,16 +4,19 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from conftest import TINY, run_cli
-from test_ann import clustered, synthetic_manifest
+from test_ann import clustered, make_index, synthetic_manifest
 
 from retrieval.api import Index
 from retrieval.errors import UsageError
+from retrieval.ops.import_checks import NOTHING
 from retrieval.ops.layout import METADATA_COLUMNS, ShardWriter
 from retrieval.store.catalog import NewRow
 from retrieval.store.index_dir import IndexDir
@@ -257,3 +260,191 @@ def test_export_refuses_a_folder_that_holds_files(tiny_index, layout: Path) -> N
         f"error: {layout} already holds files; a layout export writes into a new or empty "
         "folder: remove it or choose another -o\n"
     )
+
+
+# -- what import DIR refuses: one line each, nothing written -----------------------------------
+
+
+def _drop_manifest(out: Path) -> None:
+    (out / "manifest.json").unlink()
+
+
+def _short_metadata(out: Path) -> None:
+    path = out / "metadata" / "metadata_1.parquet"
+    pq.write_table(pq.read_table(path).slice(0, 2), path)
+
+
+def _wrong_dim(out: Path) -> None:
+    np.save(out / "img_emb" / "img_emb_1.npy", clustered(3, 95))
+
+
+def _nan(out: Path) -> None:
+    path = out / "img_emb" / "img_emb_2.npy"
+    xb = np.load(path)
+    xb[1, 7] = np.nan
+    np.save(path, xb)
+
+
+def _truncated(out: Path) -> None:
+    path = out / "img_emb" / "img_emb_0.npy"
+    path.write_bytes(path.read_bytes()[:-10])
+
+
+def _stray(out: Path) -> None:
+    np.save(out / "img_emb" / "img_emb_3.npy", clustered(2, 96))
+
+
+def _bad_hash(out: Path) -> None:
+    path = out / "metadata" / "metadata_0.parquet"
+    table = pq.read_table(path)
+    hashes = table.column("content_hash").to_pylist()
+    hashes[2] = "not hex"
+    i = table.schema.get_field_index("content_hash")
+    pq.write_table(table.set_column(i, "content_hash", pa.array(hashes)), path)
+
+
+@pytest.mark.parametrize(
+    ("tamper", "message"),
+    [
+        (
+            _drop_manifest,
+            "{out} has no manifest.json: an unfinished export (it is written last) or not a "
+            "`retrieval export --layout clip-retrieval` folder; nothing was imported; export "
+            "it again",
+        ),
+        (
+            _short_metadata,
+            "{out}/img_emb/img_emb_1.npy holds 3 rows but {out}/metadata/metadata_1.parquet "
+            "holds 2: a shard's vectors and metadata must be row-aligned; {nothing}",
+        ),
+        (_wrong_dim, "{out}/img_emb/img_emb_1.npy: it holds a (3, 95) matrix, not (rows, 96); "),
+        (
+            _nan,
+            "{out}/metadata/metadata_2.parquet (with img_emb_2.npy) row 1: embedding holds "
+            "NaN or infinite values; {nothing}",
+        ),
+        (
+            _truncated,
+            "{out}/img_emb/img_emb_0.npy: it is 1270 bytes long, but its header describes 3 x 96 "
+            "float32 values (1280 bytes with the header): it was cut short or padded; {nothing}",
+        ),
+        (
+            _stray,
+            "{out}/img_emb/img_emb_3.npy: it is not listed in {out}/manifest.json, and readers "
+            "of the layout would take it; {nothing}",
+        ),
+        (
+            _bad_hash,
+            "{out}/metadata/metadata_0.parquet (with img_emb_0.npy) row 2: content_hash "
+            "'not hex' is not hexadecimal; {nothing}",
+        ),
+    ],
+)
+def test_bad_layouts_are_refused_in_one_line(
+    layout: Path, tmp_path: Path, tamper, message: str
+) -> None:
+    out = tmp_path / "bad"
+    shutil.copytree(layout, out)
+    tamper(out)
+    result = run_cli("import", out, "--index", tmp_path / "new")
+    assert result.exit_code == 1
+    expected = message.format(out=out, nothing=NOTHING)
+    assert result.stderr.startswith(f"error: {expected}"), result.stderr
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert not (tmp_path / "new" / "catalog.sqlite").exists()
+
+
+# -- parquet files another tool rewrote (the schema metadata, our manifest, is lost) ------------
+
+
+@pytest.fixture(scope="module")
+def rewritten(exported, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The tiny index's parquet export written back by pyarrow without its schema metadata and
+    (where pandas is installed) by pandas: both lose the manifest; pandas also turns the
+    embedding into a plain list and nullable integers into float64."""
+    out = tmp_path_factory.mktemp("rewritten")
+    table = pq.read_table(exported["parquet"])
+    files = {"pyarrow": out / "pyarrow.parquet"}
+    pq.write_table(table.replace_schema_metadata(None), files["pyarrow"])
+    try:
+        import pandas
+    except ImportError:
+        return files
+    frame = pandas.read_parquet(exported["parquet"])
+    frame.loc[0, "width"] = None  # a missing width: pandas stores the column as float64
+    files["pandas"] = out / "pandas.parquet"
+    frame.to_parquet(files["pandas"])
+    schema = pq.read_schema(files["pandas"])
+    assert b"retrieval.manifest" not in (schema.metadata or {})
+    assert not pa.types.is_fixed_size_list(schema.field("embedding").type)
+    assert pa.types.is_floating(schema.field("width").type)
+    return files
+
+
+def test_rewritten_parquet_without_a_manifest_is_refused_into_a_new_index(
+    rewritten, tmp_path: Path
+) -> None:
+    result = run_cli("import", rewritten["pyarrow"], "--index", tmp_path / "new")
+    assert result.exit_code == 1
+    assert result.stderr == (
+        f"error: {rewritten['pyarrow']} carries no retrieval manifest (model, weights, dim): "
+        "pandas, polars, DuckDB and datasets drop it when they rewrite a file; give it with "
+        "--manifest FILE (the manifest.json of the index or of a `--layout clip-retrieval` "
+        "export), or import into an existing index of the same model\n"
+    )
+
+
+@pytest.mark.parametrize("tool", ["pyarrow", "pandas"])
+def test_rewritten_parquet_imports_with_manifest(
+    tiny_index, layout: Path, rewritten, tmp_path: Path, tool: str
+) -> None:
+    if tool not in rewritten:
+        pytest.skip("pandas is not installed")
+    for manifest in (layout / "manifest.json", tiny_index.directory / "manifest.json"):
+        copy = tmp_path / manifest.parent.name
+        result = run_cli(
+            "import", rewritten[tool], "--manifest", manifest, "--index", copy, "--json"
+        )
+        assert result.exit_code == 0, result.stderr
+        assert result.stderr == ""  # the manifest was given: nothing to warn about
+        paths, xb = by_path(tiny_index.directory)
+        copy_paths, copy_xb = by_path(copy)
+        assert copy_paths == paths
+        np.testing.assert_array_equal(copy_xb, xb)
+        assert Index(copy).manifest().model == Index(tiny_index.directory).manifest().model
+    with IndexDir.open(copy) as index_dir, index_dir.catalog.read() as conn:
+        widths = {r.path: r.width for b in index_dir.catalog.metadata_rows(conn) for r in b}
+    first = pq.read_table(rewritten[tool]).column("path_bytes")[0].as_py()
+    assert widths[first] == (None if tool == "pandas" else 128)
+    assert {w for p, w in widths.items() if p != first} == {128}
+
+
+def test_rewritten_parquet_into_an_existing_index_takes_its_manifest(
+    tiny_index, exported, rewritten, tmp_path: Path
+) -> None:
+    copy = tmp_path / "copy"
+    assert run_cli("import", exported["parquet"], "--index", copy).exit_code == 0
+    before = by_path(copy)
+    result = run_cli("import", rewritten["pyarrow"], "--index", copy, "--json")
+    assert result.exit_code == 0, result.stderr
+    assert result.json()["updated"] == 8
+    assert result.stderr == (
+        f"retrieval: {rewritten['pyarrow']} carries no retrieval manifest (rewritten by another "
+        "tool?); its "
+        f"vectors are taken as test_resnet (96-d) like the index at {copy}: only their "
+        "dimension could be checked\n"
+    )
+    after = by_path(copy)
+    assert after[0] == before[0]
+    np.testing.assert_array_equal(after[1], before[1])
+
+
+def test_rewritten_parquet_of_another_dimension_is_refused(rewritten, tmp_path: Path) -> None:
+    make_index(tmp_path / "other", synthetic_manifest(DIM), clustered(5, DIM))
+    result = run_cli("import", rewritten["pyarrow"], "--index", tmp_path / "other")
+    assert result.exit_code == 1
+    assert result.stderr == (
+        f"error: {rewritten['pyarrow']}: it holds 96-d embeddings but the manifest says 16-d; "
+        f"{NOTHING}\n"
+    )
+    assert catalogue(tmp_path / "other")[2].shape == (5, DIM)  # nothing written

@@ -12,7 +12,6 @@ the usual row checks; values that do not fit (a fractional width, a 95-value emb
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,7 +65,7 @@ def notice(path: str, fallback: Fallback) -> str | None:
         return None
     model = fallback.manifest.model
     return (
-        f"{os.path.basename(path)} carries no retrieval manifest (rewritten by another tool?); "
+        f"{path} carries no retrieval manifest (rewritten by another tool?); "
         f"its vectors are taken as {model.name} ({model.dim}-d) like {fallback.origin}: only "
         "their dimension could be checked"
     )
