@@ -4,7 +4,11 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -448,3 +452,81 @@ def test_rewritten_parquet_of_another_dimension_is_refused(rewritten, tmp_path: 
         f"{NOTHING}\n"
     )
     assert catalogue(tmp_path / "other")[2].shape == (5, DIM)  # nothing written
+
+
+# -- a killed export, the library API, odd inputs -------------------------------------------------
+
+
+@pytest.mark.parametrize("point", ["write-temp/img_emb_1.npy:1", "write-temp/manifest.json:1"])
+def test_a_killed_export_never_looks_complete(tiny_index, tmp_path: Path, point: str) -> None:
+    """SIGKILL while a shard (or manifest.json itself) is half-written: no manifest.json, so
+    `import` refuses the folder instead of reading part of it."""
+    out = tmp_path / "killed"
+    argv = ["export", "--index", str(tiny_index.directory), "--layout", "clip-retrieval"]
+    done = subprocess.run(
+        [sys.executable, "-m", "retrieval", *argv, "--shard-size", "3", "-o", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "RETRIEVAL_TEST_KILL_AT": point},
+    )
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    assert not (out / "manifest.json").exists()
+    result = run_cli("import", out, "--index", tmp_path / "new")
+    assert result.exit_code == 1
+    assert result.stderr.startswith(f"error: {out} has no manifest.json: an unfinished export")
+
+
+def test_library_api_round_trip(tiny_index, tmp_path: Path) -> None:
+    import retrieval
+
+    options = retrieval.LayoutOptions("clip-retrieval", shard_size=5, dtype="float32")
+    report = retrieval.Index(tiny_index.directory).export(tmp_path / "out", layout=options)
+    assert (report.rows, report.dim, report.shards) == (8, 96, 2)
+    assert report.to_dict()["files"] == [str(tmp_path / "out")]
+    parquet = tmp_path / "plain.parquet"
+    retrieval.Index(tiny_index.directory).export(parquet, "parquet")
+    pq.write_table(pq.read_table(parquet).replace_schema_metadata(None), parquet)
+    copy = retrieval.Index(tmp_path / "copy")
+    assert copy.import_files([tmp_path / "out"]).added == 8
+    notices: list[str] = []
+    again = retrieval.Index(tmp_path / "copy", notify=notices.append).import_files([parquet])
+    assert (
+        again.updated == 8 and len(notices) == 1 and "carries no retrieval manifest" in notices[0]
+    )
+    fresh = retrieval.Index(tmp_path / "fresh").import_files(
+        [parquet], manifest=tmp_path / "out" / "manifest.json"
+    )
+    assert fresh.added == 8
+
+
+def test_an_empty_index_exports_an_empty_layout(tmp_path: Path) -> None:
+    make_index(tmp_path / "empty", synthetic_manifest(DIM), clustered(0, DIM))
+    out = tmp_path / "out"
+    result = run_cli(
+        "export", "--index", tmp_path / "empty", "--layout", "clip-retrieval", "-o", out
+    )
+    assert result.exit_code == 0, result.stderr
+    assert json.loads((out / "manifest.json").read_text())["rows"] == 0
+    result = run_cli("import", out, "--index", tmp_path / "copy", "--json")
+    assert result.exit_code == 0, result.stderr
+    assert result.json()["added"] == 0
+
+
+def test_a_plain_folder_is_not_a_layout(tmp_path: Path) -> None:
+    (tmp_path / "photos").mkdir()
+    result = run_cli("import", tmp_path / "photos", "--index", tmp_path / "new")
+    assert result.exit_code == 1
+    assert result.stderr == (
+        f"error: {tmp_path / 'photos'} is a folder but not a clip-retrieval layout (img_emb/, "
+        "metadata/, manifest.json); give the files `retrieval export` wrote\n"
+    )
+
+
+def test_default_export_to_a_folder_says_to_use_the_layout(tiny_index, tmp_path: Path) -> None:
+    result = run_cli("export", "--index", tiny_index.directory, "-o", tmp_path)
+    assert result.exit_code == 1
+    assert result.stderr == (
+        f"error: {tmp_path} is a folder; give -o a file name (or --layout clip-retrieval to "
+        "write a folder of shards)\n"
+    )

@@ -71,22 +71,27 @@ def notice(path: str, fallback: Fallback) -> str | None:
     )
 
 
-def type_problem(name: str, kind: Any, dim: int) -> str | None | bool:
-    """A problem with column `name` of type `kind` that `conform` cannot fix (str), None when
-    `conform` fixes it, or False when the column is for the strict check (`_type_problem`)."""
+def conforms(name: str, kind: Any) -> bool:
+    """Whether `conform` brings column `name` of type `kind` to export's type (then
+    `type_problem` checks it; other columns get the strict check of an export)."""
     import pyarrow as pa
 
-    if name == "embedding":
-        lists = pa.types.is_list(kind) or pa.types.is_large_list(kind)
-        fixed = pa.types.is_fixed_size_list(kind)
-        if not (lists or fixed) or not pa.types.is_floating(kind.value_type):
-            return f"its embedding column is {kind}, not a list of numbers"
-        if fixed and kind.list_size != dim:
-            return f"it holds {kind.list_size}-d embeddings but the manifest says {dim}-d"
-        return None
-    if name in INTEGER_COLUMNS and pa.types.is_floating(kind):
-        return None
-    return False
+    return name == "embedding" or (name in INTEGER_COLUMNS and pa.types.is_floating(kind))
+
+
+def type_problem(name: str, kind: Any, dim: int) -> str | None:
+    """Why `conform` cannot bring column `name` of type `kind` to export's type, or None."""
+    import pyarrow as pa
+
+    if name != "embedding":
+        return None  # a floating integer column: each value is checked by `conform`
+    lists = pa.types.is_list(kind) or pa.types.is_large_list(kind)
+    fixed = pa.types.is_fixed_size_list(kind)
+    if not (lists or fixed) or not pa.types.is_floating(kind.value_type):
+        return f"its embedding column is {kind}, not a list of numbers"
+    if fixed and kind.list_size != dim:
+        return f"it holds {kind.list_size}-d embeddings but the manifest says {dim}-d"
+    return None
 
 
 def conform(batch: Any, dim: int, where: str, first: int) -> Any:

@@ -118,7 +118,8 @@ def raise_first(found: tuple[int, Any] | None, where: str, first_row: int) -> No
 # -- parquet -------------------------------------------------------------------------------------
 
 _TEXT, _BINARY = ("path", "format"), ("path_bytes", "content_hash")
-_COLUMNS = ("path", "path_bytes", "embedding", "size", "mtime_ns", "width", "height", "format")
+_COLUMNS: tuple[str, ...] = ("path", "path_bytes", "embedding", "size", "mtime_ns", "width")
+_COLUMNS += ("height", "format")
 _COLUMNS += ("content_hash",)
 
 
@@ -143,10 +144,11 @@ def _parquet_source(path: str, fallback: Fallback | None) -> Source:
         raise ImportFormatError(f"{path} lacks the columns embedding and path_bytes (or path)")
     wanted = [c for c in _COLUMNS if c in names]
     for name in wanted:
-        problem = _type_problem(name, schema, manifest.dim)
-        if foreign and schema.names.count(name) == 1:
-            relaxed = foreign_files.type_problem(name, schema.field(name).type, manifest.dim)
-            problem = problem if relaxed is False else relaxed
+        kind = schema.field(name).type if schema.names.count(name) == 1 else None
+        if foreign and kind is not None and foreign_files.conforms(name, kind):
+            problem = foreign_files.type_problem(name, kind, manifest.dim)
+        else:
+            problem = _type_problem(name, schema, manifest.dim)
         if problem:
             raise checks.refuse(path, problem)
     for key, value in ((b"model", manifest.model.name), (b"dim", str(manifest.dim))):
