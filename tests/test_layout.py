@@ -146,7 +146,8 @@ def test_layout_files_sizes_and_columns(tiny_index, layout: Path) -> None:
     assert all(s.dtype == np.float32 for s in shards)
     np.testing.assert_array_equal(np.concatenate(shards), xb)  # in id order, bit for bit
     meta = pq.read_table(sorted((layout / "metadata").iterdir())).to_pylist()
-    assert list(meta[0]) == list(METADATA_COLUMNS)  # image_path first; no embedding, no bytes
+    assert list(meta[0]) == list(METADATA_COLUMNS)  # image_path first; no embedding column
+    assert {m["path_bytes"] for m in meta} == {None}  # set only for names that are not UTF-8
     assert [m["id"] for m in meta] == ids
     assert [m["image_path"].encode() for m in meta] == paths
     assert all(len(m["content_hash"]) == 32 and int(m["content_hash"], 16) >= 0 for m in meta)
@@ -530,3 +531,20 @@ def test_default_export_to_a_folder_says_to_use_the_layout(tiny_index, tmp_path:
         f"error: {tmp_path} is a folder; give -o a file name (or --layout clip-retrieval to "
         "write a folder of shards)\n"
     )
+
+
+def test_names_that_are_not_utf8_round_trip(tmp_path: Path) -> None:
+    """image_path is text (\\xNN for bytes that are not UTF-8); path_bytes, null for every
+    UTF-8 name, then keeps the name exactly."""
+    rows = new_rows(3)
+    rows[1] = NewRow(b"/p/caf\xe9.jpg", 1, 2, None, None, None, None, None, None)
+    xb = clustered(3, DIM)
+    with ShardWriter(str(tmp_path / "o"), synthetic_manifest(DIM)) as writer:
+        writer.write(rows, xb)
+    meta = pq.read_table(tmp_path / "o" / "metadata" / "metadata_00000.parquet").to_pylist()
+    assert [m["image_path"] for m in meta] == ["/p/00000.jpg", "/p/caf\\xe9.jpg", "/p/00002.jpg"]
+    assert [m["path_bytes"] for m in meta] == [None, b"/p/caf\xe9.jpg", None]
+    assert Index(tmp_path / "copy").import_files([tmp_path / "o"]).added == 3
+    _, paths, stored_xb = catalogue(tmp_path / "copy")
+    assert sorted(paths) == sorted(r.path for r in rows)
+    assert stored_xb.shape == (3, DIM)

@@ -197,7 +197,7 @@ def _rows(batch: Any, xb: np.ndarray, shard: _Shard, first: int) -> list[NewRow]
     cols = dict(zip(batch.schema.names, batch.columns, strict=True))
     cols["content_hash"], hash_check = _hex_hashes(cols.get("content_hash"))
     norms, vector_checks = checks.vector_checks(xb)
-    paths, path_check = paths_column(None, cols["image_path"])
+    paths, path_check = paths_column(_raw_paths(cols), cols["image_path"])
     where = f"{shard.parquet} (with {os.path.basename(shard.npy)})"
     found = checks.first_bad(
         [path_check, hash_check, *vector_checks, *int_checks(cols), *meta_checks(cols)]
@@ -225,6 +225,20 @@ def _rows(batch: Any, xb: np.ndarray, shard: _Shard, first: int) -> list[NewRow]
         )
         for i in range(n)
     ]
+
+
+def _raw_paths(cols: dict[str, Any]) -> Any:
+    """Each row's name as bytes: path_bytes where set (a name that is not UTF-8), else
+    image_path encoded (`paths_column` then checks that image_path shows that name)."""
+    import pyarrow as pa
+
+    texts = cols["image_path"].to_pylist()
+    raws = cols["path_bytes"].to_pylist() if cols.get("path_bytes") is not None else []
+    out = [
+        raw if raw is not None else (None if text is None else text.encode("utf-8"))
+        for text, raw in zip(texts, raws or [None] * len(texts), strict=True)
+    ]
+    return pa.array(out, pa.binary())
 
 
 def _hex_hashes(column: Any) -> tuple[Any, tuple[np.ndarray, Any]]:

@@ -3,7 +3,9 @@
     DIR/img_emb/img_emb_{k}.npy            (n_k, dim) float32 or float16 matrix, C order
     DIR/metadata/metadata_{k}.parquet      n_k rows, row i describing matrix row i: image_path
                                            (text), id, size, mtime_ns, width, height, format,
-                                           content_hash (32 hex digits); no embedding column
+                                           content_hash (32 hex digits), path_bytes (null
+                                           unless the name is not UTF-8: then its raw bytes,
+                                           image_path showing them as \\xNN); no embedding
     DIR/manifest.json                      written last: the index manifest, dtype, the shards
 
 This is what clip-retrieval's inference step writes and what embedding-reader's `parquet_npy`
@@ -48,6 +50,7 @@ METADATA_COLUMNS = (
     "height",
     "format",
     "content_hash",
+    "path_bytes",
 )
 
 
@@ -74,6 +77,7 @@ def metadata_schema() -> Any:
             ("height", pa.int32()),
             ("format", pa.string()),
             ("content_hash", pa.string()),
+            ("path_bytes", pa.binary()),
         ]
     )
 
@@ -243,9 +247,18 @@ def _metadata_table(rows: Sequence[Any]) -> Any:
             "content_hash": [
                 None if r.content_hash is None else r.content_hash.hex() for r in rows
             ],
+            "path_bytes": [None if _is_utf8(r.path) else r.path for r in rows],
         },
         schema=metadata_schema(),
     )
+
+
+def _is_utf8(raw: bytes) -> bool:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _write_parquet(table: Any, fh: BinaryIO) -> None:
