@@ -299,6 +299,13 @@ def _stray(out: Path) -> None:
     np.save(out / "img_emb" / "img_emb_3.npy", clustered(2, 96))
 
 
+def _listed_twice(out: Path) -> None:
+    info = json.loads((out / "manifest.json").read_text())
+    info["shards"].append(info["shards"][0])
+    info["rows"] += info["shards"][0]["rows"]
+    (out / "manifest.json").write_text(json.dumps(info))
+
+
 def _bad_hash(out: Path) -> None:
     path = out / "metadata" / "metadata_0.parquet"
     table = pq.read_table(path)
@@ -338,6 +345,7 @@ def _bad_hash(out: Path) -> None:
             "{out}/img_emb/img_emb_3.npy: it is not listed in {out}/manifest.json, and readers "
             "of the layout would take it; {nothing}",
         ),
+        (_listed_twice, "{out}/manifest.json: it lists a shard file twice; {nothing}"),
         (
             _bad_hash,
             "{out}/metadata/metadata_0.parquet (with img_emb_0.npy) row 2: content_hash "

@@ -156,6 +156,8 @@ def _parquet_rows(path: str) -> int:
 def _refuse_unlisted(directory: str, shards: list[_Shard], where: str) -> None:
     """Readers of the layout take every .npy in img_emb/: a stray one would shift the rows."""
     listed = {s.npy for s in shards} | {s.parquet for s in shards}
+    if len(listed) != 2 * len(shards):
+        raise checks.refuse(where, "it lists a shard file twice")
     for folder, suffix in (
         (layout.EMBEDDINGS_FOLDER, ".npy"),
         (layout.METADATA_FOLDER, ".parquet"),
