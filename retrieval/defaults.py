@@ -72,6 +72,13 @@ VECTOR_DTYPES = ("float32", "float16")
 ENGINES = ("local", "ray")
 #: `export` formats: a matrix + sidecar rows file, or one parquet file.
 EXPORT_FORMATS = ("npy", "parquet")
+#: `export --layout`: the default (our own files, by --format) or clip-retrieval's folders of
+#: .npy shards + parquet metadata (ops.layout).
+EXPORT_LAYOUTS = ("default", "clip-retrieval")
+#: Vector dtypes of the clip-retrieval layout's .npy shards.
+LAYOUT_DTYPES = ("float32", "float16")
+#: Rows per shard of the clip-retrieval layout (memory while writing: this x dim x 4 bytes).
+LAYOUT_SHARD_SIZE = 100_000
 
 #: Recall@10 that `optimize` tunes nprobe / efSearch to reach.
 TARGET_RECALL = 0.95
