@@ -135,3 +135,6 @@ class EngineOptions:
     address: str | None = None
     #: Ray: embedding actors [one per GPU of the cluster, else 1].
     actors: int | None = None
+    #: Ray: write the embedded files to this new folder in the clip-retrieval layout (for
+    #: `retrieval import DIR` elsewhere) instead of this index's catalogue [None].
+    shards: str | None = None

@@ -150,7 +150,7 @@ def test_ray_options_need_the_ray_engine(tmp_path: Path) -> None:
 
     result = run_cli("index", str(PHOTOS), "--index", str(tmp_path / "i"), "--actors", "2")
     assert result.exit_code == 2
-    assert "--ray-address and --actors need --engine ray" in result.stderr
+    assert "--ray-address, --actors and --shards need --engine ray" in result.stderr
 
 
 @pytest.mark.slow
@@ -255,3 +255,29 @@ def test_a_three_node_cluster_spreads_the_work_and_losing_a_node_loses_nothing(
     finally:
         cluster.shutdown()
         signal.alarm(0)
+
+
+@pytest.mark.slow
+def test_shards_hold_what_the_catalogue_would(
+    photos: Path, local: Path, tmp_path: Path, no_ray_left
+) -> None:
+    """--shards DIR: the embedded files go to DIR in the clip-retrieval layout, not into the
+    index; `retrieval import DIR` elsewhere gives the local engine's vectors."""
+    index, shards, imported = tmp_path / "index", tmp_path / "shards", tmp_path / "imported"
+    done = _index(photos, index, "--engine", "ray", "--shards", str(shards))
+    assert done.returncode == 0, done.stderr
+    got = json.loads(done.stdout)
+    assert (got["added"], len(got["failed"])) == (11, 2)
+    assert sorted(os.listdir(shards)) == ["img_emb", "manifest.json", "metadata"]
+    assert [r for r in P.rows(index).values() if r.status == "ok"] == []  # none committed here
+    load = subprocess.run(
+        [sys.executable, "-m", "retrieval", "import", str(shards), "--index", str(imported)],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert load.returncode == 0, load.stderr
+    shipped, want = P.vectors_by_path(imported), P.vectors_by_path(local)
+    assert sorted(shipped) == sorted(want)
+    for path, vector in want.items():
+        assert float(shipped[path] @ vector) >= 0.9999, path

@@ -72,6 +72,14 @@ from .common import (
     default=None,
     help="With --engine ray: embedding actors [default: one per GPU, else 1].",
 )
+@click.option(
+    "--shards",
+    metavar="DIR",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="With --engine ray: write the embedded images to DIR (new or empty) as "
+    "clip-retrieval shards, for `retrieval import DIR` elsewhere, not into this index.",
+)
 @click.option("--wait", is_flag=True, help="Wait for another writer instead of failing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or notices.")
@@ -92,6 +100,7 @@ def index_command(
     engine: str,
     ray_address: str | None,
     actors: int | None,
+    shards: str | None,
     wait: bool,
     as_json: bool,
     quiet: bool,
@@ -115,8 +124,8 @@ def index_command(
 
     if weights and no_pretrained:
         raise click.UsageError("--weights and --no-pretrained exclude each other")
-    if engine != "ray" and (ray_address or actors):
-        raise click.UsageError("--ray-address and --actors need --engine ray")
+    if engine != "ray" and (ray_address or actors or shards):
+        raise click.UsageError("--ray-address, --actors and --shards need --engine ray")
     spec = None
     if weights:
         spec = WeightsSpec("file", path=os.path.abspath(weights))
@@ -140,7 +149,12 @@ def index_command(
             wait=wait,
             progress=progress,
             storage=storage,
-            engine=EngineOptions(engine, address=ray_address, actors=actors),
+            engine=EngineOptions(
+                engine,
+                address=ray_address,
+                actors=actors,
+                shards=os.path.abspath(shards) if shards else None,
+            ),
         )
     if as_json:
         click.echo(json.dumps(report.to_dict()))

@@ -30,6 +30,7 @@ import ray.data
 
 from ..ops import embedders, pipeline
 from ..ops.indexing import IndexOptions
+from ..ops.layout import ShardWriter
 from ..ops.workers import decode_files
 from ..sources.decode import FileResult
 from ..sources.scan import FileEntry
@@ -55,6 +56,12 @@ class RayEngine:
     device: str
     precision: str
     notify: Notify
+
+    def shard_writer(self, manifest: Manifest, rows: int) -> ShardWriter | None:
+        """With `options.shards`: a writer of that (new or empty) folder, for `rows` rows."""
+        if self.options.shards is None:
+            return None
+        return ShardWriter(self.options.shards, manifest, expected_rows=rows)
 
     def embed_files(
         self, manifest: Manifest, todo: list[FileEntry], options: IndexOptions

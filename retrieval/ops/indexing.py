@@ -70,6 +70,10 @@ class Engine(Protocol):
         vector ((d,) float32, L2-normalised), a failed one has no pixels and its error."""
         ...
 
+    def shard_writer(self, manifest: Manifest, rows: int) -> Any:
+        """Where the batches go instead of the catalogue (a `layout.ShardWriter`), or None."""
+        ...
+
 
 @dataclass(frozen=True)
 class IndexOptions:
@@ -355,13 +359,29 @@ def _commit_engine(
     total, done = len(plan.todo), 0
     if progress:
         progress(0, total)
-    batches = engine.embed_files(index_dir.require_manifest(), plan.todo, options)
-    with contextlib.closing(batches):  # an interruption shuts the engine down
-        for batch in batches:
-            done += _flush(index_dir, _EMBEDDED, batch, plan.known, report)
+    manifest = index_dir.require_manifest()
+    writer = engine.shard_writer(manifest, total)
+    batches = engine.embed_files(manifest, plan.todo, options)
+    with contextlib.closing(batches), writer or contextlib.nullcontext():
+        for batch in batches:  # closing: an interruption shuts the engine down
+            if writer is None:
+                done += _flush(index_dir, _EMBEDDED, batch, plan.known, report)
+            else:
+                done += _shard(writer, batch, report)
             fault_point("batch-committed")
             if progress:
                 progress(done, total)
+
+
+def _shard(writer: Any, batch: list[FileResult], report: IndexReport) -> int:
+    """Write an engine's batch to `writer` (its decoded files, counted as added; failures
+    are reported only); returns how many files the batch held."""
+    decoded = [r for r in batch if r.pixels is not None]
+    if decoded:
+        writer.write([_row(r, None) for r in decoded], np.stack([r.pixels for r in decoded]))
+    report.added += len(decoded)
+    report.failed.extend((r.path, r.error or "unknown error") for r in batch if r.pixels is None)
+    return len(batch)
 
 
 class _Embedded:
