@@ -281,3 +281,35 @@ def test_shards_hold_what_the_catalogue_would(
     assert sorted(shipped) == sorted(want)
     for path, vector in want.items():
         assert float(shipped[path] @ vector) >= 0.9999, path
+
+
+@pytest.mark.slow
+def test_ctrl_c_keeps_finished_batches_and_shuts_ray_down(
+    photos: Path, tmp_path: Path, no_ray_left
+) -> None:
+    """Ctrl-C (SIGINT to the whole process group, as a terminal sends it) after the first
+    commit: the run says what it kept, exits 130, and leaves no Ray process behind."""
+    index, flag = tmp_path / "index", tmp_path / "paused"
+    argv = [sys.executable, "-m", "retrieval", "index", str(photos), "--index", str(index)]
+    run = subprocess.Popen(
+        [*argv, *MODEL, "--engine", "ray", "--batch-size", "4", "-q"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **LOOPBACK, **P.pause_env("batch-committed:1", flag)},
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while not flag.exists() and run.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert flag.exists(), run.communicate()[1]
+        os.killpg(run.pid, signal.SIGINT)
+        _, err = run.communicate(timeout=60)
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+            run.wait()
+    assert run.returncode == 130, err
+    assert "interrupted: kept 4 newly embedded images from finished batches" in err
+    assert [r.status for r in P.rows(index).values()].count("ok") == 4
