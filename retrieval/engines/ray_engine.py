@@ -10,17 +10,20 @@ Decoding is our own (`ops.workers.decode_files`, the code the local workers run)
 file is a failure record in its batch, never a failed job (Ray's `read_images` aborts the
 whole job on one bad file). Each actor loads the index's own model once
 (`ops.embedders.load_for`: the manifest's weights, checked). Order is preserved, so a run
-assigns the same ids as the local engine would. Ray is started on this machine (loopback
-only) unless an address is given, and always shut down, on errors and Ctrl-C too.
+assigns the same ids as the local engine would. Ray is started on this machine unless an
+address is given (asked for 127.0.0.1; on Linux Ray itself binds the machine's outward
+address unless RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 is set, as the tests do), and always
+shut down (or, joined, disconnected), on errors and Ctrl-C too.
 
 Only this module imports ray.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import pickle
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -65,7 +68,7 @@ class RayEngine:
 
     def embed_files(
         self, manifest: Manifest, todo: list[FileEntry], options: IndexOptions
-    ) -> Iterator[list[FileResult]]:
+    ) -> Generator[list[FileResult], None, None]:
         """Batches of `todo` in order, each file once: a decoded file's `pixels` holds its
         vector ((d,) float32, L2-normalised); a failure has no pixels and its error."""
         _start(self.options.address)
@@ -86,9 +89,11 @@ class RayEngine:
             {"path": e.path, "follow": e.link, "device": e.device, "inode": e.inode} for e in todo
         ]
         blocks = -(-len(items) // DECODE_BATCH)  # a decode task per block: spread, not one
+        decode = functools.partial(
+            _decode, preprocess=preprocess, max_megapixels=options.max_megapixels
+        )
         decoded = ray.data.from_items(items, override_num_blocks=blocks).map_batches(
-            _decode,
-            fn_args=(preprocess, options.max_megapixels),
+            decode,
             batch_size=DECODE_BATCH,
             batch_format="numpy",
         )
@@ -112,8 +117,9 @@ class RayEngine:
 
 
 def _start(address: str | None) -> None:
-    """Join the cluster at `address`, or start Ray on this machine on loopback only; Ray's
-    own logs stay off stderr (its workers' output is not forwarded)."""
+    """Join the cluster at `address`, or start Ray on this machine (see the module
+    docstring for its address); Ray's own logs stay off stderr (its workers' output is not
+    forwarded, its loggers are set to ERROR)."""
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True  # the local engine's ids
     ctx.enable_progress_bars = False

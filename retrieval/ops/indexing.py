@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -65,7 +65,7 @@ class Engine(Protocol):
 
     def embed_files(
         self, manifest: Manifest, todo: list[FileEntry], options: IndexOptions
-    ) -> Iterator[list[FileResult]]:
+    ) -> Generator[list[FileResult], None, None]:
         """Batches of `todo`, each file exactly once: a decoded file's `pixels` holds its
         vector ((d,) float32, L2-normalised), a failed one has no pixels and its error."""
         ...
@@ -377,8 +377,9 @@ def _shard(writer: Any, batch: list[FileResult], report: IndexReport) -> int:
     """Write an engine's batch to `writer` (its decoded files, counted as added; failures
     are reported only); returns how many files the batch held."""
     decoded = [r for r in batch if r.pixels is not None]
+    vectors = [v for v in (r.pixels for r in decoded) if v is not None]
     if decoded:
-        writer.write([_row(r, None) for r in decoded], np.stack([r.pixels for r in decoded]))
+        writer.write([_row(r, None) for r in decoded], np.stack(vectors))
     report.added += len(decoded)
     report.failed.extend((r.path, r.error or "unknown error") for r in batch if r.pixels is None)
     return len(batch)
