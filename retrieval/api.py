@@ -35,6 +35,7 @@ from .ops import (
     searching,
 )
 from .ops import storage as storage_policy
+from .ops.dups import DupsReport
 from .ops.indexing import IndexOptions, IndexReport, Progress
 from .ops.searching import QueryResult, SearchFilter
 from .pathnames import to_bytes
@@ -348,7 +349,7 @@ class Index:
 
     def gallery(
         self,
-        found: Sequence[QueryResult] | dups.DupsReport,
+        found: Sequence[QueryResult] | DupsReport,
         *,
         max_megapixels: float = defaults.MAX_MEGAPIXELS,
         progress: Callable[[int, int], None] | None = None,
