@@ -317,3 +317,21 @@ def test_a_cache_folder_that_is_a_file_or_link_is_not_written_through(tmp_path):
     assert not folder.exists() and elsewhere.exists()
     index.thumbnail(ids["p1.jpg"])
     assert len(entries(index)) == 1
+
+
+def test_a_file_replaced_by_a_link_elsewhere_is_not_shown(tmp_path):
+    index, ids = build(tmp_path, n=2)
+    private = tmp_path / "private.jpg"
+    save_image(draw_image(50, (160, 120)), private)
+    path = tmp_path / "photos" / "p1.jpg"
+    os.unlink(path)
+    path.symlink_to(private)
+    with pytest.raises(BadImage, match="the file is a symbolic link now, to content that is not"):
+        index.thumbnail(ids["p1.jpg"])
+    assert entries(index) == []
+    # a link to the very bytes that were indexed is shown (an index built with links)
+    os.unlink(path)
+    indexed = tmp_path / "p1-original.jpg"
+    save_image(draw_image(1, (160, 120)), indexed, quality=95)
+    path.symlink_to(indexed)
+    assert jpeg(index.thumbnail(ids["p1.jpg"])).size == (256, 256)

@@ -5,8 +5,9 @@ Files are addressed by id only, never by a path a caller gives, so nothing outsi
 index can be read through these. A picture is made from the file as it is now: when its
 size and mtime are the ones indexed, the cache entry is looked up by the stored content
 hash without reading the file; otherwise the file is read and hashed, so an edited file
-gets a new entry. Decoding goes through the indexer's decoder (`sources.thumbnail`): a
-file it would refuse raises BadImage with the same reason.
+gets a new entry (but a file replaced by a symbolic link is shown only while the link
+leads to the indexed bytes). Decoding goes through the indexer's decoder
+(`sources.thumbnail`): a file it would refuse raises BadImage with the same reason.
 """
 
 from __future__ import annotations
@@ -28,6 +29,12 @@ from ..store.files import read_only_media
 from ..store.index_dir import IndexDir
 from ..store.thumbnails import ThumbnailCache, entry_key
 
+#: Why a file that became a link to other bytes is not shown: anyone who can write in a
+#: photo folder could otherwise show any image the server can read through its id.
+_LINKED_ELSEWHERE = (
+    "the file is a symbolic link now, to content that is not the indexed image; "
+    "run `retrieval index` again to index what it points to"
+)
 #: SQLite's largest id: a bigger number cannot name a row.
 _MAX_ID = 2**63 - 1
 
@@ -158,6 +165,8 @@ def _picture(
             return found
     data, _ = read_file(row.path)
     actual = hash_bytes(data)
+    if actual != row.content_hash and os.path.islink(row.path):
+        raise BadImage(_LINKED_ELSEWHERE)
     if actual != digest:  # the file was touched or edited since it was indexed
         found = cache.get(entry_key(actual, *kind))
         if found is not None:
