@@ -10,6 +10,7 @@ it; `search --like` and `dups` work on such an index unchanged.
 from __future__ import annotations
 
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -28,6 +29,20 @@ from retrieval.errors import IndexIncompatible, UsageError  # noqa: E402
 
 D = 32
 N = 6000
+
+
+def release_lite_servers() -> None:
+    """Stop the Milvus Lite servers this process started (one gRPC thread per .db file, kept
+    until exit by milvus-lite itself), freeing their files' locks."""
+    from milvus_lite.server_manager import server_manager_instance
+
+    server_manager_instance.release_all()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _nothing_left_running():
+    yield
+    release_lite_servers()
 
 
 def write_export(path: Path, n: int, d: int = D) -> np.ndarray:
@@ -339,3 +354,43 @@ def test_bad_vectors_options_say_what_to_do(tmp_path: Path, data, monkeypatch) -
     assert result.exit_code == 1
     assert "pip install 'retrieval[milvus]'" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_search_rebuilds_a_dropped_collection_saying_so(photos_index) -> None:
+    from pymilvus import MilvusClient
+
+    _, originals, directory = photos_index
+    want = like(directory, originals[3], "-k", "4")
+    name = Index(directory).info()["index_params"]["collection"]
+    client = MilvusClient(str(directory / "vectors.milvus.db"))
+    client.drop_collection(name)
+    client.close()
+    result = run_cli("search", "--like", originals[3], "--index", directory, "--format", "json")
+    assert result.exit_code == 0, result.stderr
+    assert "could not be used (missing); rebuilt it from the catalogue" in result.stderr
+    assert _results(result.json())[0][:3] == _results(want)[0][:3]
+
+
+def test_a_lite_file_open_in_another_process_is_one_error_line(photos_index) -> None:
+    _, originals, directory = photos_index
+    release_lite_servers()  # this process's own server holds the file until then
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from pymilvus import MilvusClient; "
+            "c = MilvusClient(sys.argv[1]); print('ready', flush=True); time.sleep(60)",
+            str(directory / "vectors.milvus.db"),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "ready"
+        result = run_cli("search", "--like", originals[0], "--index", directory)
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)
+    assert result.exit_code == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "another process has it open" in lines[0], result.stderr

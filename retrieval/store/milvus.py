@@ -26,8 +26,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..errors import StorageError, UsageError
+from .. import defaults
+from ..errors import RetrievalError, StorageError, UsageError
 from . import vectors
+from .files import WriterLock
 from .vector_cache import VectorCache, choose_layout
 
 if TYPE_CHECKING:
@@ -150,7 +152,7 @@ class MilvusVectors(VectorCache):
         if self._base is None:
             problem = self.problem()
             if problem:
-                self._base = self._rebuild(problem)
+                self._base = self._rebuild_locked(problem)
             else:
                 self.client.load_collection(self.name)
                 props = self.properties()
@@ -165,6 +167,25 @@ class MilvusVectors(VectorCache):
         if props.get(_CATALOG) != self._owner.catalog_id or _GEN not in props:
             return "it was not built from this catalogue"
         return None
+
+    def _rebuild_locked(self, reason: str) -> Collection:
+        """`_rebuild`, holding the writer lock (taken for the while when this process does not
+        hold it: a reader); raises StorageError when a writer runs or the index is read-only."""
+        if self._owner.lock is not None:
+            return self._rebuild(reason)
+        lock = WriterLock(os.path.join(self._owner.directory, defaults.LOCK_FILE))
+        try:
+            lock.acquire(wait=False)
+        except (RetrievalError, OSError) as exc:
+            raise StorageError(
+                f"the Milvus collection {self.path} cannot be used ({reason}) and cannot be "
+                f"rebuilt now ({exc}); run `retrieval check --repair --index "
+                f"{self._owner.directory}`"
+            ) from None
+        try:
+            return self._rebuild(reason)
+        finally:
+            lock.release()
 
     def _rebuild(self, reason: str) -> Collection:  # type: ignore[override]
         manifest = self.manifest()
