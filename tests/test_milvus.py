@@ -394,3 +394,18 @@ def test_a_lite_file_open_in_another_process_is_one_error_line(photos_index) -> 
     assert result.exit_code == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "another process has it open" in lines[0], result.stderr
+
+
+def test_export_reads_the_catalogue_and_its_import_is_a_faiss_index(
+    flat_pair, data, tmp_path: Path
+) -> None:
+    _, xb = data
+    _, milvus_index = flat_pair
+    out = tmp_path / "out.parquet"
+    report = milvus_index.export(out)
+    assert report.rows == N
+    copy = imported(tmp_path / "copy", out)
+    assert copy.manifest().vectors == {}  # the export's manifest does not carry the URI
+    assert copy.info()["index_params"].get("backend") is None
+    ids, _ = ids_scores(copy, queries(5), 10)
+    assert ids == exact(xb, queries(5), 10)[0].tolist()

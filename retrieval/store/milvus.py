@@ -46,6 +46,8 @@ MILVUS_TYPES = {"flat": "FLAT", "hnsw": "HNSW", "ivf": "IVF_FLAT", "ivfpq": "IVF
 LITE_FALLBACK = {"IVF_PQ": "IVF_SQ8"}
 #: Rows sent per insert/upsert call.
 BATCH = 2048
+#: A catalogue change larger than this (and than the collection) rebuilds the collection.
+_PATCH_MAX = 50_000
 INSTALL = "pip install 'retrieval[milvus]' (pymilvus and milvus-lite)"
 _GEN, _CATALOG = "retrieval.generation", "retrieval.catalog_id"
 
@@ -107,6 +109,7 @@ class MilvusVectors(VectorCache):
         self.uri = str(owner.require_manifest().vectors["uri"])
         self.name = f"retrieval_{owner.catalog_id or 'index'}"
         self._client: Any = None
+        self._state: Collection | None = None
         self._params: dict[str, Any] = {}
 
     @property
@@ -149,15 +152,15 @@ class MilvusVectors(VectorCache):
 
     def base(self) -> Collection:  # type: ignore[override]
         """The collection's state, rebuilt first when it is missing or not this catalogue's."""
-        if self._base is None:
+        if self._state is None:
             problem = self.problem()
             if problem:
-                self._base = self._rebuild_locked(problem)
+                self._state = self._rebuild_locked(problem)
             else:
                 self.client.load_collection(self.name)
                 props = self.properties()
-                self._base = Collection(int(props[_GEN]), self.row_count())
-        return self._base  # type: ignore[return-value]
+                self._state = Collection(int(props[_GEN]), self.row_count())
+        return self._state
 
     def problem(self) -> str | None:
         """Why the collection cannot be used as it is, or None."""
@@ -203,8 +206,8 @@ class MilvusVectors(VectorCache):
                 f"the Milvus collection {self.path} could not be used ({reason}); rebuilt it "
                 f"from the catalogue ({n} vectors)"
             )
-        self._base = Collection(generation, n)
-        return self._base
+        self._state = Collection(generation, n)
+        return self._state
 
     def rebuild(self, reason: str = "rebuilt on request", quiet: bool = False) -> int:
         before = len(self._owner.notices)
@@ -215,7 +218,8 @@ class MilvusVectors(VectorCache):
 
     def sync(self) -> int:
         """Mirror the catalogue's changes since the collection's generation (upserts and
-        deletions), or rebuild it when it is unusable or its index type must change."""
+        deletions), or rebuild it when it is unusable, its index type must change or the
+        change is large (a rebuild streams; a patch holds the whole change in RAM)."""
         manifest = self._relayout()
         reason = self.problem()
         if reason is None and self.index_type() != self.milvus_type():
@@ -227,16 +231,26 @@ class MilvusVectors(VectorCache):
             generation = self.catalog.generation(conn)
             if generation == base.generation:
                 return generation
-            delta = self.catalog.delta(conn, base.generation, manifest.dim)
-            gone = np.setdiff1d(delta.stale, delta.ids)
-            if len(gone):
-                self.client.delete(self.name, ids=gone.tolist())
-            for start in range(0, len(delta.ids), BATCH):
-                stop = start + BATCH
-                self._upsert(conn, delta.ids[start:stop], delta.vectors[start:stop])
+            if self.catalog.changed_count(conn, base.generation) > max(_PATCH_MAX, base.count):
+                large = True
+            else:
+                large = False
+                self._patch(conn, base.generation, manifest.dim)
+        if large:
+            return self.rebuild(quiet=True)
         self._finish(generation)
-        self._base = Collection(generation, self.row_count())
+        self._state = Collection(generation, self.row_count())
         return generation
+
+    def _patch(self, conn: Any, since: int, dim: int) -> None:
+        """Delete the rows gone since generation `since`, upsert the ones changed."""
+        delta = self.catalog.delta(conn, since, dim)
+        gone = np.setdiff1d(delta.stale, delta.ids)
+        if len(gone):
+            self.client.delete(self.name, ids=gone.tolist())
+        for start in range(0, len(delta.ids), BATCH):
+            stop = start + BATCH
+            self._upsert(conn, delta.ids[start:stop], delta.vectors[start:stop])
 
     def _create(self, manifest: Any, n: int) -> None:
         from pymilvus import DataType
