@@ -144,7 +144,7 @@ def test_filters_give_the_faiss_index_results(flat_pair, filters: SearchFilter) 
 
 
 def test_filters_become_milvus_expressions() -> None:
-    from retrieval.store.milvus import MISSING, expression
+    from retrieval.store.milvus_spec import MISSING, expression
 
     where = {"under": [b"/a/\xff"], "formats": ("PNG", "JPEG"), "max_size": 10}
     text = expression(where)

@@ -15,7 +15,7 @@ from dataclasses import replace
 from .. import defaults
 from ..errors import IndexIncompatible, UsageError
 from ..specs import StorageOptions
-from ..store import milvus
+from ..store import milvus_spec
 from ..store.manifest import Manifest
 
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
@@ -68,7 +68,7 @@ def configure(
 def _vectors_option(manifest: Manifest, directory: str, asked: str | None, new: bool) -> Manifest:
     """`manifest` with its search index's home (`--vectors faiss | milvus:URI`) set: a new
     index takes the one asked (faiss when none); an existing one keeps its own."""
-    wanted = milvus.parse(asked, directory) if asked is not None else None
+    wanted = milvus_spec.parse(asked, directory) if asked is not None else None
     if new:
         if wanted and manifest.reduction:
             raise UsageError("--dim (a PCA reduction) does not go with --vectors milvus")

@@ -20,16 +20,16 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .. import defaults
-from ..errors import RetrievalError, StorageError, UsageError
+from ..errors import RetrievalError, StorageError
 from . import vectors
 from .files import WriterLock
+from .milvus_spec import MISSING, expression, known, open_error, parse, require
 from .vector_cache import VectorCache, choose_layout
 
 if TYPE_CHECKING:
@@ -37,8 +37,6 @@ if TYPE_CHECKING:
 
 #: Milvus's largest top-k per search; candidate lists are capped to it.
 MAX_TOPK = 16384
-#: The value of an unknown integer field (rows imported from .npy have no width, say).
-MISSING = -(2**62)
 #: Our index types -> Milvus's. Milvus Lite 3.2 builds FLAT, HNSW, IVF_FLAT and IVF_SQ8 but
 #: not IVF_PQ (milvus_lite/index/factory.py: "reserved for a future phase"), so on a Lite file
 #: IVF-PQ falls back to IVF_SQ8, the nearest compressed type, with a notice.
@@ -48,35 +46,7 @@ LITE_FALLBACK = {"IVF_PQ": "IVF_SQ8"}
 BATCH = 2048
 #: A catalogue change larger than this (and than the collection) rebuilds the collection.
 _PATCH_MAX = 50_000
-INSTALL = "pip install 'retrieval[milvus]' (pymilvus and milvus-lite)"
 _GEN, _CATALOG = "retrieval.generation", "retrieval.catalog_id"
-
-
-def require() -> None:
-    """Raise UsageError (how to install it) when pymilvus is not installed."""
-    try:
-        import pymilvus  # noqa: F401
-    except ImportError:
-        raise UsageError(f"--vectors milvus needs pymilvus: {INSTALL}") from None
-
-
-def parse(spec: str, directory: str) -> dict[str, Any]:
-    """'faiss' -> {}; 'milvus:URI' -> {"kind": "milvus", "uri": URI}; a bare 'milvus' or
-    'milvus:' puts a Milvus Lite file in the index directory; a relative file is made
-    absolute. Raises UsageError."""
-    kind, _, uri = spec.partition(":")
-    if kind == "faiss" and not uri:
-        return {}
-    if kind != "milvus":
-        raise UsageError(f"unknown --vectors {spec!r}; use faiss or milvus:URI")
-    require()
-    if not uri:
-        uri = os.path.join(directory, "vectors.milvus.db")
-    if not re.match(r"^(https?|tcp|grpc)://", uri):
-        if not uri.endswith(".db"):
-            raise UsageError(f"a Milvus Lite file must end in .db, not {uri!r}")
-        uri = os.path.abspath(uri)
-    return {"kind": "milvus", "uri": uri}
 
 
 @dataclass(frozen=True)
@@ -130,7 +100,7 @@ class MilvusVectors(VectorCache):
             try:
                 self._client = MilvusClient(self.uri)
             except Exception as exc:  # pymilvus raises its own classes, or OSError
-                raise StorageError(_open_error(self.uri, exc)) from None
+                raise StorageError(open_error(self.uri, exc)) from None
         return self._client
 
     def close(self) -> None:
@@ -318,10 +288,10 @@ class MilvusVectors(VectorCache):
                     "vector": vector.tolist(),
                     "path": bytes(row.path).hex(),
                     "format": (row.format or "").upper(),
-                    "size": _known(row.size),
-                    "width": _known(row.width),
-                    "height": _known(row.height),
-                    "mtime_ns": _known(row.mtime_ns),
+                    "size": known(row.size),
+                    "width": known(row.width),
+                    "height": known(row.height),
+                    "mtime_ns": known(row.mtime_ns),
                 }
             )
             if len(data) >= BATCH:
@@ -457,47 +427,4 @@ class MilvusVectors(VectorCache):
         return differ
 
 
-def expression(where: dict[str, Any]) -> str:
-    """`Catalog.filter_ids`'s conditions as a Milvus boolean expression (empty: none)."""
-    parts = []
-    under = [bytes(f) for f in where.get("under") or ()]
-    if under:
-        parts.append(" or ".join(f'path like "{_folder(f).hex()}%"' for f in under))
-    formats = [str(f).upper() for f in where.get("formats") or ()]
-    if formats:
-        parts.append(f"format in {formats!r}".replace("'", '"'))
-    bounds = (
-        ("width", ">=", "min_width"),
-        ("height", ">=", "min_height"),
-        ("size", ">=", "min_size"),
-        ("size", "<=", "max_size"),
-        ("mtime_ns", ">=", "mtime_after_ns"),
-        ("mtime_ns", "<", "mtime_before_ns"),
-    )
-    for column, op, key in bounds:
-        if where.get(key) is not None:
-            parts.append(f"{column} != {MISSING} and {column} {op} {int(where[key])}")
-    return " and ".join(f"({p})" for p in parts)
-
-
-def _folder(path: bytes) -> bytes:
-    """A folder as a path prefix: with one trailing separator (as `prefix_bounds`)."""
-    return path.rstrip(b"/") + b"/"
-
-
-def _known(value: Any) -> int:
-    return MISSING if value is None else int(value)
-
-
-def _open_error(uri: str, exc: Exception) -> str:
-    text = f"{exc}"
-    cause = exc.__context__ or exc.__cause__
-    if "lock" in f"{cause}".lower() or "Open local milvus failed" in text:
-        return (
-            f"cannot open the Milvus Lite file {uri}: another process has it open (Milvus Lite "
-            "allows one process at a time; serve many with a Milvus server, http://HOST:19530)"
-        )
-    return f"cannot reach Milvus at {uri}: {text.splitlines()[0] if text else type(exc).__name__}"
-
-
-__all__ = ["MilvusVectors", "choose_layout", "expression", "parse", "require"]
+__all__ = ["MISSING", "MilvusVectors", "choose_layout", "expression", "parse", "require"]
