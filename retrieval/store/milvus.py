@@ -18,10 +18,12 @@ file for Milvus Lite (one process at a time) or http://HOST:19530 for a server.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
@@ -34,6 +36,8 @@ from .vector_cache import VectorCache, choose_layout
 
 if TYPE_CHECKING:
     from .index_dir import IndexDir
+
+T = TypeVar("T")
 
 #: Milvus's largest top-k per search; candidate lists are capped to it.
 MAX_TOPK = 16384
@@ -65,6 +69,24 @@ class Collection:
     @property
     def ntotal(self) -> int:
         return min(self.count, MAX_TOPK)
+
+
+def _reported(method: Callable[..., T]) -> Callable[..., T]:
+    """`method`, with a failure of Milvus (pymilvus, grpc) raised as one StorageError line."""
+
+    @functools.wraps(method)
+    def call(self: MilvusVectors, *args: Any, **kwargs: Any) -> T:
+        try:
+            return method(self, *args, **kwargs)
+        except RetrievalError:
+            raise
+        except Exception as exc:
+            if not type(exc).__module__.startswith(("pymilvus", "grpc", "milvus_lite")):
+                raise
+            text = str(getattr(exc, "message", "") or exc).splitlines()[0]
+            raise StorageError(f"Milvus at {self.uri} failed ({text})") from None
+
+    return call
 
 
 class MilvusVectors(VectorCache):
@@ -120,6 +142,7 @@ class MilvusVectors(VectorCache):
 
     # -- loading, rebuilding, syncing ---------------------------------------------------------
 
+    @_reported
     def base(self) -> Collection:  # type: ignore[override]
         """The collection's state, rebuilt first when it is missing or not this catalogue's."""
         if self._state is None:
@@ -132,6 +155,7 @@ class MilvusVectors(VectorCache):
                 self._state = Collection(int(props[_GEN]), self.row_count())
         return self._state
 
+    @_reported
     def problem(self) -> str | None:
         """Why the collection cannot be used as it is, or None."""
         if not self.exists():
@@ -160,6 +184,7 @@ class MilvusVectors(VectorCache):
         finally:
             lock.release()
 
+    @_reported
     def _rebuild(self, reason: str) -> Collection:  # type: ignore[override]
         manifest = self.manifest()
         if self.exists():
@@ -180,12 +205,21 @@ class MilvusVectors(VectorCache):
         return self._state
 
     def rebuild(self, reason: str = "rebuilt on request", quiet: bool = False) -> int:
+        """Rebuild the collection from the catalogue; a reader does it only when no writer
+        runs (a running writer syncs the collection itself: a reader's snapshot may be older
+        than the collection, which is not damage)."""
         before = len(self._owner.notices)
-        built = self._rebuild(reason)
+        try:
+            built = self._rebuild_locked(reason)
+        except StorageError:
+            if self._owner.lock is not None:
+                raise
+            return self.base().generation
         if quiet:
             del self._owner.notices[before:]
         return built.generation
 
+    @_reported
     def sync(self) -> int:
         """Mirror the catalogue's changes since the collection's generation (upserts and
         deletions), or rebuild it when it is unusable, its index type must change or the
@@ -322,6 +356,7 @@ class MilvusVectors(VectorCache):
             return manifest.rerank
         return 32 if manifest.index_type == "ivfpq" else 0
 
+    @_reported
     def candidates(  # type: ignore[override]
         self,
         base: Any,
@@ -372,6 +407,7 @@ class MilvusVectors(VectorCache):
     def set_search_params(self, params: dict[str, Any]) -> None:
         self._params.update(params)
 
+    @_reported
     def describe(self) -> dict[str, Any]:
         """The collection, its Milvus index type and parameters, for `info`."""
         base = self.base()
@@ -398,6 +434,7 @@ class MilvusVectors(VectorCache):
         held = held[~np.isin(held, delta.stale)]
         return np.sort(np.concatenate([held, delta.ids])), stored
 
+    @_reported
     def held_ids(self, built: Any = None) -> np.ndarray:
         """Every id in the collection (int64, unsorted)."""
         ids: list[int] = []
@@ -411,6 +448,7 @@ class MilvusVectors(VectorCache):
             iterator.close()
         return np.array(ids, np.int64)
 
+    @_reported
     def sample_differing(self, conn: Any, ids: np.ndarray) -> int:
         """How many of `ids`' vectors in the collection differ from the stored ones."""
         if not len(ids):

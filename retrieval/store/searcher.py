@@ -61,7 +61,7 @@ def search(
         [
             Neighbour(int(i), paths[int(i)], float(s))
             for s, i in zip(d_row, i_row, strict=True)
-            if i >= 0
+            if i >= 0 and int(i) in paths  # a live backend may hold rows newer than the snapshot
         ]
         for d_row, i_row in zip(D, I, strict=True)
     ]
