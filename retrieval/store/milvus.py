@@ -419,6 +419,8 @@ class MilvusVectors(VectorCache):
             "collection": self.name,
             "milvus_index": index.get("index_type"),
             "ntotal": base.count,
+            # held by the Milvus server, not this process: the raw vectors and ids (estimate)
+            "memory_bytes": base.count * (4 * self.manifest().dim + 8),
             **{k: v for k, v in index.items() if k in ("nlist", "M", "m", "nbits")},
         }
 
