@@ -409,3 +409,13 @@ def test_export_reads_the_catalogue_and_its_import_is_a_faiss_index(
     assert copy.info()["index_params"].get("backend") is None
     ids, _ = ids_scores(copy, queries(5), 10)
     assert ids == exact(xb, queries(5), 10)[0].tolist()
+
+
+def test_optimize_changes_the_collection_index_type(photos_index) -> None:
+    _, originals, directory = photos_index
+    want = like(directory, originals[4], "-k", "3")
+    result = run_cli("optimize", "--index-type", "hnsw", "--index", directory)
+    assert result.exit_code == 0, result.stderr
+    assert Index(directory).info()["index_params"]["milvus_index"] == "HNSW"
+    assert run_cli("check", "--index", directory).exit_code == 0
+    assert _results(like(directory, originals[4], "-k", "3")) == _results(want)
