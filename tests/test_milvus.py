@@ -419,3 +419,25 @@ def test_optimize_changes_the_collection_index_type(photos_index) -> None:
     assert Index(directory).info()["index_params"]["milvus_index"] == "HNSW"
     assert run_cli("check", "--index", directory).exit_code == 0
     assert _results(like(directory, originals[4], "-k", "3")) == _results(want)
+
+
+def test_a_collection_behind_the_catalogue_still_answers_for_it(photos_index) -> None:
+    """A writer killed after its catalogue commit, before the Milvus sync: searches leave out
+    the rows changed since the collection's generation; the next write syncs it."""
+    from retrieval.store.index_dir import IndexDir
+
+    photos, originals, directory = photos_index
+    gone = originals[5]
+    with IndexDir.open_writer(directory) as index_dir, index_dir.catalog.read() as conn:
+        (gone_id,) = index_dir.catalog.ids_for_paths(conn, [bytes(gone)]).values()
+    with IndexDir.open_writer(directory) as index_dir:
+        index_dir.catalog.remove([gone_id])  # committed; no sync_vectors()
+    assert gone_id in collection_ids(directory)
+    paths = [h["path"] for q in _results(like(directory, originals[0], "-k", "10")) for h in q]
+    assert str(gone) not in paths and len(paths) == 5  # 7 images - the query - the removed
+    assert run_cli("check", "--index", directory).exit_code == 0
+    # the next run syncs: the removed id leaves the collection (the file, still on disk,
+    # comes back under a new id)
+    assert run_cli("index", photos, "--index", directory, *TINY).exit_code == 0
+    held = collection_ids(directory)
+    assert gone_id not in held and len(held) == 7
