@@ -4,12 +4,19 @@ Stages, each timed in every round (rounds interleave the stages, so background l
 them alike; figures are medians over rounds):
 
 * decode: read + hash + decode + resize every file through the worker pool (`decode_stream`)
-* model: `Embedder.embed` on already-decoded pixels, in batches (the ceiling)
-* end-to-end: `index_paths` into a fresh temporary index: scan, decode, embed, store, FAISS
-* naive: sequential full decode (no JPEG draft) + an fp32 NCHW eager model, no storage
+* decode_serial: the same in this process on one core; its CPU time is the decode cost
+* model: `Embedder.embed` on already-decoded pixels, in batches; its CPU time (all torch
+  threads) is the model cost
+* end_to_end: `index_paths` into a fresh temporary index: scan, decode, embed, store, FAISS
+* plain: the plain sequential loop of issue 12 (`bench_stages.plain_pass`), no storage
+* index_process: `retrieval index` as a new process on the same files, start-up included,
+  to set beside `plain`
 * search: one query image against a synthetic index of `search_size` vectors, model loaded
 * decode_gpu (CUDA only): the JPEGs read here and decoded in batches by nvJPEG, to compare
   with 'decode' (untested on real hardware so far: no GPU was at hand when it was written)
+
+The headline is end_to_end as a share of the machine's overlap limit (`bench_report.Limit`):
+cores / (decode + model core-seconds per image); `bench_stages` says how each is measured.
 
 Peak RSS is this process's high-water mark during each stage (reset between stages where
 Linux allows), plus the largest of the decode workers. The model runs untrained weights:
@@ -41,8 +48,9 @@ from ..store.catalog import NewRow
 from ..store.index_dir import IndexDir
 from ..store.manifest import Manifest
 from . import bench_probes as probes
+from . import bench_stages as passes
 from . import pipeline, searching
-from .bench_report import BenchReport, Stage
+from .bench_report import BenchReport, Limit, Stage, overlap_limit
 from .indexing import IndexOptions, index_paths
 
 Notify = Callable[[str], None]
@@ -62,9 +70,9 @@ class BenchOptions:
     workers: int | None = None
     threads: int | None = None
     images: int = defaults.BENCH_IMAGES  # generated (no folder), else the most files used
-    mix: str = defaults.BENCH_MIXES[0]  # 'photos' (2-24 MP JPEG + PNG) or 'small'
+    mix: str = defaults.BENCH_MIXES[0]  # 'photos' (2-24 MP JPEG + PNG), 'png' or 'small'
     rounds: int = defaults.BENCH_ROUNDS
-    naive: bool = True
+    plain: bool = True  # the plain loop and `retrieval index` as a process, side by side
     search_size: int = defaults.BENCH_SEARCH_SIZE  # synthetic search index; 0: no search
     max_megapixels: float = defaults.MAX_MEGAPIXELS
 
@@ -74,7 +82,7 @@ def run_bench(
     options: BenchOptions = BenchOptions(),
     notify: Notify | None = None,
 ) -> BenchReport:
-    """Measure decode, model, end-to-end (and naive, search) throughput; see module doc."""
+    """Measure every stage's throughput and cost, and the overlap limit; see module doc."""
     from ..embedding.backbone import untrained
     from ..embedding.embedder import configure_threads, describe_hardware, load_embedder
 
@@ -119,7 +127,17 @@ def run_bench(
         "rounds": options.rounds,
     }
     machine = {**probes.machine_facts(), **describe_hardware(embedder.device)}
-    return BenchReport(machine, settings, corpus, stages, search, run.workers_peak.peak)
+    limit = _limit(stages, embedder.device)
+    return BenchReport(machine, settings, corpus, stages, search, run.workers_peak.peak, limit)
+
+
+def _limit(stages: dict[str, Stage], device: str) -> Limit:
+    """The overlap limit from the measured decode and model costs on this machine's CPUs."""
+    decode = stages["decode_serial"].core_seconds_per_image or 0.0
+    model = stages["model"].core_seconds_per_image or 0.0
+    return overlap_limit(
+        pipeline.cpu_count(), decode, model, device, stages["model"].images_per_second
+    )
 
 
 def _check(options: BenchOptions) -> None:
@@ -151,19 +169,9 @@ def _measure_stages(run: _Run) -> dict[str, Stage]:
     preprocess, cap, batch_size = embedder.preprocess, run.options.max_megapixels, run.batch_size
     model_input = _model_input(run)
     embedder.embed(model_input[:batch_size])  # warm-up: kernels chosen, memory allocated
-    stages = {
-        "decode": Stage("decode", len(paths)),
-        "model": Stage("model", len(model_input)),
-        "end_to_end": Stage("end_to_end", len(paths)),
-    }
-    naive = None
-    if run.options.naive:
-        from ..embedding.backbone import untrained
-        from ..embedding.baseline import NaiveEmbedder
-
-        naive = NaiveEmbedder(run.options.model, untrained(), embedder.device)
-        naive.embed(model_input[:batch_size])
-        stages["naive"] = Stage("naive", len(paths))
+    names = ["decode", "decode_serial", "model", "end_to_end"]
+    names += ["plain", "index_process"] if run.options.plain else []
+    stages = {name: Stage(name, len(model_input if name == "model" else paths)) for name in names}
     gpu_jpegs = []
     if embedder.device == "cuda":  # is nvJPEG faster than the worker processes?
         gpu_jpegs = [p for p in paths if p.lower().endswith((b".jpg", b".jpeg"))]
@@ -173,21 +181,38 @@ def _measure_stages(run: _Run) -> dict[str, Stage]:
     index_options = IndexOptions(max_megapixels=cap, batch_size=batch_size, workers=workers)
     for round_ in range(run.options.rounds):
         run.say(f"round {round_ + 1} of {run.options.rounds}")
-        with _stage(stages["decode"]):
+        with passes.timed(stages["decode"]):
             for _ in pipeline.decode_stream(paths, preprocess, cap, workers):
                 run.workers_peak.poll()
-        with _stage(stages["model"]):
+        with passes.timed(stages["decode_serial"], time.thread_time):
+            passes.decode_serial_pass(paths, preprocess, cap)
+        with passes.timed(stages["model"], passes.process_cpu_seconds):
             for start in range(0, len(model_input), batch_size):
                 embedder.embed(model_input[start : start + batch_size])
-        with _stage(stages["end_to_end"]):
+        with passes.timed(stages["end_to_end"]):
             _index_once(run, os.path.join(run.scratch, f"index-{round_}"), index_options)
-        if naive is not None:
-            with _stage(stages["naive"]):
-                _naive_pass(naive, paths, batch_size)
+        if run.options.plain:
+            with passes.timed(stages["plain"]):
+                passes.plain_pass(embedder, paths, batch_size)
+            with passes.timed(stages["index_process"]):
+                directory = os.path.join(run.scratch, f"process-{round_}")
+                passes.index_process(directory, run.roots, _process_settings(run))
         if gpu_jpegs:
-            with _stage(stages["decode_gpu"]):
+            with passes.timed(stages["decode_gpu"]):
                 _gpu_decode_pass(gpu_jpegs, preprocess, batch_size)
     return stages
+
+
+def _process_settings(run: _Run) -> dict[str, Any]:
+    embedder, options = run.embedder, run.options
+    return {
+        "model": options.model,
+        "device": embedder.device,
+        "precision": embedder.precision,
+        "batch_size": run.batch_size,
+        "max_megapixels": options.max_megapixels,
+        "workers_asked": options.workers,
+    }
 
 
 def _model_input(run: _Run) -> np.ndarray:
@@ -222,38 +247,6 @@ def _gpu_decode_pass(paths: Sequence[bytes], preprocess: Preprocess, batch_size:
     for start in range(0, len(paths), batch_size):
         datas = [read_file(p)[0] for p in paths[start : start + batch_size]]
         decode_jpegs(datas, preprocess, "cuda").cpu()  # .cpu(): wait for the GPU
-
-
-class _stage:
-    """Times one round of a stage and keeps the stage's peak RSS."""
-
-    def __init__(self, stage: Stage) -> None:
-        self.stage = stage
-
-    def __enter__(self) -> None:
-        probes.reset_peak_rss()
-        self.rss_before = probes.current_rss()
-        self.started = time.perf_counter()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stage.seconds.append(time.perf_counter() - self.started)
-        peak = probes.peak_rss()
-        self.stage.peak_rss = max(self.stage.peak_rss, peak)
-        self.stage.rss_growth = max(self.stage.rss_growth, peak - self.rss_before)
-
-
-def _naive_pass(naive: Any, paths: Sequence[bytes], batch_size: int) -> None:
-    """Sequential: read, fully decode (no draft), resize, crop; embed each full batch."""
-    batch: list[np.ndarray] = []
-    for path in paths:
-        pixels = naive_decode(path, naive.preprocess)
-        if pixels is not None:
-            batch.append(pixels)
-        if len(batch) == batch_size:
-            naive.embed(np.stack(batch))
-            batch = []
-    if batch:
-        naive.embed(np.stack(batch))
 
 
 def _search_latency(run: _Run) -> dict[str, float]:
