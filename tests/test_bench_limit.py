@@ -210,3 +210,33 @@ def test_gpu_script_stops_at_once_without_cuda(tmp_path: Path) -> None:
     )
     assert done.returncode == 3, done.stdout + done.stderr
     assert done.stderr.strip().splitlines()[-1].startswith("gpu_bench: no CUDA device: ")
+
+
+def test_gpu_script_checks_torch_after_the_driver(tmp_path: Path) -> None:
+    """With a driver present (a stand-in `nvidia-smi` that succeeds) but a torch that sees no
+    GPU, as here, the script stops at torch's check: exit 3 before making any image."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "nvidia-smi").write_text("#!/bin/sh\necho 'GPU 0: stand-in'\n")
+    (bin_dir / "nvidia-smi").chmod(0o755)
+    env = {
+        **os.environ,
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+        "GPU_BENCH_PYTHON": sys.executable,
+        "GPU_BENCH_WORK": str(tmp_path / "work"),
+        "CUDA_VISIBLE_DEVICES": "",  # a real GPU stays hidden from torch
+    }
+    done = subprocess.run(
+        ["bash", ROOT / "tests" / "gpu_bench.sh"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=ROOT,
+    )
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert "torch.cuda.is_available() is False" in done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (
+        "gpu_bench: no CUDA device: torch sees none (see the line above)"
+    )
+    assert not (tmp_path / "work" / "images").exists()
