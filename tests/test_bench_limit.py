@@ -70,7 +70,7 @@ def _report() -> BenchReport:
         "decode": Stage("decode", 10, seconds=[0.5]),
         "decode_serial": Stage("decode_serial", 10, seconds=[0.4], cpu_seconds=[0.4]),
         "model": Stage("model", 10, seconds=[0.3], cpu_seconds=[0.6]),
-        "end_to_end": Stage("end_to_end", 10, seconds=[0.625]),
+        "end_to_end": Stage("end_to_end", 10, seconds=[0.625], cpu_seconds=[1.0]),
         "plain": Stage("plain", 10, seconds=[1.0]),
         "index_process": Stage("index_process", 10, seconds=[0.8]),
     }
@@ -96,6 +96,10 @@ def test_report_headline_is_the_share_of_the_limit() -> None:
         "end-to-end 16.0 img/s = 0.80 of this machine's limit 20.0 img/s "
         "(2 cores / (decode 40.0 + model 60.0 core-ms per image))"
     )
+    assert lines[1] == (
+        "end-to-end used 100.0 core-ms per image (decode + model alone: 100.0); "
+        "it kept the 2 cores busy 0.80 of its time"
+    )
     text = "\n".join(lines)
     assert "retrieval index (whole process) / plain loop: 1.25x" in text
     assert "end-to-end / plain loop: 1.60x" in text
@@ -110,6 +114,8 @@ def test_report_json_has_the_limit_and_the_ratios() -> None:
         "images_per_second": 20.0,
         "bound": "cpu",
         "end_to_end_share": 0.8,
+        "end_to_end_core_ms": 100.0,
+        "cores_busy": 0.8,
     }
     assert data["ratios"]["index_process_vs_plain"] == 1.25
     assert data["ratios"]["end_to_end_vs_plain"] == 1.6
@@ -143,6 +149,7 @@ def test_cli_bench_reports_the_share_and_the_plain_loop(tmp_path: Path) -> None:
     e2e = data["stages"]["end_to_end"]["images_per_second"]
     assert limit["end_to_end_share"] == pytest.approx(e2e / limit["images_per_second"], rel=0.01)
     assert {"index_process_vs_plain", "end_to_end_vs_plain"} <= set(data["ratios"])
+    assert limit["end_to_end_core_ms"] > 0 and limit["cores_busy"] > 0
 
 
 def test_plain_decode_squashes_to_the_model_size(tmp_path: Path) -> None:

@@ -189,7 +189,7 @@ def _measure_stages(run: _Run) -> dict[str, Stage]:
         with passes.timed(stages["model"], passes.process_cpu_seconds):
             for start in range(0, len(model_input), batch_size):
                 embedder.embed(model_input[start : start + batch_size])
-        with passes.timed(stages["end_to_end"]):
+        with passes.timed(stages["end_to_end"], passes.tree_cpu_seconds):
             _index_once(run, os.path.join(run.scratch, f"index-{round_}"), index_options)
         if run.options.plain:
             with passes.timed(stages["plain"]):

@@ -72,9 +72,18 @@ class Limit:
             return None
         return images_per_second / self.images_per_second
 
-    def to_dict(self, end_to_end: float) -> dict[str, Any]:
-        share = self.share(end_to_end)
-        return {
+    def cores_busy(self, end_to_end: Stage) -> float | None:
+        """The share of the cores' time a stage kept them busy: its core-seconds per image x
+        its images/s / cores. Below 1: cores idled (waiting on another stage), or another
+        program held them (on a shared machine the two look alike)."""
+        cost = end_to_end.core_seconds_per_image
+        if cost is None:
+            return None
+        return cost * end_to_end.images_per_second / self.cores
+
+    def to_dict(self, end_to_end: Stage) -> dict[str, Any]:
+        share = self.share(end_to_end.images_per_second)
+        out = {
             "cores": self.cores,
             "decode_core_ms": round(self.decode_core_s * 1000, 2),
             "model_core_ms": round(self.model_core_s * 1000, 2),
@@ -82,6 +91,10 @@ class Limit:
             "bound": self.bound,
             "end_to_end_share": None if share is None else round(share, 3),
         }
+        if (busy := self.cores_busy(end_to_end)) is not None:
+            cost = end_to_end.core_seconds_per_image or 0.0
+            out.update(end_to_end_core_ms=round(cost * 1000, 2), cores_busy=round(busy, 3))
+        return out
 
 
 def overlap_limit(
@@ -120,9 +133,8 @@ class BenchReport:
             return None
         return a.images_per_second / b.images_per_second
 
-    def end_to_end(self) -> float:
-        stage = self.stages.get("end_to_end")
-        return stage.images_per_second if stage else 0.0
+    def end_to_end(self) -> Stage:
+        return self.stages.get("end_to_end") or Stage("end_to_end", 0)
 
     def to_dict(self) -> dict[str, Any]:
         ratios = {f"{a}_vs_{b}": self.ratio(a, b) for _, a, b in _RATIOS}
@@ -183,7 +195,8 @@ _TABLE_HEADER = (
 )
 
 
-def _headline(limit: Limit | None, end_to_end: float) -> list[str]:
+def _headline(limit: Limit | None, stage: Stage) -> list[str]:
+    end_to_end = stage.images_per_second
     if limit is None or (share := limit.share(end_to_end)) is None:
         return []
     costs = (
@@ -192,10 +205,18 @@ def _headline(limit: Limit | None, end_to_end: float) -> list[str]:
     )
     if limit.bound == "gpu":
         costs = f"the GPU's model-only rate; the cores allow more: {costs}"
-    return [
+    out = [
         f"end-to-end {end_to_end:.1f} img/s = {share:.2f} of this machine's limit "
         f"{limit.images_per_second:.1f} img/s ({costs})"
     ]
+    if (busy := limit.cores_busy(stage)) is not None:
+        used = (stage.core_seconds_per_image or 0.0) * 1000
+        alone = (limit.decode_core_s + limit.model_core_s) * 1000
+        out.append(
+            f"end-to-end used {used:.1f} core-ms per image (decode + model alone: {alone:.1f}); "
+            f"it kept the {limit.cores} cores busy {busy:.2f} of its time"
+        )
+    return out
 
 
 #: (label, stage, reference): the ratios the targets are stated in.

@@ -37,6 +37,14 @@ def process_cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def tree_cpu_seconds() -> float:
+    """`process_cpu_seconds` plus the CPU seconds of the child processes (decode workers)
+    that have ended and been waited for: around a stage that starts and stops its worker
+    pool, the whole stage's CPU time."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return process_cpu_seconds() + usage.ru_utime + usage.ru_stime
+
+
 @contextmanager
 def timed(stage: Stage, clock: Any = None) -> Iterator[None]:
     """Time one round of `stage` (wall), keep its peak RSS, and with `clock` (a function
