@@ -106,6 +106,7 @@ def run_bench(
         if folder is not None and len(paths) < _count_files(roots):
             roots = [os.fsdecode(p) for p in paths]  # index exactly the files measured
         run = _Run(embedder, paths, roots, scratch, options, batch_size, plan.workers, say)
+        run.threads = plan.threads
         say(
             f"{len(paths)} files; {options.model} on {embedder.describe()}, batch {batch_size}, "
             f"{plan.workers} workers, {plan.threads} threads, {options.rounds} rounds"
@@ -132,9 +133,16 @@ def run_bench(
 
 
 def _limit(stages: dict[str, Stage], device: str) -> Limit:
-    """The overlap limit from the measured decode and model costs on this machine's CPUs."""
+    """The overlap limit from the measured decode and model costs on this machine's CPUs.
+
+    The model's cost is its CPU time on one torch thread where that was measured (CPU):
+    with several, threads spin at each barrier while a sibling waits for a core, which on a
+    loaded machine doubled the figure (resnet50 bf16 on 2 shared cores: 66 core-ms per
+    image on 2 threads, 32 on 1, measured in one run); the 1-thread figure is the work.
+    """
     decode = stages["decode_serial"].core_seconds_per_image or 0.0
-    model = stages["model"].core_seconds_per_image or 0.0
+    model_stage = stages.get("model_1thread") or stages["model"]
+    model = model_stage.core_seconds_per_image or 0.0
     return overlap_limit(
         pipeline.cpu_count(), decode, model, device, stages["model"].images_per_second
     )
@@ -162,6 +170,7 @@ class _Run:
     workers: int
     say: Notify
     workers_peak: probes.WorkerPeak = field(default_factory=lambda: probes.WorkerPeak())
+    threads: int = 1
 
 
 def _measure_stages(run: _Run) -> dict[str, Stage]:
@@ -170,8 +179,9 @@ def _measure_stages(run: _Run) -> dict[str, Stage]:
     model_input = _model_input(run)
     embedder.embed(model_input[:batch_size])  # warm-up: kernels chosen, memory allocated
     names = ["decode", "decode_serial", "model", "end_to_end"]
+    names += ["model_1thread"] if embedder.device == "cpu" else []
     names += ["plain", "index_process"] if run.options.plain else []
-    stages = {name: Stage(name, len(model_input if name == "model" else paths)) for name in names}
+    stages = {n: Stage(n, len(model_input if n.startswith("model") else paths)) for n in names}
     gpu_jpegs = []
     if embedder.device == "cuda":  # is nvJPEG faster than the worker processes?
         gpu_jpegs = [p for p in paths if p.lower().endswith((b".jpg", b".jpeg"))]
@@ -187,8 +197,11 @@ def _measure_stages(run: _Run) -> dict[str, Stage]:
         with passes.timed(stages["decode_serial"], time.thread_time):
             passes.decode_serial_pass(paths, preprocess, cap)
         with passes.timed(stages["model"], passes.process_cpu_seconds):
-            for start in range(0, len(model_input), batch_size):
-                embedder.embed(model_input[start : start + batch_size])
+            passes.model_pass(embedder, model_input, batch_size)
+        if "model_1thread" in stages:
+            with passes.one_torch_thread(run.threads):
+                with passes.timed(stages["model_1thread"], passes.process_cpu_seconds):
+                    passes.model_pass(embedder, model_input, batch_size)
         with passes.timed(stages["end_to_end"], passes.tree_cpu_seconds):
             _index_once(run, os.path.join(run.scratch, f"index-{round_}"), index_options)
         if run.options.plain:

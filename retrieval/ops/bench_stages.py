@@ -4,9 +4,10 @@ CPU time is the decode cost, the plain loop baseline, and `retrieval index` as a
 Core-seconds: decoding runs on the calling thread (Pillow is single-threaded), so its cost is
 that thread's CPU time (`time.thread_time`), untouched by torch's idle threads. The model's
 cost is `getrusage(RUSAGE_SELF)`, the CPU time of every thread of this process, around the
-model-only loop: what its torch threads actually took from the cores, spinning at barriers
-included (a spinning core cannot decode). Threads x wall would also count the time a thread
-waited for a core that another process held, which on a shared machine overstates the cost.
+model-only loop, run again on one torch thread for the limit (`model_1thread`): on several
+threads, each spins at the barriers while a sibling waits for a core, so on a loaded machine
+the figure counts waiting as work (see `bench._limit`). Threads x wall would count even more
+of it: every moment a thread waited for a core that another process held.
 """
 
 from __future__ import annotations
@@ -60,6 +61,24 @@ def timed(stage: Stage, clock: Any = None) -> Iterator[None]:
     peak = probes.peak_rss()
     stage.peak_rss = max(stage.peak_rss, peak)
     stage.rss_growth = max(stage.rss_growth, peak - rss_before)
+
+
+def model_pass(embedder: Any, pixels: np.ndarray, batch_size: int) -> None:
+    """Embed (n, H, W, 3) uint8 `pixels` in batches of `batch_size`."""
+    for start in range(0, len(pixels), batch_size):
+        embedder.embed(pixels[start : start + batch_size])
+
+
+@contextmanager
+def one_torch_thread(threads: int) -> Iterator[None]:
+    """Run torch on one intra-op thread inside, on `threads` again after."""
+    from ..embedding.embedder import configure_threads
+
+    configure_threads(1)
+    try:
+        yield
+    finally:
+        configure_threads(threads)
 
 
 def decode_serial_pass(paths: Sequence[bytes], preprocess: Preprocess, cap: float) -> None:
