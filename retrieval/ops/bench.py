@@ -38,19 +38,18 @@ import numpy as np
 
 from .. import defaults
 from ..errors import BadImage, UsageError
-from ..pathnames import display
 from ..sources import synthetic
-from ..sources.baseline import megapixels, naive_decode
+from ..sources.baseline import naive_decode
 from ..sources.decode import decode_image, read_file
 from ..sources.scan import scan
 from ..specs import Preprocess
-from ..store.catalog import NewRow
 from ..store.index_dir import IndexDir
 from ..store.manifest import Manifest
 from . import bench_probes as probes
 from . import bench_stages as passes
-from . import pipeline, searching
+from . import pipeline
 from .bench_report import BenchReport, Limit, Stage, overlap_limit
+from .bench_search import search_latency
 from .indexing import IndexOptions, index_paths
 
 Notify = Callable[[str], None]
@@ -111,13 +110,14 @@ def run_bench(
             f"{len(paths)} files; {options.model} on {embedder.describe()}, batch {batch_size}, "
             f"{plan.workers} workers, {plan.threads} threads, {options.rounds} rounds"
         )
-        corpus = {"source": source, "files": len(paths), **_megapixels(paths)}
+        corpus = {"source": source, "files": len(paths), **probes.megapixels_summary(paths)}
         corpus["largest_jpeg_ms"] = _draft_effect(paths, embedder.preprocess)
         stages = _measure_stages(run)
         search = {}
         if options.search_size:
             say(f"search: building a {options.search_size}-vector index")
-            search = _search_latency(run)
+            cap = options.max_megapixels
+            search = search_latency(embedder, paths, scratch, options.search_size, cap)
     settings = {
         "model": options.model,
         "device": embedder.device,
@@ -262,53 +262,6 @@ def _gpu_decode_pass(paths: Sequence[bytes], preprocess: Preprocess, batch_size:
         decode_jpegs(datas, preprocess, "cuda").cpu()  # .cpu(): wait for the GPU
 
 
-def _search_latency(run: _Run) -> dict[str, float]:
-    """Milliseconds for one query image against `search_size` random unit vectors.
-
-    `embed`: read + decode + embed the query (a median-sized file of the corpus); `load`:
-    open the index and load its vector file, as each `retrieval search` process does;
-    `search`: k=10 search on the loaded index. `total` = all three; `warm` = embed + search,
-    what a process that keeps the index open pays. Medians of 5 after a warm-up.
-    """
-    embedder, options = run.embedder, run.options
-    directory = os.path.join(run.scratch, "search-index")
-    _synthetic_index(directory, embedder, options.search_size)
-    usable = [p for p in run.paths if _decodes(p, embedder.preprocess, options.max_megapixels)]
-    query = sorted(usable, key=_size)[len(usable) // 2]
-    times: dict[str, list[float]] = {"embed": [], "load": [], "search": []}
-    for attempt in range(6):  # the first is a warm-up (page cache, kernels)
-        started = time.perf_counter()
-        xq = searching.embed_queries(embedder, [os.fsdecode(query)], options.max_megapixels)
-        embedded = time.perf_counter()
-        with IndexDir.open(directory) as index_dir:
-            index_dir.base()
-            loaded = time.perf_counter()
-            searching.search_vectors(index_dir, xq, [display(query)], k=defaults.TOP_K)
-            finished = time.perf_counter()
-        if attempt:
-            times["embed"].append((embedded - started) * 1000)
-            times["load"].append((loaded - embedded) * 1000)
-            times["search"].append((finished - loaded) * 1000)
-    result = {name: statistics.median(values) for name, values in times.items()}
-    result["total"] = result["embed"] + result["load"] + result["search"]
-    result["warm"] = result["embed"] + result["search"]
-    result["vectors"] = float(options.search_size)
-    result["query_megapixels"] = _megapixels([query])["megapixels_mean"]
-    return result
-
-
-def _synthetic_index(directory: str, embedder: Any, count: int) -> None:
-    """An index of `count` seeded random unit vectors, written through the catalogue."""
-    rng = np.random.default_rng(0)
-    with IndexDir.open_writer(directory) as index_dir:
-        index_dir.set_manifest(Manifest(model=embedder.info, precision=embedder.precision))
-        for start in range(0, count, 5000):
-            xb = rng.standard_normal((min(5000, count - start), embedder.dim)).astype(np.float32)
-            xb /= np.linalg.norm(xb, axis=1, keepdims=True)
-            index_dir.catalog.store([_synthetic_row(start + i, v) for i, v in enumerate(xb)], {})
-        index_dir.sync_vectors()
-
-
 def _draft_effect(paths: Sequence[bytes], preprocess: Preprocess) -> dict[str, float]:
     """Milliseconds to decode the largest JPEG with JPEG draft (DCT scaling) and without.
 
@@ -317,7 +270,7 @@ def _draft_effect(paths: Sequence[bytes], preprocess: Preprocess) -> dict[str, f
     jpegs = [p for p in paths if p.lower().endswith((b".jpg", b".jpeg"))]
     if not jpegs:
         return {}
-    largest = max(jpegs, key=_size)
+    largest = max(jpegs, key=probes.file_size)
     data = read_file(largest)[0]
 
     def median_ms(decode: Callable[[], object]) -> float:
@@ -333,23 +286,10 @@ def _draft_effect(paths: Sequence[bytes], preprocess: Preprocess) -> dict[str, f
     except BadImage:
         return {}
     return {
-        "megapixels": _megapixels([largest])["megapixels_mean"],
+        "megapixels": probes.megapixels_summary([largest])["megapixels_mean"],
         "draft": with_draft,
         "full": median_ms(lambda: naive_decode(largest, preprocess)),
     }
-
-
-def _synthetic_row(n: int, vector: np.ndarray) -> NewRow:
-    path = f"/synthetic/{n:08d}.jpg".encode()
-    return NewRow(path, 1000 + n, n, n.to_bytes(16, "little"), 640, 480, "JPEG", vector, None)
-
-
-def _decodes(path: bytes, preprocess: Preprocess, cap: float) -> bool:
-    try:
-        decode_image(read_file(path)[0], preprocess, cap)
-    except Exception:  # noqa: BLE001 - any failure: try the next file
-        return False
-    return True
 
 
 # -- files, memory, machine ------------------------------------------------------------------
@@ -362,27 +302,6 @@ def _files(roots: list[str], limit: int | None) -> list[bytes]:
 
 def _count_files(roots: list[str]) -> int:
     return len(scan(roots).files)
-
-
-def _megapixels(paths: Sequence[bytes]) -> dict[str, float]:
-    sizes = []
-    for path in paths:
-        try:
-            sizes.append(megapixels(path))
-        except Exception:  # noqa: BLE001 - unreadable files count as 0 MP
-            sizes.append(0.0)
-    return {
-        "megapixels_mean": round(statistics.fmean(sizes), 2),
-        "megapixels_max": round(max(sizes), 2),
-        "bytes_total": sum(_size(p) for p in paths),
-    }
-
-
-def _size(path: bytes) -> int:
-    try:
-        return os.path.getsize(path)
-    except OSError:
-        return 0
 
 
 def _fill(pixels: np.ndarray, count: int) -> np.ndarray:
