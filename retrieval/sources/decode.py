@@ -41,6 +41,7 @@ from PIL import Image, ImageOps
 from .. import defaults
 from ..errors import BadImage
 from ..specs import Preprocess
+from .resize import resize_and_crop
 
 #: Decoders allowed to run (a smaller attack surface than every plugin Pillow has).
 FORMATS = ("JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF", "AVIF", "HEIF")
@@ -66,18 +67,6 @@ _BAD_INPUT = (
     Image.DecompressionBombError,
     Image.DecompressionBombWarning,
 )
-
-#: Resized images larger than this many resize x resize squares are not made whole.
-_MAX_RESIZED_AREA = 16
-
-_RESAMPLE = {
-    "nearest": Image.Resampling.NEAREST,
-    "bilinear": Image.Resampling.BILINEAR,
-    "bicubic": Image.Resampling.BICUBIC,
-    "lanczos": Image.Resampling.LANCZOS,
-    "box": Image.Resampling.BOX,
-    "hamming": Image.Resampling.HAMMING,
-}
 
 
 @dataclass(frozen=True)
@@ -208,7 +197,11 @@ def load_file(
 
 
 def decode_image(
-    data: bytes, preprocess: Preprocess, max_megapixels: float = defaults.MAX_MEGAPIXELS
+    data: bytes,
+    preprocess: Preprocess,
+    max_megapixels: float = defaults.MAX_MEGAPIXELS,
+    *,
+    crop_first: bool = True,
 ) -> tuple[np.ndarray, int, int, str]:
     """Decode image bytes into model-ready pixels.
 
@@ -217,14 +210,15 @@ def decode_image(
     nothing else, whatever the bytes: images over `max_megapixels` are refused from their
     header before any pixel is allocated; Pillow's warnings (corrupt EXIF, truncated tags)
     are ignored whatever the caller's warning filters; an exception outside the known set
-    still ends as BadImage ("unexpected decoder error ...").
+    still ends as BadImage ("unexpected decoder error ..."). `crop_first`: see
+    `resize.resize_and_crop` (False: the whole image resized, the reference).
     """
     register_optional_plugins()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            return _decode(data, preprocess, max_megapixels)
+            return _decode(data, preprocess, max_megapixels, crop_first)
     except BadImage:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -240,7 +234,7 @@ UNEXPECTED = "unexpected decoder error"
 
 
 def _decode(
-    data: bytes, preprocess: Preprocess, max_megapixels: float
+    data: bytes, preprocess: Preprocess, max_megapixels: float, crop_first: bool
 ) -> tuple[np.ndarray, int, int, str]:
     image = _open(data, max_megapixels)
     width, height = _oriented_size(image)
@@ -257,7 +251,7 @@ def _decode(
     image.load()
     image = _orient(image)
     rgb = to_rgb(image)
-    return _resize_and_crop(rgb, preprocess), width, height, fmt
+    return resize_and_crop(rgb, preprocess, crop_first), width, height, fmt
 
 
 def _open(data: bytes, max_megapixels: float) -> Image.Image:
@@ -398,37 +392,6 @@ def _to_uint8(values: np.ndarray) -> np.ndarray:
     values += 0.5
     np.clip(values, 0, 255, out=values)
     return values.astype(np.uint8)
-
-
-def _resize_and_crop(image: Image.Image, preprocess: Preprocess) -> np.ndarray:
-    """Shorter side to `resize`, then the centre crop (torchvision's rounding, as timm).
-
-    Beyond an aspect ratio of `_MAX_RESIZED_AREA`:1 only the cropped window is resampled
-    (Pillow's `box`), so a 20 x 3,000,000 strip does not become a 700 MB intermediate. A
-    crop larger than the resized image is zero-padded as torchvision's CenterCrop does.
-    """
-    w, h = image.size
-    short, long = (w, h) if w <= h else (h, w)
-    new_short, new_long = preprocess.resize, int(preprocess.resize * long / short)
-    size = (new_short, new_long) if w <= h else (new_long, new_short)
-    resample = _RESAMPLE[preprocess.interpolation]
-    out_h, out_w = preprocess.height, preprocess.width
-    crop_w, crop_h = min(out_w, size[0]), min(out_h, size[1])
-    left = int(round((size[0] - crop_w) / 2.0))
-    top = int(round((size[1] - crop_h) / 2.0))
-    if size[0] * size[1] <= _MAX_RESIZED_AREA * preprocess.resize**2:
-        if size != image.size:
-            image = image.resize(size, resample)
-        image = image.crop((left, top, left + crop_w, top + crop_h))
-    else:  # an extreme aspect ratio: resample only the window (may differ by +-1 level)
-        sx, sy = w / size[0], h / size[1]
-        box = (left * sx, top * sy, (left + crop_w) * sx, (top + crop_h) * sy)
-        image = image.resize((crop_w, crop_h), resample, box=box)
-    if (crop_w, crop_h) != (out_w, out_h):
-        canvas = Image.new("RGB", (out_w, out_h), (0, 0, 0))
-        canvas.paste(image, ((out_w - crop_w) // 2, (out_h - crop_h) // 2))
-        image = canvas
-    return np.asarray(image, dtype=np.uint8).reshape(out_h, out_w, 3)
 
 
 def _describe(exc: BaseException) -> str:
