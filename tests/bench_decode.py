@@ -34,11 +34,13 @@ from retrieval.specs import Preprocess
 PHOTOS = Path(__file__).parents[1] / "data" / "photos"
 #: resnet50's timm data config (the default model): 235 px shorter side, 224 crop, bicubic.
 PREPROCESS = Preprocess(224, 224, 235, "bicubic", (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+#: name: (Pillow format, extension, save options, mode); PNG-L: a grey scan or screenshot.
 FORMATS = {
-    "PNG": ("png", {}),
-    "WEBP": ("webp", {"quality": 90}),
-    "TIFF": ("tif", {}),
-    "JPEG": ("jpg", {"quality": 90}),
+    "PNG": ("PNG", "png", {}, "RGB"),
+    "WEBP": ("WEBP", "webp", {"quality": 90}, "RGB"),
+    "TIFF": ("TIFF", "tif", {}, "RGB"),
+    "JPEG": ("JPEG", "jpg", {"quality": 90}, "RGB"),
+    "PNG-L": ("PNG", "png", {}, "L"),
 }
 
 
@@ -103,9 +105,9 @@ def stages(path: Path, repeat: int) -> dict[str, float]:
     row["whole"] = median_ms(lambda: resize.resize_and_crop(rgb, PREPROCESS, False), repeat)
     row["window"] = median_ms(lambda: resize.resize_and_crop(rgb, PREPROCESS), repeat)
     row["gap3"] = median_ms(lambda: _gap3(rgb), repeat)
-    for name, crop_first in (("decode before", False), ("decode now", True)):
+    for name, shortcuts in (("decode before", False), ("decode now", True)):
         row[name] = median_ms(
-            lambda c=crop_first: decode.decode_image(data, PREPROCESS, crop_first=c), repeat
+            lambda c=shortcuts: decode.decode_image(data, PREPROCESS, shortcuts=c), repeat
         )
     row["ratio"] = row["decode before"] / row["decode now"]
     return row
@@ -142,9 +144,9 @@ def main() -> None:
             size = tuple(int(v) for v in size_text.split("x"))
             image = make_image(sources[n % len(sources)], size, n, args.noise)  # type: ignore[arg-type]
             for fmt in args.formats.split(","):
-                ext, params = FORMATS[fmt]
+                pillow_format, ext, params, mode = FORMATS[fmt]
                 path = Path(tmp) / f"{size_text}.{ext}"
-                image.save(path, fmt, **params)
+                image.convert(mode).save(path, pillow_format, **params)
                 row = stages(path, args.repeat)
                 cells = [f"{row[c]:.2f}" if c == "ratio" else f"{row[c]:.1f}" for c in columns]
                 print(f"| {fmt} | {size_text} | " + " | ".join(cells) + " |", flush=True)

@@ -1,9 +1,10 @@
-"""The cheaper resize (a large image's crop window resampled alone, `resize.CROP_FIRST_FROM`)
-leaves what the model sees and the embeddings it makes as they were with the whole image
-resized and then cropped: per image, cosine >= 0.9999 on a real trained network (lite0, fp32),
-at most one grey level on under 0.5% of the pixels; images too small for it come out
-bit-identical. Real photos upscaled to 0.24-40 MP with sensor noise, PNG, WebP, TIFF, JPEG,
-odd aspect ratios, grey and transparent. ~40 s on a loaded 2-core CPU.
+"""The cheaper decode (`decode_image` shortcuts: grey images resized as one channel, a large
+image's crop window resampled alone, see `resize.CROP_FIRST_FROM`) leaves what the model sees
+and the embeddings it makes as they were with RGB first and the whole image resized, then
+cropped (shortcuts=False, the path before): per image, cosine >= 0.9999 on a real trained
+network (lite0, fp32), at most one grey level on under 0.5% of the pixels; images too small
+for the window come out bit-identical. Real photos upscaled to 0.24-39 MP with sensor noise:
+PNG, WebP, TIFF, JPEG, odd aspect ratios, grey and transparent. ~60 s on a loaded 2-core CPU.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ lite0_source_file = _weights.lite0_source_file  # the session fixtures
 lite0_weights = _weights.lite0_weights
 
 PHOTOS = Path(__file__).parents[1] / "data" / "photos"
-#: (source photo, width, height, format, mode): 0.24 to 15 MP, odd aspect ratios, alpha.
+#: (source photo, width, height, format, mode): 0.24 to 39 MP, odd aspect ratios, grey (8 and
+#: 16-bit), alpha.
 CASES = (
     ("coffee.jpg", 600, 400, "PNG", "RGB"),
     ("chelsea.jpg", 1600, 1200, "JPEG", "RGB"),
@@ -38,12 +40,14 @@ CASES = (
     ("gravel.jpg", 8000, 400, "PNG", "RGB"),
     ("grass.jpg", 4000, 2600, "PNG", "RGBA"),
     ("astronaut.png", 7200, 5400, "JPEG", "RGB"),
+    ("coffee.jpg", 3000, 2000, "JPEG", "L"),
+    ("chelsea.jpg", 2400, 1600, "PNG", "I;16"),
 )
 
 
 def _photo(name: str, size: tuple[int, int], mode: str, seed: int) -> Image.Image:
     """A data/photos picture upscaled to `size` with mild sensor noise (a camera's entropy);
-    RGBA: an opaque centre fading to transparent borders."""
+    RGBA: an opaque centre fading to transparent borders; I;16: 16-bit grey."""
     with Image.open(PHOTOS / name) as source:
         base = source.convert("RGB").resize(size, Image.Resampling.BILINEAR)
     rng = np.random.default_rng(seed)
@@ -55,6 +59,8 @@ def _photo(name: str, size: tuple[int, int], mode: str, seed: int) -> Image.Imag
         edge = np.minimum(np.minimum(x, size[0] - 1 - x), np.minimum(y, size[1] - 1 - y))
         image.putalpha(Image.fromarray(np.clip(edge * 255 // 400, 0, 255).astype(np.uint8)))
         return image
+    if mode == "I;16":
+        return Image.fromarray(np.asarray(image.convert("L"), np.uint16) * 257)
     return image.convert(mode)
 
 
@@ -76,8 +82,8 @@ def lite0(lite0_weights: Path):
     return load_embedder(_weights.LITE0, from_file(lite0_weights), "cpu", "fp32")
 
 
-def _pixels(files: dict[str, bytes], preprocess: Preprocess, crop_first: bool) -> np.ndarray:
-    return np.stack([decode_image(d, preprocess, crop_first=crop_first)[0] for d in files.values()])
+def _pixels(files: dict[str, bytes], preprocess: Preprocess, shortcuts: bool) -> np.ndarray:
+    return np.stack([decode_image(d, preprocess, shortcuts=shortcuts)[0] for d in files.values()])
 
 
 def _crop_first(data: bytes, preprocess: Preprocess) -> bool:

@@ -36,7 +36,7 @@ RESAMPLE = {
 def resize_and_crop(
     image: Image.Image, preprocess: Preprocess, crop_first: bool = True
 ) -> np.ndarray:
-    """RGB image -> (preprocess.height, preprocess.width, 3) uint8.
+    """RGB or grey ("L") image -> (preprocess.height, preprocess.width, 3) uint8.
 
     Shorter side to `resize`, then the centre crop (torchvision's rounding, as timm). Only
     the crop window is resampled (Pillow's `box`) when `crop_first` and the image is shrunk
@@ -64,7 +64,9 @@ def resize_and_crop(
         box = (left * sx, top * sy, (left + crop_w) * sx, (top + crop_h) * sy)
         image = image.resize((crop_w, crop_h), resample, box=box)
     if (crop_w, crop_h) != (out_w, out_h):
-        canvas = Image.new("RGB", (out_w, out_h), (0, 0, 0))
+        canvas = Image.new(image.mode, (out_w, out_h), 0)
         canvas.paste(image, ((out_w - crop_w) // 2, (out_h - crop_h) // 2))
         image = canvas
+    if image.mode != "RGB":  # grey: resampled as one channel, the same values as in RGB
+        image = image.convert("RGB")
     return np.asarray(image, dtype=np.uint8).reshape(out_h, out_w, 3)
