@@ -1,13 +1,15 @@
 """Where a large image's decode time goes, per format and stage (not collected by pytest).
 
-Makes PNG, WebP, TIFF and JPEG files of 5, 15 and 24 MP from data/photos (upscaled, with
-mild sensor noise, as `retrieval.sources.synthetic` does) and times, per file, the medians of:
+Makes PNG, WebP, TIFF, JPEG and grey PNG files of 5, 15 and 24 MP from data/photos (upscaled,
+with mild sensor noise, as `retrieval.sources.synthetic` does) and times, per file, the
+median CPU time (core-seconds; Pillow decodes on one thread) of:
 read (`read_file`), hash (BLAKE2b-128 as stored, BLAKE3 and xxh3-128 for comparison),
 open+load (JPEG: with draft), orient+to_rgb, and resize+crop three ways: the whole image
 resized then cropped (`whole`, before), only the crop window resampled (`window`, now, see
 `resize.CROP_FIRST_FROM`), and Pillow's box reduction first (`gap3`, reducing_gap=3.0: measured,
-rejected, it moves lite0 embeddings to cosine 0.9994); then `decode_image` whole (before) and
-now, and their ratio. Also the hashes alone on 1, 15 and 50 MB buffers.
+rejected, it moves lite0 embeddings to cosine 0.9994); then `decode_image` as before
+(shortcuts=False: RGB first, whole image resized) and now, and their ratio. Also the hashes
+alone on 1, 15 and 50 MB buffers.
 
     python tests/bench_decode.py                 # ~3 min on a loaded 2-core CPU
     python tests/bench_decode.py --repeat 5 --sizes 5120x2880 --formats PNG --noise 10
@@ -45,11 +47,13 @@ FORMATS = {
 
 
 def median_ms(fn: Callable[[], object], repeat: int) -> float:
+    """Median CPU time of `fn` in ms: core-seconds, as `retrieval bench` counts a stage's
+    cost, and unlike wall time barely moved by other processes on a loaded machine."""
     times = []
     for _ in range(repeat):
-        start = time.perf_counter()
+        start = time.process_time()
         fn()
-        times.append(time.perf_counter() - start)
+        times.append(time.process_time() - start)
     return statistics.median(times) * 1000.0
 
 
@@ -136,7 +140,7 @@ def main() -> None:
     sources = sorted(PHOTOS.iterdir())
     columns = ["MB", "read", "blake2b", "blake3", "xxh3_128", "open+load", "to_rgb"]
     columns += ["whole", "window", "gap3", "decode before", "decode now", "ratio"]
-    print(f"noise sigma {args.noise}; medians of {args.repeat}, ms")
+    print(f"noise sigma {args.noise}; medians of {args.repeat}, CPU ms")
     print("| format | size | " + " | ".join(columns) + " |")
     print("|---|---|" + "---|" * len(columns))
     with tempfile.TemporaryDirectory() as tmp:

@@ -303,9 +303,16 @@ def _oriented_size(image: Image.Image) -> tuple[int, int]:
     return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
 
 
+#: EXIF orientations that move pixels (1 is upright; others are not defined).
+_TRANSPOSED = (2, 3, 4, 5, 6, 7, 8)
+
+
 def _orient(image: Image.Image) -> Image.Image:
-    """Apply EXIF orientation; a broken EXIF block leaves the image as stored."""
+    """Apply EXIF orientation; a broken EXIF block leaves the image as stored. An upright
+    image is returned as it is (`exif_transpose` would copy it: 50 ms at 24 MP)."""
     try:
+        if image.getexif().get(0x0112, 1) not in _TRANSPOSED:
+            return image
         return ImageOps.exif_transpose(image) or image
     except _BAD_INPUT:
         return image
