@@ -74,6 +74,7 @@ _LAZY = {
     "dups_csv_rows": ("ops.dups_output", "csv_rows"),  # a DupsReport as CSV rows
     "dups_html": ("ops.dups_output", "render_html"),  # a DupsReport as one HTML page
     "QueryStream": ("ops.searching", "QueryStream"),  # a query image read from a stream
+    "Query": ("ops.searching", "Query"),  # an embedded query image: vector, or its error
     "parse_size": ("ops.storage", "parse_size"),  # '4G' -> bytes, for memory budgets
     "BenchOptions": ("ops.bench", "BenchOptions"),
     "BenchReport": ("ops.bench_report", "BenchReport"),

@@ -258,23 +258,53 @@ class Index:
         min_score: float | None = None,
         device: str = "auto",
         max_megapixels: float = defaults.MAX_MEGAPIXELS,
+        like_ids: Sequence[int] = (),
+        embedder: Any = None,
     ) -> list[QueryResult]:
         """The k indexed images nearest to each query, best first, in one batched search.
 
         Queries are image files (`images`, embedded with the index's model; a `QueryStream`
         reads one from an open binary stream such as stdin) and images already indexed
         (`like`: their stored vectors, no model is loaded for them; a `like` query leaves
-        itself out of its results). `filters` restricts the results. k is capped at the
-        number of searchable images. One result per query, images first: a query that
-        cannot be used (missing, undecodable, not indexed) gets its `error` and no results,
-        and the others are still searched.
+        itself out of its results; `like_ids` does the same by catalogue id, as search
+        results carry it). `filters` restricts the results. k is capped at the number of
+        searchable images. One result per query, images, then `like`, then `like_ids`: a
+        query that cannot be used (missing, undecodable, not indexed) gets its `error` and
+        no results, and the others are still searched. `embedder`: a model from
+        `load_embedder()`, so a long-running process loads it once.
         """
-        querying.check_request(images, like, k, min_score)
+        querying.check_request(images, like, k, min_score, like_ids)
         with self._open() as index_dir:
-            queries = querying.gather(index_dir, images, like, device, max_megapixels)
+            queries = querying.gather(
+                index_dir, images, like, device, max_megapixels, like_ids, embedder
+            )
             results = searching.search_queries(index_dir, queries, k, min_score, filters)
             self._flush_notices(index_dir)
             return results
+
+    def load_embedder(self, device: str = "auto") -> Any:
+        """The index's own model, loaded now, to pass as `search(..., embedder=)` or
+        `embed(..., embedder=)` many times (a server loads it once per process).
+        Raises IndexNotFound, ModelError, IndexIncompatible."""
+        with self._open() as index_dir:
+            manifest = index_dir.require_manifest()
+            self._flush_notices(index_dir)
+        return querying.query_embedder(manifest, device)
+
+    def embed(
+        self,
+        images: Sequence[str | os.PathLike[str] | searching.QueryStream],
+        *,
+        embedder: Any = None,
+        device: str = "auto",
+        max_megapixels: float = defaults.MAX_MEGAPIXELS,
+    ) -> list[searching.Query]:
+        """One `Query` per image, in order, all embedded in one model call: its `vector`
+        ((dim,) float32, L2-normalised, ready for `search_vectors`) or its `error` (not
+        found, undecodable, over `max_megapixels`). `embedder`: see `load_embedder`."""
+        if embedder is None:
+            embedder = self.load_embedder(device)
+        return searching.embed_each(embedder, images, max_megapixels)
 
     def search_vectors(
         self,
