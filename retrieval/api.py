@@ -26,6 +26,7 @@ from .ops import (
     dups_undo,
     embedders,
     exchange,
+    images,
     importing,
     indexing,
     pruning,
@@ -347,6 +348,32 @@ class Index:
                 return dups.find_dups(index_dir, threshold, named, keep, refs, progress)
             finally:
                 self._flush_notices(index_dir)
+
+    def image(self, image_id: int) -> images.ImageRecord:
+        """The record of the searchable image with catalogue id `image_id` (a search result's
+        `Hit.id`): path, size, mtime, width, height, format, content hash. Raises NotFound."""
+        with self._open() as index_dir:
+            return images.image_record(index_dir, image_id)
+
+    def failures(self, limit: int | None = None) -> list[images.Failure]:
+        """The files that could not be indexed, by path, with their reasons (at most `limit`)."""
+        with self._open() as index_dir:
+            return images.failures(index_dir, limit)
+
+    def thumbnail(self, image_id: int, size: int = defaults.THUMBNAIL_SIZE) -> bytes:
+        """JPEG bytes of the centre square (`size` x `size` pixels, EXIF orientation applied)
+        of image `image_id`, made by the indexer's decoder and cached in the index folder
+        (by content hash and size; nothing is cached on read-only media). Raises NotFound,
+        UsageError (a size outside `defaults.PICTURE_SIZES`), BadImage (with the reason the
+        file cannot be shown: gone, changed into a non-image, above the pixel cap...)."""
+        with self._open() as index_dir:
+            return images.thumbnail(index_dir, image_id, size, defaults.THUMBNAIL_CACHE_BYTES)
+
+    def preview(self, image_id: int, size: int = defaults.PREVIEW_SIZE) -> bytes:
+        """JPEG bytes of image `image_id` for viewing: EXIF orientation applied, aspect ratio
+        kept, longest side at most `size` pixels; cached and refused as `thumbnail` is."""
+        with self._open() as index_dir:
+            return images.preview(index_dir, image_id, size, defaults.THUMBNAIL_CACHE_BYTES)
 
     def check_output(self, out: str | os.PathLike[str]) -> None:
         """Raise UsageError when a file written at `out` would land inside an index folder

@@ -55,6 +55,18 @@ CATALOG_FILE = "catalog.sqlite"
 MANIFEST_FILE = "manifest.json"
 VECTORS_FILE = "vectors.faiss"
 LOCK_FILE = "writer.lock"
+#: The folder of cached thumbnails and previews inside an index (see store.thumbnails).
+THUMBNAIL_DIR = "thumbnails"
+
+#: Pictures of indexed images for people (`Index.thumbnail`, `Index.preview`, the galleries):
+#: the side of a square thumbnail and the longest side of a preview, in pixels, and the
+#: sizes either may be asked for (a bound, so a client cannot ask for a 100k-pixel JPEG).
+THUMBNAIL_SIZE = 256
+PREVIEW_SIZE = 1024
+PICTURE_SIZES = (16, 4096)
+#: The thumbnail cache holds at most this many bytes of JPEGs; the least recently used are
+#: evicted past it (256 px thumbnails are ~10-20 KB: tens of thousands fit).
+THUMBNAIL_CACHE_BYTES = 512 * 1024 * 1024
 
 # -- the choices the library accepts (the CLI offers exactly these; tests/test_layers.py
 # checks they match the modules that act on them, which import torch or FAISS) --------------

@@ -23,6 +23,7 @@ Fuzzed by tests/test_hostile.py; the inputs that once broke it are in tests/corp
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import hashlib
@@ -32,7 +33,7 @@ import re
 import stat
 import struct
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -219,12 +220,35 @@ def decode_image(
     are ignored whatever the caller's warning filters; an exception outside the known set
     still ends as BadImage ("unexpected decoder error ...").
     """
+    with _refusing_bad_input(max_megapixels):
+        return _decode(data, preprocess, max_megapixels)
+
+
+def decode_picture(
+    data: bytes, max_side: int, max_megapixels: float = defaults.MAX_MEGAPIXELS
+) -> Image.Image:
+    """Decode image bytes for people to look at: an RGB image, EXIF orientation applied,
+    aspect ratio kept, its longest side at most `max_side` pixels (never enlarged).
+
+    Refuses exactly what `decode_image` refuses (same checks, same BadImage reasons)."""
+    with _refusing_bad_input(max_megapixels):
+        image = _open(data, max_megapixels)
+        _refuse_scan_bombs(image, data, (max_side, max_side))
+        image.load()
+        rgb = to_rgb(_orient(image))
+        rgb.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+        return rgb
+
+
+@contextlib.contextmanager
+def _refusing_bad_input(max_megapixels: float) -> Iterator[None]:
+    """Run a decode turning every failure into BadImage (see `decode_image`)."""
     register_optional_plugins()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            return _decode(data, preprocess, max_megapixels)
+            yield
     except BadImage:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -245,19 +269,25 @@ def _decode(
     image = _open(data, max_megapixels)
     width, height = _oriented_size(image)
     fmt = image.format or "unknown"
-    if fmt in ("JPEG", "MPO"):
-        scans = data.count(b"\xff\xda")  # SOS markers (0xFFDA never occurs in scan data)
-        if scans > MAX_JPEG_SCANS:
-            raise BadImage(
-                f"JPEG has {scans} scans, more than {MAX_JPEG_SCANS} (a decoding-time bomb); "
-                "re-encode it if the file is trusted"
-            )
-        # libjpeg DCT scaling: decode at 1/2..1/8 scale, still >= the resize target.
-        image.draft("RGB", (preprocess.resize, preprocess.resize))
+    _refuse_scan_bombs(image, data, (preprocess.resize, preprocess.resize))
     image.load()
     image = _orient(image)
     rgb = to_rgb(image)
     return _resize_and_crop(rgb, preprocess), width, height, fmt
+
+
+def _refuse_scan_bombs(image: Image.Image, data: bytes, target: tuple[int, int]) -> None:
+    """For a JPEG: refuse too many scans, then ask libjpeg to decode at 1/2..1/8 scale
+    (DCT scaling), still at least `target` (width, height)."""
+    if image.format not in ("JPEG", "MPO"):
+        return
+    scans = data.count(b"\xff\xda")  # SOS markers (0xFFDA never occurs in scan data)
+    if scans > MAX_JPEG_SCANS:
+        raise BadImage(
+            f"JPEG has {scans} scans, more than {MAX_JPEG_SCANS} (a decoding-time bomb); "
+            "re-encode it if the file is trusted"
+        )
+    image.draft("RGB", target)
 
 
 def _open(data: bytes, max_megapixels: float) -> Image.Image:

@@ -66,6 +66,24 @@ class RowQueries:
             out.update({row.id: row for row in conn.execute(select(*cols).where(cond))})
         return out
 
+    def image_row(self, conn: Connection, image_id: int) -> Any | None:
+        """The 'ok' row with this id (id, path, size, mtime_ns, content_hash, width, height,
+        format), or None."""
+        cols = [
+            images.c[n]
+            for n in ("id", "path", "size", "mtime_ns", "content_hash", "width", "height", "format")
+        ]
+        cond = and_(images.c.id == image_id, images.c.status == "ok")
+        return conn.execute(select(*cols).where(cond)).first()
+
+    def failure_rows(self, conn: Connection, limit: int | None = None) -> list[Any]:
+        """The 'failed' rows (id, path, error, size, mtime_ns), by path, at most `limit`."""
+        cols = [images.c[n] for n in ("id", "path", "error", "size", "mtime_ns")]
+        stmt = select(*cols).where(images.c.status == "failed").order_by(images.c.path)
+        if limit is not None:
+            stmt = stmt.limit(limit)
+        return list(conn.execute(stmt))
+
     def ids_for_paths(self, conn: Connection, paths: Sequence[bytes]) -> dict[bytes, int]:
         out: dict[bytes, int] = {}
         for chunk in chunks(list(paths), 500):
