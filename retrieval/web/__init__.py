@@ -17,7 +17,7 @@ FastAPI is missing.
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 
 #: Import name -> distribution name of what `retrieval serve` needs (the `web` extra).
 REQUIREMENTS = {
@@ -30,4 +30,10 @@ REQUIREMENTS = {
 
 def missing_requirements() -> list[str]:
     """The distributions of the `web` extra that cannot be imported here."""
-    return [dist for name, dist in REQUIREMENTS.items() if importlib.util.find_spec(name) is None]
+    missing = []
+    for name, dist in REQUIREMENTS.items():
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            missing.append(dist)
+    return missing
