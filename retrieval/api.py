@@ -41,6 +41,7 @@ from .sources.scan import check_roots
 from .specs import StorageOptions, WeightsSpec
 from .store.index_dir import IndexDir, index_summary
 from .store.manifest import Manifest
+from .store.shared_reader import SharedReader
 
 Notify = Callable[[str], None]
 
@@ -51,15 +52,28 @@ class Index:
     (see `retrieval.locate`; `location.reason` says which).
 
     `notify` receives one-line notices (device used, files repaired) meant for stderr.
+    `shared=True` (for a long-running reader such as `retrieval serve`, used from many
+    threads): the reading methods share one opened index, opened again when a writer has
+    replaced its files, instead of opening the catalogue and the vector cache per call.
     """
 
     def __init__(
-        self, directory: str | os.PathLike[str] | None = None, notify: Notify | None = None
+        self,
+        directory: str | os.PathLike[str] | None = None,
+        notify: Notify | None = None,
+        *,
+        shared: bool = False,
     ):
         self._named = bool(directory)
         self.location = locate(directory)
         self.directory = self.location.directory
         self._notify = notify or (lambda message: None)
+        self._shared = SharedReader(self.directory) if shared else None
+
+    def close(self) -> None:
+        """Close the shared reader of `shared=True` (nothing to do otherwise)."""
+        if self._shared is not None:
+            self._shared.close()
 
     # -- writing ----------------------------------------------------------------------------
 
@@ -440,7 +454,10 @@ class Index:
         except IndexNotFound:
             return None
 
-    def _open(self) -> IndexDir:
+    def _open(self) -> Any:
+        """A context manager giving an IndexDir opened for reading."""
+        if self._shared is not None:
+            return self._shared.borrow()  # raises on entering, as IndexDir.open does
         try:
             return IndexDir.open(self.directory)
         except IndexNotFound:

@@ -59,3 +59,35 @@ def test_one_loaded_embedder_serves_search_and_embed(tiny_index) -> None:
     again = index.search_vectors(embedded[0].vector[None], k=3)[0]
     assert [h.id for h in again.results] == [h.id for h in plain.results]
     np.testing.assert_allclose(np.linalg.norm(embedded[0].vector), 1.0, rtol=1e-4)
+
+
+def test_a_shared_index_answers_from_threads_and_sees_a_writer(tmp_path) -> None:
+    import threading
+
+    from conftest import TINY, make_photos, run_cli
+
+    make_photos(tmp_path / "a", range(4))
+    make_photos(tmp_path / "b", range(4, 7))
+    assert run_cli("index", tmp_path / "a", "--index", tmp_path / "i", *TINY).exit_code == 0
+    shared = Index(tmp_path / "i", shared=True)
+    plain = Index(tmp_path / "i")
+    first = plain.search(like=[tmp_path / "a" / "photo_0.jpg"], k=3)[0]
+    found: list[list[int]] = []
+
+    def search() -> None:
+        for _ in range(5):
+            result = shared.search(like_ids=[first.results[0].id], k=3)[0]
+            found.append([h.id for h in result.results])
+
+    threads = [threading.Thread(target=search) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    expected = [h.id for h in plain.search(like_ids=[first.results[0].id], k=3)[0].results]
+    assert found == [expected] * 20
+    assert shared.info()["images"] == 4
+    assert run_cli("index", tmp_path / "b", "--index", tmp_path / "i", *TINY).exit_code == 0
+    assert shared.info()["images"] == 7
+    assert len(shared.search(like_ids=[first.results[0].id], k=10)[0].results) == 6
+    shared.close()

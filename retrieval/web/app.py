@@ -19,7 +19,7 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from starlette.exceptions import HTTPException
 
-from .. import RetrievalError, __version__, display, printable
+from .. import Index, RetrievalError, __version__, display, printable
 from . import api_routes, pages
 from .batcher import EmbedBatcher
 from .service import JSON, status_of
@@ -42,12 +42,14 @@ def create_app(settings: Settings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.batcher = EmbedBatcher(settings)
+        app.state.index = Index(settings.index_dir, shared=True)
+        app.state.batcher = EmbedBatcher(settings, app.state.index)
         app.state.batcher.start()
         try:
             yield
         finally:
             app.state.batcher.close()
+            app.state.index.close()
 
     app = FastAPI(
         title="retrieval",

@@ -22,8 +22,9 @@ class EmbedBatcher:
     """`embed(data, name) -> Query` from any thread; `calls` and `images` count model calls
     and the images they embedded (for tests and the bench)."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, index: Index) -> None:
         self._settings = settings
+        self._index = index
         self._queue: queue.Queue[tuple[bytes, str, Future[Query]] | None] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="retrieval-embed", daemon=True)
         self._embedder: Any = None
@@ -73,14 +74,13 @@ class EmbedBatcher:
 
     def _load(self) -> Any:
         if self._embedder is None:
-            index = Index(self._settings.index_dir)
-            self._embedder = index.load_embedder(self._settings.device)
+            self._embedder = self._index.load_embedder(self._settings.device)
         return self._embedder
 
     def _embed(self, batch: list[tuple[bytes, str, Future[Query]]]) -> None:
         try:
             streams = [QueryStream(io.BytesIO(data), name) for data, name, _ in batch]
-            found = Index(self._settings.index_dir).embed(
+            found = self._index.embed(
                 streams, embedder=self._load(), max_megapixels=self._settings.max_megapixels
             )
         except BaseException as exc:  # noqa: BLE001 - every waiting request hears of it

@@ -56,8 +56,9 @@ def settings_of(request: Request) -> Settings:
 
 
 def index_of(request: Request) -> Index:
-    """The served index, opened afresh by each call made on it (a consistent snapshot)."""
-    return Index(settings_of(request).index_dir)
+    """The served index: one reader shared by all requests (`Index(shared=True)`), each
+    call a consistent snapshot, opened again when `retrieval index` has committed."""
+    return request.app.state.index
 
 
 def like_search(request: Request, image_id: int, k: int, params: Mapping[str, Any]) -> QueryResult:
