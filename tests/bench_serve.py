@@ -5,9 +5,9 @@
 1. A synthetic-vector index of N rows (bench_ann's mixture, `retrieval import`), each row a
    real tiny JPEG on disk (so thumbnails are real work), served by `retrieval serve`.
 2. First page: GET / and GET /?like=ID (server-rendered), cold then warm, milliseconds.
-3. CLIENTS threads x REQUESTS requests, alternating `--like` search by id
-   (/api/images/ID/similar, k=10) and thumbnails (first views, then a second pass that the
-   cache serves): p50/p99 per kind, error count.
+3. CLIENTS threads x REQUESTS requests of `--like` search by id (/api/images/ID/similar,
+   k=10) alone, then alternating with thumbnails (first views), then thumbnails the cache
+   serves: p50/p99 per kind, error count.
 4. Upload search vs the CLI's embedding of one image, on a test_resnet index of data/photos:
    the API's POST /api/search round trip (model warm) against `Index.embed` of one file with a
    loaded model (what `retrieval search FILE` spends embedding) and against the whole
@@ -146,8 +146,9 @@ def get(url: str) -> tuple[int, float]:
     return status, (time.perf_counter() - start) * 1000
 
 
-def load(base: str, ids: list[int], clients: int, requests: int, thumbs_only: bool) -> dict:
-    """clients threads x requests each; like-searches and thumbnails alternate."""
+def load(base: str, ids: list[int], clients: int, requests: int, mode: str) -> dict:
+    """clients threads x requests each: "mixed" (like-searches and thumbnails alternate),
+    "like" or "thumbnail" only."""
     times: dict[str, list[float]] = {"like": [], "thumbnail": []}
     errors = []
     lock = threading.Lock()
@@ -156,7 +157,7 @@ def load(base: str, ids: list[int], clients: int, requests: int, thumbs_only: bo
         rng = random.Random(seed)
         for n in range(requests):
             image_id = rng.choice(ids)
-            kind = "thumbnail" if thumbs_only or n % 2 else "like"
+            kind = mode if mode != "mixed" else ("thumbnail" if n % 2 else "like")
             url = f"{base}/api/images/{image_id}/" + (
                 "thumbnail" if kind == "thumbnail" else "similar?k=10"
             )
@@ -263,10 +264,13 @@ def main() -> None:
                 "like_results_cold": round(likes[0], 1),
                 "like_results_warm_median": round(statistics.median(likes[1:]), 1),
             }
-            out["load"] = load(server.base, ids, args.clients, args.requests, False)
+            out["like_only"] = load(server.base, ids, args.clients, args.requests, "like")
+            out["mixed"] = load(server.base, ids, args.clients, args.requests, "mixed")
             hot = ids[: args.clients * args.requests // 4]  # thumbnails viewed already
-            load(server.base, hot, args.clients, 5, True)
-            out["cached_thumbnails"] = load(server.base, hot, args.clients, args.requests, True)
+            load(server.base, hot, args.clients, 5, "thumbnail")
+            out["cached_thumbnails"] = load(
+                server.base, hot, args.clients, args.requests, "thumbnail"
+            )
         out["upload"] = upload_vs_cli(work)
     print(json.dumps(out, indent=1))
 
