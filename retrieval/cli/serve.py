@@ -13,7 +13,13 @@ INSTALL = "pip install 'retrieval[web]'"
 @click.command("serve", context_settings=CONTEXT)
 @index_option
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
+@click.option(
+    "--port",
+    type=click.IntRange(1, 65535),
+    default=8000,
+    show_default=True,
+    help="Port to listen on.",
+)
 @click.option("--open", "open_browser", is_flag=True, help="Open the app in a web browser.")
 @click.option(
     "--token",
