@@ -194,19 +194,20 @@ def upload_vs_cli(work: Path) -> dict:
     retrieval("index", str(DATA), "--index", index, *tiny)
     query = DATA / "chelsea.jpg"
     loaded = Index(index).load_embedder("cpu")
-    embed_ms = []
-    for _ in range(10):
-        start = time.perf_counter()
-        Index(index).embed([query], embedder=loaded)
-        embed_ms.append((time.perf_counter() - start) * 1000)
     cli_ms = []
     for _ in range(3):
         start = time.perf_counter()
         retrieval("search", str(query), "--index", index, "--device", "cpu", "-k", "10")
         cli_ms.append((time.perf_counter() - start) * 1000)
     data = query.read_bytes()
+    embed_ms, upload_ms = [], []
     with Server(index) as server:
-        upload_ms = [post_image(server.base, data) for _ in range(11)][1:]  # first: warm-up
+        post_image(server.base, data)  # warm-up
+        for _ in range(10):  # interleaved, so both see the same load on the machine
+            start = time.perf_counter()
+            Index(index).embed([query], embedder=loaded)
+            embed_ms.append((time.perf_counter() - start) * 1000)
+            upload_ms.append(post_image(server.base, data))
     return {
         "embed_one_image_ms": round(statistics.median(embed_ms), 1),
         "cli_search_command_ms": round(statistics.median(cli_ms), 1),
