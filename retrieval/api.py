@@ -26,6 +26,7 @@ from .ops import (
     dups_undo,
     embedders,
     exchange,
+    gallery,
     images,
     importing,
     indexing,
@@ -34,6 +35,7 @@ from .ops import (
     searching,
 )
 from .ops import storage as storage_policy
+from .ops.dups import DupsReport
 from .ops.indexing import IndexOptions, IndexReport, Progress
 from .ops.searching import QueryResult, SearchFilter
 from .pathnames import to_bytes
@@ -388,6 +390,20 @@ class Index:
         kept, longest side at most `size` pixels; cached and refused as `thumbnail` is."""
         with self._open() as index_dir:
             return images.preview(index_dir, image_id, size, defaults.THUMBNAIL_CACHE_BYTES)
+
+    def gallery(
+        self,
+        found: Sequence[QueryResult] | DupsReport,
+        *,
+        max_megapixels: float = defaults.MAX_MEGAPIXELS,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> str:
+        """One self-contained HTML page (str) of what `search` (its list of QueryResult) or
+        `dups` (a DupsReport) found: thumbnails embedded as data: URIs (from the thumbnail
+        cache; none for images above `max_megapixels`, with the reason), scores and escaped
+        paths; no script and no link, so it reads offline. `progress(done, total)`."""
+        with self._open() as index_dir:
+            return gallery.page(index_dir, found, max_megapixels, progress)
 
     def check_output(self, out: str | os.PathLike[str]) -> None:
         """Raise UsageError when a file written at `out` would land inside an index folder

@@ -258,3 +258,80 @@ def test_read_only_media_makes_thumbnails_without_caching(tmp_path, monkeypatch)
     assert index.thumbnail(ids["p1.jpg"]) == first
     assert jpeg(index.preview(ids["p1.jpg"])).size == (160, 120)
     assert not (Path(index.directory) / "thumbnails").exists()
+
+
+# -- check knows the cache -----------------------------------------------------------------
+
+
+def test_check_reports_the_cache_size(tmp_path):
+    index, ids = build(tmp_path, n=2)
+    result = run_cli("check", "--index", index.directory, "--json")
+    assert "thumbnail_cache" not in result.json()  # no cache yet: the report is as before
+    made = [index.thumbnail(i) for i in ids.values()]
+    result = run_cli("check", "--index", index.directory)
+    assert result.exit_code == 0, result.stdout
+    size = sum(map(len, made))
+    assert f"  thumbnail cache: 2 entries, {size / 2**20:.1f} MiB" in result.stdout.splitlines()
+    result = run_cli("check", "--index", index.directory, "--json")
+    assert result.json()["thumbnail_cache"] == {"entries": 2, "bytes": size}
+    assert result.json()["ok"] is True
+
+
+def test_check_repair_deletes_damaged_entries_and_temporary_files(tmp_path):
+    index, ids = build(tmp_path, n=2)
+    good = index.thumbnail(ids["p0.jpg"])
+    index.thumbnail(ids["p1.jpg"])
+    damaged = entries(index)[0]
+    damaged.write_bytes(damaged.read_bytes()[:100])
+    temp = damaged.parent / ".x.jpg.tmp-1-2"
+    temp.write_bytes(b"half")
+    result = run_cli("check", "--index", index.directory)
+    assert result.exit_code == 1
+    folder = Path(index.directory)
+    name = damaged.relative_to(folder).as_posix()
+    assert (
+        f"  {name}: not a whole thumbnail (damaged or stray) "
+        "(--repair deletes it (remade when next shown))"
+    ) in result.stdout.splitlines()
+    temp_name = temp.relative_to(folder).as_posix()
+    assert f"  {temp_name}: temporary file left by an interrupted run" in result.stdout
+    result = run_cli("check", "--index", index.directory, "--repair")
+    assert result.exit_code == 0, result.stdout
+    assert not damaged.exists() and not temp.exists()
+    assert run_cli("check", "--index", index.directory).exit_code == 0
+    assert index.thumbnail(ids["p0.jpg"]) == good  # remade (or still there)
+    assert len(entries(index)) == 2
+
+
+def test_a_cache_folder_that_is_a_file_or_link_is_not_written_through(tmp_path):
+    index, ids = build(tmp_path, n=2)
+    folder = Path(index.directory) / "thumbnails"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    folder.symlink_to(elsewhere)
+    assert jpeg(index.thumbnail(ids["p1.jpg"])).size == (256, 256)
+    assert list(elsewhere.iterdir()) == []
+    result = run_cli("check", "--index", index.directory)
+    assert "  thumbnails: is a symlink, not a folder" in result.stdout
+    assert run_cli("check", "--index", index.directory, "--repair").exit_code == 0
+    assert not folder.exists() and elsewhere.exists()
+    index.thumbnail(ids["p1.jpg"])
+    assert len(entries(index)) == 1
+
+
+def test_a_file_replaced_by_a_link_elsewhere_is_not_shown(tmp_path):
+    index, ids = build(tmp_path, n=2)
+    private = tmp_path / "private.jpg"
+    save_image(draw_image(50, (160, 120)), private)
+    path = tmp_path / "photos" / "p1.jpg"
+    os.unlink(path)
+    path.symlink_to(private)
+    with pytest.raises(BadImage, match="the file is a symbolic link now, to content that is not"):
+        index.thumbnail(ids["p1.jpg"])
+    assert entries(index) == []
+    # a link to the very bytes that were indexed is shown (an index built with links)
+    os.unlink(path)
+    indexed = tmp_path / "p1-original.jpg"
+    save_image(draw_image(1, (160, 120)), indexed, quality=95)
+    path.symlink_to(indexed)
+    assert jpeg(index.thumbnail(ids["p1.jpg"])).size == (256, 256)

@@ -5,8 +5,9 @@ Files are addressed by id only, never by a path a caller gives, so nothing outsi
 index can be read through these. A picture is made from the file as it is now: when its
 size and mtime are the ones indexed, the cache entry is looked up by the stored content
 hash without reading the file; otherwise the file is read and hashed, so an edited file
-gets a new entry. Decoding goes through the indexer's decoder (`sources.thumbnail`): a
-file it would refuse raises BadImage with the same reason.
+gets a new entry (but a file replaced by a symbolic link is shown only while the link
+leads to the indexed bytes). Decoding goes through the indexer's decoder
+(`sources.thumbnail`): a file it would refuse raises BadImage with the same reason.
 """
 
 from __future__ import annotations
@@ -19,15 +20,21 @@ from datetime import datetime, timezone
 from typing import Any
 
 from .. import defaults
-from ..errors import NotFound, UsageError
+from ..errors import BadImage, NotFound, UsageError
 from ..pathnames import display
 from ..reports import SKIP, JsonReport, json_field
-from ..sources.decode import hash_bytes, read_file
+from ..sources.decode import hash_bytes, over_cap_message, read_file
 from ..sources.thumbnail import preview_jpeg, square_jpeg
 from ..store.files import read_only_media
 from ..store.index_dir import IndexDir
 from ..store.thumbnails import ThumbnailCache, entry_key
 
+#: Why a file that became a link to other bytes is not shown: anyone who can write in a
+#: photo folder could otherwise show any image the server can read through its id.
+_LINKED_ELSEWHERE = (
+    "the file is a symbolic link now, to content that is not the indexed image; "
+    "run `retrieval index` again to index what it points to"
+)
 #: SQLite's largest id: a bigger number cannot name a row.
 _MAX_ID = 2**63 - 1
 
@@ -97,14 +104,31 @@ def failures(index_dir: IndexDir, limit: int | None = None) -> list[Failure]:
     return [Failure(r.id, display(r.path), r.error or "", r.path) for r in rows]
 
 
-def thumbnail(index_dir: IndexDir, image_id: int, size: int, max_bytes: int) -> bytes:
-    """JPEG bytes of the centre square of image `image_id`, `size` x `size` pixels."""
-    return _picture(index_dir, image_id, ("s", size), square_jpeg, max_bytes)
+def thumbnail(
+    index_dir: IndexDir,
+    image_id: int,
+    size: int,
+    max_bytes: int = defaults.THUMBNAIL_CACHE_BYTES,
+    max_megapixels: float | None = None,
+) -> bytes:
+    """JPEG bytes of the centre square of image `image_id`, `size` x `size` pixels.
+
+    `max_megapixels`: refuse larger images (None: the default cap, or the image's own size
+    if it was indexed above it with a raised cap)."""
+    kind = ("s", size)
+    return _picture(index_dir, image_id, kind, square_jpeg, max_bytes, max_megapixels)
 
 
-def preview(index_dir: IndexDir, image_id: int, size: int, max_bytes: int) -> bytes:
+def preview(
+    index_dir: IndexDir,
+    image_id: int,
+    size: int,
+    max_bytes: int = defaults.THUMBNAIL_CACHE_BYTES,
+    max_megapixels: float | None = None,
+) -> bytes:
     """JPEG bytes of image `image_id`, oriented, longest side at most `size` pixels."""
-    return _picture(index_dir, image_id, ("p", size), preview_jpeg, max_bytes)
+    kind = ("p", size)
+    return _picture(index_dir, image_id, kind, preview_jpeg, max_bytes, max_megapixels)
 
 
 def cache_for(
@@ -119,12 +143,20 @@ Render = Callable[[bytes, int, float], bytes]
 
 
 def _picture(
-    index_dir: IndexDir, image_id: int, kind: tuple[str, int], render: Render, max_bytes: int
+    index_dir: IndexDir,
+    image_id: int,
+    kind: tuple[str, int],
+    render: Render,
+    max_bytes: int,
+    max_megapixels: float | None,
 ) -> bytes:
     """A picture from the cache, else rendered from the file (and cached). Raises NotFound,
     UsageError (size), BadImage (the decoder's reason)."""
     _check_size(kind[1])
     row = _row(index_dir, image_id)
+    pixels = (row.width or 0) * (row.height or 0)
+    if max_megapixels is not None and pixels > max_megapixels * 1e6:  # even when cached
+        raise BadImage(over_cap_message(pixels, max_megapixels))
     cache = cache_for(index_dir, max_bytes)
     digest = row.content_hash if _unchanged(row) else None
     if digest is not None:
@@ -133,13 +165,15 @@ def _picture(
             return found
     data, _ = read_file(row.path)
     actual = hash_bytes(data)
+    if actual != row.content_hash and os.path.islink(row.path):
+        raise BadImage(_LINKED_ELSEWHERE)
     if actual != digest:  # the file was touched or edited since it was indexed
         found = cache.get(entry_key(actual, *kind))
         if found is not None:
             return found
-    cap = defaults.MAX_MEGAPIXELS
-    if actual == row.content_hash:  # the indexed bytes: their pixels were allowed then
-        cap = max(cap, math.ceil((row.width or 0) * (row.height or 0) / 1e6))
+    cap = defaults.MAX_MEGAPIXELS if max_megapixels is None else max_megapixels
+    if max_megapixels is None and actual == row.content_hash:  # allowed when indexed
+        cap = max(cap, math.ceil(pixels / 1e6))
     out = render(data, kind[1], cap)
     cache.put(entry_key(actual, *kind), out)
     return out

@@ -252,7 +252,7 @@ def _refusing_bad_input(max_megapixels: float) -> Iterator[None]:
     except BadImage:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise BadImage(_over_cap_message(_bomb_pixels(exc), max_megapixels)) from None
+        raise BadImage(over_cap_message(_bomb_pixels(exc), max_megapixels)) from None
     except _BAD_INPUT as exc:
         raise BadImage(_describe(exc)) from None
     except Exception as exc:  # noqa: BLE001 - one bad file must not stop a 100k-file run
@@ -301,7 +301,7 @@ def _open(data: bytes, max_megapixels: float) -> Image.Image:
     if w <= 0 or h <= 0:
         raise BadImage(f"image has no pixels ({w}x{h})")
     if w * h > cap:
-        raise BadImage(_over_cap_message(w * h, max_megapixels))
+        raise BadImage(over_cap_message(w * h, max_megapixels))
     return image
 
 
@@ -316,7 +316,7 @@ def _bomb_pixels(exc: BaseException) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def _over_cap_message(pixels: int | None, max_megapixels: float) -> str:
+def over_cap_message(pixels: int | None, max_megapixels: float) -> str:
     size = f"{pixels / 1e6:.1f} MP" if pixels else "over the cap"
     return (
         f"image is {size}, above the limit of {max_megapixels:g} MP; "

@@ -27,11 +27,13 @@ import re
 import shutil
 import stat
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import BinaryIO
 
 from .. import defaults
 from ..errors import StorageError, UnsafeIndexFile
-from .files import WriterLock, atomic_write, is_temp, open_regular
+from .files import WriterLock, atomic_write, file_kind, is_temp, open_regular
 
 #: Kinds of entry: a centre-square thumbnail, an aspect-kept preview.
 KINDS = ("s", "p")
@@ -90,6 +92,8 @@ class ThumbnailCache:
     def get(self, key: str) -> bytes | None:
         """The entry's JPEG bytes, or None when it is not cached (or not a whole JPEG)."""
         path = self.path(key)
+        if os.path.islink(self.folder):  # planted: never read through it
+            return None
         try:
             with open_regular(path) as fh:
                 data = fh.read()
@@ -120,7 +124,7 @@ class ThumbnailCache:
                 if os.path.lexists(path) and self.get(key) is not None:
                     return True  # made meanwhile by another thread or process
                 held = self._usage()  # before the write: a recount must not see the new entry
-                atomic_write(path, lambda fh: fh.write(data), "thumbnail")
+                atomic_write(path, _writer(data), "thumbnail")
                 self._account(held + len(data))
         except (StorageError, UnsafeIndexFile, OSError):
             return False
@@ -132,7 +136,7 @@ class ThumbnailCache:
         if total > self.max_bytes:
             total = self._evict(int(self.max_bytes * LOW_WATER))
         text = str(total).encode("ascii")
-        atomic_write(os.path.join(self.folder, USAGE_FILE), lambda fh: fh.write(text), "usage")
+        atomic_write(os.path.join(self.folder, USAGE_FILE), _writer(text), "usage")
 
     def _usage(self) -> int:
         try:
@@ -216,6 +220,28 @@ class ThumbnailCache:
                 damaged.append(name)
         return CacheUsage(len(entries), total, tuple(sorted(damaged)), tuple(temps))
 
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the cache lock (no entry is being written meanwhile), where there is a cache
+        folder to hold it in and the media is writable; else nothing to hold."""
+        if not (self.writable and os.path.isdir(self.folder) and not os.path.islink(self.folder)):
+            yield
+            return
+        with WriterLock(os.path.join(self.folder, LOCK_FILE)).held(wait=True):
+            yield
+
+    def exists(self) -> bool:
+        return os.path.lexists(self.folder)
+
+    def folder_problem(self) -> str | None:
+        """Why the cache folder cannot be used ("a symlink", "a file"...), or None."""
+        try:
+            mode = os.lstat(self.folder).st_mode
+        except FileNotFoundError:
+            return None
+        kind = file_kind(mode)
+        return None if stat.S_ISDIR(mode) else f"is {kind.replace('file', 'a file')}, not a folder"
+
     def remove(self, names: list[str]) -> None:
         """Delete these files (names from `inspect`); raises StorageError."""
         for name in names:
@@ -243,6 +269,13 @@ class ThumbnailCache:
                 os.unlink(self.folder)
         except OSError as exc:
             raise StorageError(f"cannot delete {self.folder}: {exc.strerror or exc}") from None
+
+
+def _writer(data: bytes) -> Callable[[BinaryIO], None]:
+    def write(fh: BinaryIO) -> None:
+        fh.write(data)
+
+    return write
 
 
 def _whole_jpeg(data: bytes) -> bool:
