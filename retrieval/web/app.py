@@ -64,7 +64,6 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.settings = settings
     templates = Jinja2Templates(directory=os.path.join(HERE, "templates"))
     templates.env.filters["display"] = display
-    templates.env.globals["token_query"] = ""
     app.state.templates = templates
     app.mount("/static", StaticFiles(directory=os.path.join(HERE, "static")), name="static")
     app.include_router(api_routes.router)
