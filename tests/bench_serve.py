@@ -5,9 +5,9 @@
 1. A synthetic-vector index of N rows (bench_ann's mixture, `retrieval import`), each row a
    real tiny JPEG on disk (so thumbnails are real work), served by `retrieval serve`.
 2. First page: GET / and GET /?like=ID (server-rendered), cold then warm, milliseconds.
-3. CLIENTS threads x REQUESTS requests of `--like` search by id (/api/images/ID/similar,
-   k=10) alone, then alternating with thumbnails (first views), then thumbnails the cache
-   serves: p50/p99 per kind, error count.
+3. One client x 50 `--like` searches by id (/api/images/ID/similar, k=10), then CLIENTS
+   threads x REQUESTS requests of them alone, then alternating with thumbnails (first
+   views), then thumbnails the cache serves: p50/p99 per kind, error count.
 4. Upload search vs the CLI's embedding of one image, on a test_resnet index of data/photos:
    the API's POST /api/search round trip (model warm) against `Index.embed` of one file with a
    loaded model (what `retrieval search FILE` spends embedding) and against the whole
@@ -265,6 +265,7 @@ def main() -> None:
                 "like_results_cold": round(likes[0], 1),
                 "like_results_warm_median": round(statistics.median(likes[1:]), 1),
             }
+            out["like_one_client"] = load(server.base, ids, 1, 50, "like")
             out["like_only"] = load(server.base, ids, args.clients, args.requests, "like")
             out["mixed"] = load(server.base, ids, args.clients, args.requests, "mixed")
             hot = ids[: args.clients * args.requests // 4]  # thumbnails viewed already
