@@ -59,6 +59,8 @@ _LAZY = {
     "Hit": ("store.index_dir", "Neighbour"),  # one search result: id, path (bytes), score
     "Manifest": ("store.manifest", "Manifest"),
     "ExportReport": ("ops.exchange", "ExportReport"),
+    "LayoutOptions": ("ops.exchange", "LayoutOptions"),  # export --layout clip-retrieval
+    "ShardWriter": ("ops.layout", "ShardWriter"),  # writes the clip-retrieval layout
     "ImportReport": ("ops.importing", "ImportReport"),
     "CheckReport": ("ops.checking", "CheckReport"),
     "PruneReport": ("ops.pruning", "PruneReport"),

@@ -141,8 +141,11 @@ class Index:
         *,
         storage: StorageOptions | None = None,
         wait: bool = False,
+        manifest: str | os.PathLike[str] | None = None,
     ) -> importing.ImportReport:
-        """Add the embeddings of `export` files (.parquet, or .npy + .rows.json).
+        """Add the embeddings of `export` files (.parquet, .npy + .rows.json, or a folder in
+        the clip-retrieval layout). `manifest`: a manifest.json for parquet files that another
+        tool rewrote (they lose theirs); without it such files take an existing index's.
 
         A new index takes the files' model metadata; an existing one refuses files from
         another model, weights or dimension (IndexIncompatible). Every row of every file is
@@ -159,7 +162,11 @@ class Index:
                 manifest = replace(manifest, created_with=adding.versions(), index_policy={})
             return storage_policy.configure(manifest, self.directory, storage, new)
 
-        sources = importing.read_files([os.fspath(f) for f in files], self.directory)
+        given = None if manifest is None else os.fspath(manifest)
+        sources = importing.read_files([os.fspath(f) for f in files], self.directory, given)
+        for source in sources:
+            if source.notice:
+                self._notify(source.notice)
         with IndexDir.open_writer(self.directory, wait=wait) as index_dir:
             self._flush_notices(index_dir)
             try:
@@ -411,13 +418,18 @@ class Index:
         exchange.refuse_index_folder(self.directory, os.fspath(out))
 
     def export(
-        self, out: str | os.PathLike[str] | BinaryIO, fmt: str = "parquet"
+        self,
+        out: str | os.PathLike[str] | BinaryIO,
+        fmt: str = "parquet",
+        layout: exchange.LayoutOptions | None = None,
     ) -> exchange.ExportReport:
         """Write every stored embedding to `out` ('npy' + sidecar, or 'parquet'); `out` is a
-        file name (not inside an index folder) or, for parquet, an open binary stream."""
+        file name (not inside an index folder) or, for parquet, an open binary stream. With
+        `LayoutOptions(layout="clip-retrieval", ...)`, `out` is a new or empty folder that
+        receives img_emb/*.npy, metadata/*.parquet and manifest.json."""
         target = out if hasattr(out, "write") else os.fspath(out)  # type: ignore[arg-type]
         with self._open() as index_dir:
-            report = exchange.export(index_dir, target, fmt)
+            report = exchange.export(index_dir, target, fmt, layout)
             self._flush_notices(index_dir)
             return report
 

@@ -82,6 +82,13 @@ INDEX_TYPES = ("auto", "flat", "hnsw", "ivf", "ivfpq")
 VECTOR_DTYPES = ("float32", "float16")
 #: `export` formats: a matrix + sidecar rows file, or one parquet file.
 EXPORT_FORMATS = ("npy", "parquet")
+#: `export --layout`: the default (our own files, by --format) or clip-retrieval's folders of
+#: .npy shards + parquet metadata (ops.layout).
+EXPORT_LAYOUTS = ("default", "clip-retrieval")
+#: Vector dtypes of the clip-retrieval layout's .npy shards.
+LAYOUT_DTYPES = ("float32", "float16")
+#: Rows per shard of the clip-retrieval layout (memory while writing: this x dim x 4 bytes).
+LAYOUT_SHARD_SIZE = 100_000
 
 #: Recall@10 that `optimize` tunes nprobe / efSearch to reach.
 TARGET_RECALL = 0.95
@@ -111,10 +118,11 @@ KEEP_RULES = (
 )
 
 #: `bench`: images generated (no folder given) or at most used from a folder, the generated
-#: mix ("photos": 2-24 MP JPEGs with small PNGs; "small": small images only), the rounds
-#: each stage runs (the report gives medians) and the vectors of its synthetic search index.
+#: mix ("photos": 2-24 MP JPEGs with small PNGs; "png": wallpaper and clip-art PNGs, 2.3 MP
+#: mean; "small": small images only), the rounds each stage runs (the report gives medians)
+#: and the vectors of its synthetic search index.
 BENCH_IMAGES = 48
-BENCH_MIXES = ("photos", "small")
+BENCH_MIXES = ("photos", "png", "small")
 BENCH_ROUNDS = 3
 BENCH_SEARCH_SIZE = 10_000
 

@@ -166,8 +166,10 @@ def test_import_refuses_files_that_are_not_exports(exported, tmp_path: Path) -> 
     result = run_cli("import", plain, "--index", tmp_path / "x")
     assert result.exit_code == 1
     assert result.stderr == (
-        f"error: {plain} carries no retrieval manifest (model, weights, dim); only files "
-        "written by `retrieval export` can be imported\n"
+        f"error: {plain} carries no retrieval manifest (model, weights, dim): pandas, polars, "
+        "DuckDB and datasets drop it when they rewrite a file; give it with --manifest FILE (the "
+        "manifest.json of the index or of a `--layout clip-retrieval` export), or import into an "
+        "existing index of the same model\n"
     )
 
     lone = tmp_path / "lone.npy"

@@ -174,7 +174,10 @@ def _inspect(index_dir: IndexDir) -> tuple[list[Problem], tuple[int, int, int]]:
         # and --repair rewrites nothing from it.
         return problems + sizes, (counts["ok"], counts["failed"], generation)
     problems += _manifest_file(index_dir)
-    problems += _vectors_file(index_dir, manifest, generation)
+    if index_dir.cache.kind == "milvus":
+        problems += _milvus_collection(index_dir, manifest, generation)
+    else:
+        problems += _vectors_file(index_dir, manifest, generation)
     return problems, (counts["ok"], counts["failed"], generation)
 
 
@@ -308,6 +311,50 @@ def _vectors_file(index_dir: IndexDir, manifest: Manifest, generation: int) -> l
     return []
 
 
+#: Vectors of a Milvus collection compared with the catalogue's (a random sample).
+MILVUS_SAMPLE = 1000
+
+
+def _milvus_collection(index_dir: IndexDir, manifest: Manifest, generation: int) -> list[Problem]:
+    """The Milvus collection of an index made with `--vectors milvus:URI`: present and this
+    catalogue's, its ids those of the stored vectors (after the changes made since it was
+    synced), its index the manifest's type, a sample of its vectors the stored ones."""
+    cache: Any = index_dir.cache
+
+    def problem(text: str) -> list[Problem]:
+        return [Problem(cache.path, text, "rebuilds it from the catalogue")]
+
+    reason = cache.problem()
+    if reason:
+        return problem("is missing" if reason == "missing" else reason)
+    base = cache.base()
+    if base.generation > generation:
+        return problem(f"claims catalogue generation {base.generation}, newer than {generation}")
+    held = cache.held_ids()
+    if len(held) != len(np.unique(held)):
+        return problem(f"holds {len(held) - len(np.unique(held))} duplicate ids")
+    catalog = index_dir.catalog
+    with catalog.read() as conn:
+        delta = catalog.delta(conn, base.generation, manifest.dim)
+        live = np.sort(held[~np.isin(held, delta.stale)])
+        expected = np.setdiff1d(_stored_ids(catalog, conn, manifest.dim), delta.stale)
+        extra, lacking = np.setdiff1d(live, expected), np.setdiff1d(expected, live)
+        if len(extra) or len(lacking):
+            return problem(
+                f"holds {len(extra)} ids the catalogue does not and lacks {len(lacking)} of its "
+                "vectors"
+            )
+        rng = np.random.default_rng(0)
+        sample = rng.choice(live, min(MILVUS_SAMPLE, len(live)), replace=False)
+        differ = cache.sample_differing(conn, np.sort(sample))
+    if differ:
+        return problem(f"{differ} of {len(sample)} sampled vectors differ from the catalogue's")
+    wanted = cache.milvus_type()
+    if cache.index_type() != wanted:
+        return problem(f"its index is {cache.index_type()}, not the manifest's {wanted}")
+    return []
+
+
 def _stored_ids(catalog: Catalog, conn: Any, dim: int) -> np.ndarray:
     parts = [ids for ids, _ in catalog.iter_vectors(conn, dim, batch=_CHUNK)]
     return np.concatenate(parts) if parts else np.zeros(0, np.int64)
@@ -331,7 +378,7 @@ def _repair(index_dir: IndexDir, problems: list[Problem]) -> None:
                 raise StorageError(f"cannot delete {name}: {exc.strerror or exc}") from None
     if defaults.MANIFEST_FILE in files:
         index_dir.write_manifest_file()
-    if defaults.VECTORS_FILE in files:
+    if defaults.VECTORS_FILE in files or index_dir.vectors_path in files:
         index_dir.rebuild_vectors()
         failed = [n for n in index_dir.notices if n.startswith("could not save")]
         if failed:

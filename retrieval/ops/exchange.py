@@ -7,6 +7,8 @@ parquet: columns id, path, path_bytes, embedding (fixed-size list of float32), s
          mtime_ns, width, height, format, content_hash; the manifest, model and dim in the
          schema metadata.
 Both are written to temporary files and renamed into place.
+clip-retrieval layout (`layout="clip-retrieval"`): a folder of .npy shards and row-aligned
+         parquet metadata, described in `layout` (what embedding-reader and autofaiss read).
 
 `importing` reads either back into an index.
 """
@@ -20,24 +22,37 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from ..defaults import CATALOG_FILE, EXPORT_FORMATS
+from ..defaults import CATALOG_FILE, EXPORT_FORMATS, EXPORT_LAYOUTS, LAYOUT_SHARD_SIZE
 from ..errors import StorageError, UsageError
 from ..pathnames import decoded, display, to_str
 from ..reports import JsonReport
 from ..store.files import atomic_write, describe_os_error, fsync_dir, temp_name
 from ..store.index_dir import IndexDir
 from ..store.manifest import Manifest
+from . import layout as shard_layout
 
 FORMATS = EXPORT_FORMATS
 
 
 @dataclass(frozen=True)
 class ExportReport(JsonReport):
-    """What an export wrote: rows, dim, and the files."""
+    """What an export wrote: rows, dim, and the files (for a layout: its folder, and the
+    number of .npy shards in it)."""
 
     rows: int
     dim: int
     files: tuple[str, ...]
+    shards: int | None = None
+
+
+@dataclass(frozen=True)
+class LayoutOptions:
+    """How `export` writes: "default" (one file, by format) or "clip-retrieval" (a folder of
+    `shard_size`-row .npy shards of `dtype` values, with parquet metadata)."""
+
+    layout: str = "default"
+    shard_size: int = LAYOUT_SHARD_SIZE
+    dtype: str = "float32"
 
 
 def sidecar_path(npy_path: str) -> str:
@@ -45,12 +60,27 @@ def sidecar_path(npy_path: str) -> str:
     return base + ".rows.json"
 
 
-def export(index_dir: IndexDir, out: str | BinaryIO, fmt: str) -> ExportReport:
-    """Write every stored vector to `out` in format `fmt` ('npy' or 'parquet').
+def export(
+    index_dir: IndexDir,
+    out: str | BinaryIO,
+    fmt: str,
+    options: LayoutOptions | None = None,
+) -> ExportReport:
+    """Write every stored vector to `out` in format `fmt` ('npy' or 'parquet'), or, with the
+    clip-retrieval layout, into the new or empty folder `out` (`fmt` is then not used).
 
     `out` is a file name, or an open binary stream (parquet only: npy is two files). A file
     in an index folder (this one or another, symlinks resolved) is refused.
     """
+    options = options or LayoutOptions()
+    if options.layout not in EXPORT_LAYOUTS:
+        raise UsageError(
+            f"unknown layout {options.layout!r}; use one of {', '.join(EXPORT_LAYOUTS)}"
+        )
+    if options.layout == shard_layout.LAYOUT:
+        if not isinstance(out, str):
+            raise UsageError("the clip-retrieval layout writes a folder; give -o a folder name")
+        return _export_layout(index_dir, os.path.abspath(out), options)
     if fmt not in FORMATS:
         raise UsageError(f"unknown export format {fmt!r}; use one of {', '.join(FORMATS)}")
     if not isinstance(out, str):
@@ -61,6 +91,11 @@ def export(index_dir: IndexDir, out: str | BinaryIO, fmt: str) -> ExportReport:
             )
         return _export_parquet(index_dir, out)
     out = os.path.abspath(out)
+    if os.path.isdir(out):
+        raise UsageError(
+            f"{display(os.fsencode(out))} is a folder; give -o a file name "
+            "(or --layout clip-retrieval to write a folder of shards)"
+        )
     folder = os.path.dirname(out)
     if not os.path.isdir(folder):
         raise UsageError(f"the folder {folder} does not exist; create it or choose another -o")
@@ -188,6 +223,28 @@ def _export_parquet(index_dir: IndexDir, out: str | BinaryIO) -> ExportReport:
     _write(out)
     out.flush()
     return ExportReport(written, dim, ("<stream>",))
+
+
+def _export_layout(index_dir: IndexDir, out: str, options: LayoutOptions) -> ExportReport:
+    """Every 'ok' row, in id order, through one `ShardWriter` into the folder `out`."""
+    manifest = index_dir.require_manifest()
+    refuse_index_folder(index_dir.directory, os.path.join(out, shard_layout.MANIFEST_NAME))
+    catalog = index_dir.catalog
+    with catalog.read() as conn:
+        total = catalog.counts(conn)["ok"]
+        writer = shard_layout.ShardWriter(
+            out,
+            manifest,
+            shard_size=options.shard_size,
+            dtype=options.dtype,
+            expected_rows=total,
+        )
+        with writer:
+            for rows in catalog.metadata_rows(conn, batch=min(options.shard_size, 65536)):
+                writer.write(rows, catalog.decode([r.vector for r in rows], manifest.dim))
+        summary = writer.close()
+    shards = sum(f.endswith(".npy") for f in summary.files)
+    return ExportReport(summary.rows, summary.dim, (out,), shards)
 
 
 def _discard(path: str) -> None:

@@ -23,7 +23,9 @@ from ..pathnames import decoded
 from ..store.catalog import NewRow
 from ..store.manifest import Manifest
 from . import import_checks as checks
+from . import import_foreign as foreign_files
 from .exchange import sidecar_path
+from .import_foreign import Fallback
 
 #: Stamp of a file: (st_dev, st_ino, st_size, st_mtime_ns) of it (and of its sidecar).
 Stamp = tuple[tuple[int, ...], ...]
@@ -41,6 +43,8 @@ class Source:
     batches: Callable[[int], Iterator[list[NewRow]]]
     stamp: Stamp
     opened: float = field(default_factory=time.monotonic)
+    #: Something to tell the user about this file (a manifest taken from elsewhere), or None.
+    notice: str | None = None
 
     def check_unchanged(self) -> None:
         if stamp(self.path) != self.stamp:
@@ -51,7 +55,10 @@ class Source:
 
 
 def stamp(path: str) -> Stamp:
-    files = [path, sidecar_path(path)] if path.endswith(".npy") else [path]
+    if os.path.isdir(path):  # a layout folder: every file in it
+        files = sorted(os.path.join(r, f) for r, _, names in os.walk(path) for f in names)
+    else:
+        files = [path, sidecar_path(path)] if path.endswith(".npy") else [path]
     try:
         stats = [os.stat(f) for f in files]
     except OSError:
@@ -59,14 +66,26 @@ def stamp(path: str) -> Stamp:
     return tuple((s.st_dev, s.st_ino, s.st_size, s.st_mtime_ns) for s in stats)
 
 
-def open_source(path: str) -> Source:
-    """Read and check the header of an export (.parquet, or .npy with its .rows.json)."""
+def open_source(path: str, fallback: Fallback | None = None) -> Source:
+    """Read and check the header of an export (.parquet, .npy with its .rows.json, or a
+    clip-retrieval layout folder). `fallback`: the manifest for a parquet file without one."""
     path = os.path.abspath(path)
+    if os.path.isdir(path):
+        from .import_layout import is_layout, layout_source
+
+        if is_layout(path):
+            return layout_source(path)
+        raise UsageError(
+            f"{path} is a folder but not a clip-retrieval layout (img_emb/, metadata/, "
+            "manifest.json); give the files `retrieval export` wrote"
+        )
     if not os.path.isfile(path):
         raise UsageError(f"{path} does not exist; give the files `retrieval export` wrote")
     if path.endswith(".npy"):
-        return _npy_source(path)
-    return _parquet_source(path)
+        from .import_npy import npy_source
+
+        return npy_source(path)
+    return _parquet_source(path, fallback)
 
 
 def manifest_from(raw: Any, where: str) -> Manifest:
@@ -84,13 +103,13 @@ def manifest_from(raw: Any, where: str) -> Manifest:
     return checks.check_manifest(raw, where)
 
 
-def _reason(exc: BaseException) -> str:
+def reason(exc: BaseException) -> str:
     """A library's exception as one short line."""
     text = " ".join(str(exc).split()) or type(exc).__name__
     return text if len(text) <= 200 else text[:197] + "..."
 
 
-def _raise_first(found: tuple[int, Any] | None, where: str, first_row: int) -> None:
+def raise_first(found: tuple[int, Any] | None, where: str, first_row: int) -> None:
     if found is not None:
         i, describe = found
         raise checks.refuse(f"{where} row {first_row + i}", describe(i))
@@ -99,11 +118,12 @@ def _raise_first(found: tuple[int, Any] | None, where: str, first_row: int) -> N
 # -- parquet -------------------------------------------------------------------------------------
 
 _TEXT, _BINARY = ("path", "format"), ("path_bytes", "content_hash")
-_COLUMNS = ("path", "path_bytes", "embedding", "size", "mtime_ns", "width", "height", "format")
+_COLUMNS: tuple[str, ...] = ("path", "path_bytes", "embedding", "size", "mtime_ns", "width")
+_COLUMNS += ("height", "format")
 _COLUMNS += ("content_hash",)
 
 
-def _parquet_source(path: str) -> Source:
+def _parquet_source(path: str, fallback: Fallback | None) -> Source:
     import pyarrow.parquet as pq
 
     try:
@@ -112,15 +132,23 @@ def _parquet_source(path: str) -> Source:
         schema = parquet.schema_arrow
         total = parquet.metadata.num_rows
     except Exception as exc:  # pyarrow raises ArrowInvalid, OSError, ... for damaged files
-        raise checks.refuse(path, f"it is not a readable parquet file ({_reason(exc)})") from None
+        raise checks.refuse(path, f"it is not a readable parquet file ({reason(exc)})") from None
     meta = schema.metadata or {}
-    manifest = manifest_from(meta.get(b"retrieval.manifest"), path)
+    raw = meta.get(b"retrieval.manifest")
+    foreign = raw is None or raw == b""  # rewritten by another tool: the manifest is lost
+    if foreign and fallback is None:
+        raise foreign_files.no_manifest(path)
+    manifest = fallback.manifest if foreign and fallback else manifest_from(raw, path)
     names = schema.names
     if "embedding" not in names or not {"path", "path_bytes"} & set(names):
         raise ImportFormatError(f"{path} lacks the columns embedding and path_bytes (or path)")
     wanted = [c for c in _COLUMNS if c in names]
     for name in wanted:
-        problem = _type_problem(name, schema, manifest.dim)
+        kind = schema.field(name).type if schema.names.count(name) == 1 else None
+        if foreign and kind is not None and foreign_files.conforms(name, kind):
+            problem = foreign_files.type_problem(name, kind, manifest.dim)
+        else:
+            problem = _type_problem(name, schema, manifest.dim)
         if problem:
             raise checks.refuse(path, problem)
     for key, value in ((b"model", manifest.model.name), (b"dim", str(manifest.dim))):
@@ -141,12 +169,15 @@ def _parquet_source(path: str) -> Source:
                 return
             except Exception as exc:  # damaged pages: ArrowInvalid, OSError, decompression
                 raise checks.refuse(
-                    path, f"it is damaged after row {first} ({_reason(exc)})"
+                    path, f"it is damaged after row {first} ({reason(exc)})"
                 ) from None
+            if foreign:
+                batch = foreign_files.conform(batch, manifest.dim, path, first)
             yield _parquet_rows(batch, manifest.dim, path, first)
             first += batch.num_rows
 
-    return Source(path, manifest, total, batches, stamp(path))
+    said = foreign_files.notice(path, fallback) if foreign and fallback else None
+    return Source(path, manifest, total, batches, stamp(path), notice=said)
 
 
 def _type_problem(name: str, schema: Any, dim: int) -> str | None:
@@ -183,17 +214,17 @@ def _parquet_rows(batch: Any, dim: int, path: str, first: int) -> list[NewRow]:
     flat = embedding.values.slice(embedding.offset * dim, n * dim)
     xb = flat.to_numpy(zero_copy_only=False).astype(np.float32, copy=False).reshape(n, dim)
     norms, vector_checks = checks.vector_checks(xb)
-    paths, path_check = _paths(cols.get("path_bytes"), cols.get("path"))
+    paths, path_check = paths_column(cols.get("path_bytes"), cols.get("path"))
     found = checks.first_bad(
         [
             path_check,
-            (_nulls(embedding), lambda i: "embedding is missing (null)"),
+            (null_mask(embedding), lambda i: "embedding is missing (null)"),
             *vector_checks,
-            *_int_checks(cols),
-            *_meta_checks(cols),
+            *int_checks(cols),
+            *meta_checks(cols),
         ]
     )
-    _raise_first(found, path, first)
+    raise_first(found, path, first)
     xb = checks.unit_length(xb, norms)
 
     def column(name: str) -> list[Any]:
@@ -218,11 +249,11 @@ def _parquet_rows(batch: Any, dim: int, path: str, first: int) -> list[NewRow]:
     ]
 
 
-def _nulls(array: Any) -> np.ndarray:
+def null_mask(array: Any) -> np.ndarray:
     return np.asarray(array.is_null().to_numpy(zero_copy_only=False), dtype=bool)
 
 
-def _paths(raw: Any, text: Any) -> tuple[list[bytes], tuple[np.ndarray, Any]]:
+def paths_column(raw: Any, text: Any) -> tuple[list[bytes], tuple[np.ndarray, Any]]:
     """(paths as bytes, a check) from path_bytes and/or path; both given must agree."""
     raws = raw.to_pylist() if raw is not None else None
     texts = text.to_pylist() if text is not None else None
@@ -249,7 +280,7 @@ def _paths(raw: Any, text: Any) -> tuple[list[bytes], tuple[np.ndarray, Any]]:
     return paths, (mask, problems.get)
 
 
-def _int_checks(cols: dict[str, Any]) -> list[tuple[np.ndarray, Any]]:
+def int_checks(cols: dict[str, Any]) -> list[tuple[np.ndarray, Any]]:
     out: list[tuple[np.ndarray, Any]] = []
     rules = {  # column: (nullable, lowest, why)
         "size": (False, 0, "is negative; sizes are byte counts >= 0"),
@@ -260,7 +291,7 @@ def _int_checks(cols: dict[str, Any]) -> list[tuple[np.ndarray, Any]]:
     for name, (nullable, lowest, why) in rules.items():
         if name not in cols:
             continue
-        nulls = _nulls(cols[name])
+        nulls = null_mask(cols[name])
         values = cols[name].fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
         if not nullable:
             out.append((nulls, lambda i, name=name: f"{name} is missing (null)"))
@@ -270,7 +301,7 @@ def _int_checks(cols: dict[str, Any]) -> list[tuple[np.ndarray, Any]]:
     return out
 
 
-def _meta_checks(cols: dict[str, Any]) -> list[tuple[np.ndarray, Any]]:
+def meta_checks(cols: dict[str, Any]) -> list[tuple[np.ndarray, Any]]:
     out: list[tuple[np.ndarray, Any]] = []
     if "format" in cols:
         formats = cols["format"].to_pylist()
@@ -302,108 +333,3 @@ def _meta_checks(cols: dict[str, Any]) -> list[tuple[np.ndarray, Any]]:
             )
         )
     return out
-
-
-# -- npy + sidecar -------------------------------------------------------------------------------
-
-
-def _npy_source(path: str) -> Source:
-    side = sidecar_path(path)
-    sidecar = _read_sidecar(path, side)
-    manifest = manifest_from(sidecar.get("manifest"), side)
-    for key, value in (("model", manifest.model.name), ("dim", manifest.dim)):
-        if key in sidecar and sidecar[key] != value:
-            raise checks.refuse(side, f"it gives {key} {sidecar[key]!r} but its manifest {value!r}")
-    rows = sidecar.get("rows")
-    if not isinstance(rows, list):
-        raise checks.refuse(side, "it has no list of rows")
-    dim = manifest.dim
-    shape, offset = _npy_header(path)
-    if len(shape) != 2 or shape[1] != dim or shape[0] != len(rows):
-        raise ImportFormatError(
-            f"{path} holds a {shape} matrix but {side} describes {len(rows)} rows of "
-            f"{dim}-d vectors; export them again"
-        )
-    expected = offset + len(rows) * dim * 4
-    actual = os.path.getsize(path)
-    if actual != expected:
-        raise checks.refuse(
-            path,
-            f"it is {actual} bytes long, but its header describes {len(rows)} x {dim} float32 "
-            f"values ({expected} bytes with the header): it was cut short or padded",
-        )
-
-    def batches(size: int) -> Iterator[list[NewRow]]:
-        with open(path, "rb") as fh:
-            for start in range(0, len(rows), size):
-                part = rows[start : start + size]
-                paths = _sidecar_paths(part, side, start)
-                fh.seek(offset + start * dim * 4)
-                data = fh.read(len(part) * dim * 4)
-                if len(data) != len(part) * dim * 4:
-                    raise checks.refuse(path, f"it ends inside row {start + len(data) // dim // 4}")
-                xb = np.frombuffer(data, dtype="<f4").reshape(len(part), dim).astype(np.float32)
-                norms, vector_checks = checks.vector_checks(xb)
-                _raise_first(checks.first_bad(vector_checks), path, start)
-                xb = checks.unit_length(xb, norms)
-                yield [
-                    NewRow(name, 0, 0, None, None, None, None, vector, None)
-                    for name, vector in zip(paths, xb, strict=True)
-                ]
-
-    return Source(path, manifest, len(rows), batches, stamp(path))
-
-
-def _read_sidecar(path: str, side: str) -> dict[str, Any]:
-    try:
-        with open(side, encoding="utf-8") as fh:
-            sidecar = json.load(fh)
-    except FileNotFoundError:
-        raise ImportFormatError(
-            f"{path} has no sidecar {side}; import the .npy together with the .rows.json "
-            "that `retrieval export --format npy` wrote beside it"
-        ) from None
-    except (OSError, ValueError, RecursionError) as exc:
-        raise checks.refuse(side, f"it cannot be read as JSON ({_reason(exc)})") from None
-    if not isinstance(sidecar, dict):
-        raise checks.refuse(
-            side, f"it is a JSON {checks.json_type(sidecar)}, not the object export writes"
-        )
-    return sidecar
-
-
-def _npy_header(path: str) -> tuple[tuple[int, ...], int]:
-    """(shape, offset of the data) of a little-endian float32, C-order .npy file."""
-    fmt = np.lib.format
-    try:
-        with open(path, "rb") as fh:
-            version = fmt.read_magic(fh)
-            read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
-            shape, fortran, dtype = read(fh)
-            offset = fh.tell()
-    except Exception as exc:  # numpy raises ValueError, EOFError, SyntaxError, ... on garbage
-        raise checks.refuse(path, f"it is not a readable .npy matrix ({_reason(exc)})") from None
-    if dtype != np.dtype("<f4"):
-        raise checks.refuse(
-            path, f"it holds {dtype} values, but `retrieval export` writes float32 vectors"
-        )
-    if fortran:
-        raise checks.refuse(path, "it is in Fortran order, but `retrieval export` writes C order")
-    return tuple(shape), offset
-
-
-def _sidecar_paths(rows: list[Any], side: str, first: int) -> list[bytes]:
-    paths = []
-    for i, row in enumerate(rows):
-        name = row.get("path") if isinstance(row, dict) else None
-        if not isinstance(name, str):
-            raise checks.refuse(f"{side} row {first + i}", "it has no path (a string)")
-        try:
-            raw = os.fsencode(name)
-        except UnicodeError:
-            raise checks.refuse(f"{side} row {first + i}", "its path is not a file name") from None
-        problem = checks.path_problem(raw)
-        if problem:
-            raise checks.refuse(f"{side} row {first + i}", problem)
-        paths.append(raw)
-    return paths

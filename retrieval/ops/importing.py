@@ -1,4 +1,5 @@
-"""Embeddings into an index from `retrieval export` files: .parquet, or .npy + .rows.json.
+"""Embeddings into an index from `retrieval export` files: .parquet, .npy + .rows.json, or a
+clip-retrieval layout folder (img_emb/, metadata/, manifest.json).
 
 An import runs in two passes so that a bad file changes nothing:
 
@@ -37,6 +38,7 @@ from ..store.files import remove_stale_temps
 from ..store.index_dir import IndexDir
 from ..store.manifest import Manifest
 from . import import_checks as checks
+from .import_foreign import Fallback, read_manifest_file
 from .import_sources import Source, open_source
 
 #: Rows per catalogue transaction during an import (an interruption loses at most one).
@@ -64,14 +66,26 @@ class ImportReport(JsonReport):
 # -- the two passes ------------------------------------------------------------------------------
 
 
-def read_files(files: Sequence[str], directory: str) -> list[Source]:
+def read_files(
+    files: Sequence[str], directory: str, manifest_file: str | None = None
+) -> list[Source]:
     """Open and check every row of `files` for an import into `directory` (created by nothing
-    here). Raises ImportFormatError (file, row, rule) or IndexIncompatible."""
+    here). Raises ImportFormatError (file, row, rule) or IndexIncompatible.
+
+    A parquet file without a manifest (another tool rewrote it) takes the one in
+    `manifest_file` or, without it, the existing index's (its `notice` then says so)."""
     if not files:
         raise UsageError("give at least one file to import")
-    sources = [open_source(f) for f in files]
     directory = os.path.abspath(directory)
-    reference = _existing_manifest(directory) or sources[0].manifest
+    existing = _existing_manifest(directory)
+    if manifest_file is not None:
+        fallback: Fallback | None = read_manifest_file(manifest_file)
+    elif existing is not None:
+        fallback = Fallback(existing, f"the index at {directory}", False)
+    else:
+        fallback = None
+    sources = [open_source(f, fallback) for f in files]
+    reference = existing or sources[0].manifest
     for source in sources:
         check_source(reference, source, directory)
     for source in sources:

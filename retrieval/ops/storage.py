@@ -15,6 +15,7 @@ from dataclasses import replace
 from .. import defaults
 from ..errors import IndexIncompatible, UsageError
 from ..specs import StorageOptions
+from ..store import milvus_spec
 from ..store.manifest import Manifest
 
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
@@ -45,6 +46,7 @@ def configure(
     """
     storage = storage or StorageOptions()
     manifest = _reduction_options(manifest, directory, storage, new)
+    manifest = _vectors_option(manifest, directory, storage.vectors, new)
     if not new and not storage.changes_layout:
         return manifest
     index_type, vector_dtype = storage.index_type, storage.vector_dtype
@@ -61,6 +63,25 @@ def configure(
             f"--vector-dtype {vector_dtype}`"
         )
     return _apply_policy(manifest, index_type, storage.memory, new)
+
+
+def _vectors_option(manifest: Manifest, directory: str, asked: str | None, new: bool) -> Manifest:
+    """`manifest` with its search index's home (`--vectors faiss | milvus:URI`) set: a new
+    index takes the one asked (faiss when none); an existing one keeps its own."""
+    wanted = milvus_spec.parse(asked, directory) if asked is not None else None
+    if new:
+        if wanted and manifest.reduction:
+            raise UsageError("--dim (a PCA reduction) does not go with --vectors milvus")
+        return replace(manifest, vectors=wanted or {})
+    if wanted is not None and wanted != manifest.vectors:
+        have = f"milvus:{manifest.vectors['uri']}" if manifest.vectors else "faiss"
+        raise IndexIncompatible(
+            f"the index at {directory} keeps its vectors in {have}; --vectors is fixed when an "
+            f"index is made, so copy it into a new one: `retrieval export --index {directory} "
+            f"-o all.parquet` then `retrieval import all.parquet --index NEW_DIR --vectors "
+            f"{asked}`"
+        )
+    return manifest
 
 
 def _check_choice(what: str, value: str | None, choices: tuple[str, ...]) -> None:

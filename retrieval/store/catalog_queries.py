@@ -58,8 +58,10 @@ class RowQueries:
         return out
 
     def image_rows(self, conn: Connection, ids: Iterable[int]) -> dict[int, Any]:
-        """{id: row with id, path, size, mtime_ns, width, height} of the 'ok' rows among `ids`."""
-        cols = [images.c[n] for n in ("id", "path", "size", "mtime_ns", "width", "height")]
+        """{id: row with id, path, size, mtime_ns, width, height, format} of the 'ok' rows
+        among `ids`."""
+        names = ("id", "path", "size", "mtime_ns", "width", "height", "format")
+        cols = [images.c[n] for n in names]
         out: dict[int, Any] = {}
         for chunk in chunks(sorted({int(i) for i in ids}), 500):
             cond = and_(images.c.id.in_(chunk), images.c.status == "ok")
