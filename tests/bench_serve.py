@@ -4,7 +4,9 @@
 
 1. A synthetic-vector index of N rows (bench_ann's mixture, `retrieval import`), each row a
    real tiny JPEG on disk (so thumbnails are real work), served by `retrieval serve`.
-2. First page: GET / and GET /?like=ID (server-rendered), cold then warm, milliseconds.
+2. First page: GET / and GET /?like=ID (server-rendered), cold then warm, milliseconds;
+   and the first contentful paint in headless Chromium (when playwright and
+   /usr/bin/chromium are there) of the search, results, image and index pages.
 3. One client x 50 `--like` searches by id (/api/images/ID/similar, k=10), then CLIENTS
    threads x REQUESTS requests of them alone, then alternating with thumbnails (first
    views), then thumbnails the cache serves: p50/p99 per kind, error count.
@@ -181,6 +183,37 @@ def load(base: str, ids: list[int], clients: int, requests: int, mode: str) -> d
     return out
 
 
+def browser_paint(base: str, paths: list[str]) -> dict | None:
+    """First contentful paint (ms, the browser's own clock) of each page in headless
+    Chromium, median of 5 fresh loads; None without playwright or /usr/bin/chromium."""
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        return None
+    if not os.path.exists("/usr/bin/chromium"):
+        return None
+    script = "performance.getEntriesByName('first-contentful-paint')[0]?.startTime ?? -1"
+    out = {}
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path="/usr/bin/chromium",
+            args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"],
+        )
+        try:
+            for path in paths:
+                found = []
+                for _ in range(5):
+                    page = browser.new_page()
+                    page.goto(base + path, wait_until="load")
+                    page.wait_for_function(f"() => ({script}) >= 0")
+                    found.append(page.evaluate(script))
+                    page.close()
+                out[path] = round(statistics.median(found), 1)
+        finally:
+            browser.close()
+    return out
+
+
 def pct(values: list[float], q: float) -> float:
     return round(float(np.percentile(values, q)), 1)
 
@@ -265,6 +298,9 @@ def main() -> None:
                 "like_results_cold": round(likes[0], 1),
                 "like_results_warm_median": round(statistics.median(likes[1:]), 1),
             }
+            out["first_contentful_paint_ms"] = browser_paint(
+                server.base, ["/", f"/?like={ids[0]}", f"/image/{ids[1]}", "/index"]
+            )
             out["like_one_client"] = load(server.base, ids, 1, 50, "like")
             out["like_only"] = load(server.base, ids, args.clients, args.requests, "like")
             out["mixed"] = load(server.base, ids, args.clients, args.requests, "mixed")
