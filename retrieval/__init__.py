@@ -76,7 +76,8 @@ _LAZY = {
     "DupMember": ("ops.dups", "DupMember"),
     "dups_csv_rows": ("ops.dups_output", "csv_rows"),  # a DupsReport as CSV rows
     "dups_html": ("ops.dups_output", "render_html"),  # a DupsReport as one HTML page
-    "QueryStream": ("ops.searching", "QueryStream"),
+    "QueryStream": ("ops.searching", "QueryStream"),  # a query image read from a stream
+    "Query": ("ops.searching", "Query"),  # an embedded query image: vector, or its error
     "ImageRecord": ("ops.images", "ImageRecord"),  # one indexed image: path, size, pixels...
     "Failure": (
         "ops.images",

@@ -272,6 +272,29 @@ def like_each(index_dir: IndexDir, images: Sequence[str | os.PathLike[str]]) -> 
     return queries
 
 
+def like_ids_each(index_dir: IndexDir, ids: Sequence[int]) -> list[Query]:
+    """One Query per catalogue id, from its stored vector (no model, no file read), named by
+    the image's path; an id the index does not hold (or holds as a failed file) gets an
+    error instead."""
+    dim = index_dir.require_manifest().dim
+    wanted = [int(i) for i in ids]
+    with index_dir.catalog.read() as conn:
+        found = index_dir.catalog.vectors_for(conn, wanted, dim)
+        paths = index_dir.catalog.paths(conn, list(found))
+    queries = []
+    for image_id in wanted:
+        if image_id in found:
+            vector = np.asarray(found[image_id], dtype=np.float32)
+            queries.append(Query(to_str(paths[image_id]), vector, image_id))
+        else:
+            error = (
+                f"no indexed image has id {image_id} in the index at {index_dir.directory}; "
+                "ids come from search results or `retrieval search --format json`"
+            )
+            queries.append(Query(f"#{image_id}", None, error=error))
+    return queries
+
+
 def check_limits(k: int, min_score: float | None) -> None:
     """Raise UsageError for k < 1 or a min_score outside the cosine's range [-1, 1]."""
     if k < 1:
