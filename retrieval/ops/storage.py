@@ -72,6 +72,10 @@ def _vectors_option(manifest: Manifest, directory: str, asked: str | None, new: 
     if new:
         if wanted and manifest.reduction:
             raise UsageError("--dim (a PCA reduction) does not go with --vectors milvus")
+        if wanted and not wanted["uri"].endswith(".db"):
+            from ..store import milvus  # pymilvus: only for a Milvus index
+
+            milvus.probe(wanted["uri"])
         return replace(manifest, vectors=wanted or {})
     if wanted is not None and wanted != manifest.vectors:
         have = f"milvus:{manifest.vectors['uri']}" if manifest.vectors else "faiss"

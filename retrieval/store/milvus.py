@@ -89,6 +89,19 @@ def _reported(method: Callable[..., T]) -> Callable[..., T]:
     return call
 
 
+def probe(uri: str) -> None:
+    """Raise StorageError (one line) when the Milvus server at `uri` cannot be reached: checked
+    before a new index is made, so a wrong URI costs no embedding run."""
+    require()
+    from pymilvus import MilvusClient
+
+    logging.getLogger("pymilvus").setLevel(logging.CRITICAL)
+    try:
+        MilvusClient(uri, timeout=defaults.MILVUS_CONNECT_SECONDS).close()
+    except Exception as exc:  # pymilvus raises its own classes, or grpc's, or OSError
+        raise StorageError(open_error(uri, exc)) from None
+
+
 class MilvusVectors(VectorCache):
     """The collection of one index directory, in the role of its vector cache."""
 
@@ -187,6 +200,8 @@ class MilvusVectors(VectorCache):
     @_reported
     def _rebuild(self, reason: str) -> Collection:  # type: ignore[override]
         manifest = self.manifest()
+        # read before `_finish` records the first write: a new index's first build is no news
+        announce = reason != "missing" or bool(self.catalog.get_meta("vectors_written"))
         if self.exists():
             self.client.drop_collection(self.name)
         with self.catalog.read() as conn:
@@ -196,7 +211,7 @@ class MilvusVectors(VectorCache):
             for ids, xb in self.catalog.iter_vectors(conn, manifest.dim):
                 self._upsert(conn, ids, xb)
         self._finish(generation)
-        if reason != "missing" or self.catalog.get_meta("vectors_written"):
+        if announce:
             self._owner.notices.append(
                 f"the Milvus collection {self.path} could not be used ({reason}); rebuilt it "
                 f"from the catalogue ({n} vectors)"
@@ -467,4 +482,4 @@ class MilvusVectors(VectorCache):
         return differ
 
 
-__all__ = ["MISSING", "MilvusVectors", "choose_layout", "expression", "parse", "require"]
+__all__ = ["MISSING", "MilvusVectors", "choose_layout", "expression", "parse", "probe", "require"]

@@ -44,6 +44,12 @@ def parse(spec: str, directory: str) -> dict[str, Any]:
         if not uri.endswith(".db"):
             raise UsageError(f"a Milvus Lite file must end in .db, not {uri!r}")
         uri = os.path.abspath(uri)
+        folder = os.path.dirname(uri)
+        if not os.path.isdir(folder) and not (directory and folder == os.path.abspath(directory)):
+            raise UsageError(
+                f"{folder} does not exist, so the Milvus Lite file {uri} cannot be made there; "
+                "create the folder first, or give `--vectors milvus:` for a file in the index"
+            )
     return {"kind": "milvus", "uri": uri}
 
 
@@ -80,11 +86,15 @@ def known(value: Any) -> int:
 
 
 def open_error(uri: str, exc: Exception) -> str:
-    text = f"{exc}"
+    """One line for a failure to open `uri`: what went wrong and what to do."""
+    text = str(getattr(exc, "message", "") or exc or type(exc).__name__).splitlines()[0]
     cause = exc.__context__ or exc.__cause__
     if "lock" in f"{cause}".lower() or "Open local milvus failed" in text:
         return (
             f"cannot open the Milvus Lite file {uri}: another process has it open (Milvus Lite "
             "allows one process at a time; serve many with a Milvus server, http://HOST:19530)"
         )
-    return f"cannot reach Milvus at {uri}: {text.splitlines()[0] if text else type(exc).__name__}"
+    return (
+        f"cannot reach Milvus at {uri} ({text}); start the Milvus server there, or check the "
+        "URI (http://HOST:19530 for a server, a .db file for Milvus Lite)"
+    )
