@@ -137,3 +137,68 @@ def test_a_lite_file_in_a_missing_folder_says_so(tmp_path: Path) -> None:
     line = _one_error_line(result, "error: ")
     assert f"{missing.parent} does not exist" in line and "another process" not in line
     assert not (tmp_path / "i" / "catalog.sqlite").exists()
+
+
+def test_a_moved_or_copied_index_finds_its_own_lite_file(tmp_path: Path) -> None:
+    import shutil
+
+    photos = tmp_path / "photos"
+    make_photos(photos, range(3))
+    first = tmp_path / "first"
+    result = run_cli("index", photos, "--index", first, *TINY, "--vectors", "milvus:")
+    assert result.exit_code == 0, result.stderr
+    want = run_cli("search", "--like", photos / "photo_0.jpg", "--index", first, "--format", "json")
+    assert want.exit_code == 0, want.stderr
+    from milvus_lite.server_manager import server_manager_instance
+
+    server_manager_instance.release_all()  # this process holds the file until then
+    copied, moved = tmp_path / "copied", tmp_path / "moved"
+    shutil.copytree(first, copied)
+    first.rename(moved)
+    for directory in (copied, moved):
+        found = run_cli(
+            "search", "--like", photos / "photo_0.jpg", "--index", directory, "--format", "json"
+        )
+        assert found.exit_code == 0, found.stderr
+        assert found.stdout == want.stdout
+        uri = run_cli("info", "--index", directory, "--json").json()["index_params"]["uri"]
+        assert uri == str(directory / "vectors.milvus.db")
+        server_manager_instance.release_all()
+    assert not first.exists()
+
+
+def test_a_lite_file_whose_folder_is_gone_is_not_blamed_on_another_process(
+    tmp_path: Path,
+) -> None:
+    photos, vectors = tmp_path / "photos", tmp_path / "vectors"
+    make_photos(photos, range(2))
+    vectors.mkdir()
+    directory = tmp_path / "index"
+    uri = vectors / "v.db"
+    result = run_cli("index", photos, "--index", directory, *TINY, "--vectors", f"milvus:{uri}")
+    assert result.exit_code == 0, result.stderr
+    from milvus_lite.server_manager import server_manager_instance
+
+    server_manager_instance.release_all()
+    vectors.rename(tmp_path / "elsewhere")
+    result = run_cli("search", "--like", photos / "photo_0.jpg", "--index", directory)
+    line = _one_error_line(result, f"error: cannot open the Milvus Lite file {uri}")
+    assert f"{vectors} does not exist" in line and "another process" not in line
+
+
+def test_the_default_lite_file_is_recorded_relative_and_old_absolute_ones_still_match(
+    milvus_index,
+) -> None:
+    from dataclasses import replace
+
+    from retrieval import StorageOptions
+    from retrieval.ops.storage import configure
+    from retrieval.store.manifest import Manifest
+
+    directory = milvus_index[0]
+    manifest = Manifest.from_dict(json.loads((directory / "manifest.json").read_text()))
+    assert manifest.vectors == {"kind": "milvus", "uri": "vectors.milvus.db"}
+    # as indexes made before relative files recorded it: the same file, so no refusal
+    absolute = {"kind": "milvus", "uri": str(directory / "vectors.milvus.db")}
+    old = replace(manifest, vectors=absolute)
+    assert configure(old, str(directory), StorageOptions(vectors="milvus:")) == old

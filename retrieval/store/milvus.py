@@ -1,9 +1,9 @@
 """The search index in a Milvus collection instead of vectors.faiss (`--vectors milvus:URI`).
 
-With `milvus_collection`, the home of pymilvus. `MilvusVectors` plays the part `VectorCache` plays for FAISS (it is
-one, to the searcher, the range finder, `check` and `info`): a copy of the catalogue's vectors
-kept in sync from it, never the source of truth (the collection's schema and how Milvus is
-spoken to: `milvus_collection`).
+With `milvus_collection`, the home of pymilvus. `MilvusVectors` plays the part `VectorCache`
+plays for FAISS (it is one, to the searcher, the range finder, `check` and `info`): a copy of
+the catalogue's vectors kept in sync from it, never the source of truth (the collection's
+schema and how Milvus is spoken to: `milvus_collection`).
 
 Its properties record the catalogue id and the catalogue generation it reflects; searches
 leave out the rows changed since and search those exactly (as for vectors.faiss), so a
@@ -25,7 +25,7 @@ from ..errors import RetrievalError, StorageError
 from . import milvus_collection as mc
 from .files import WriterLock
 from .milvus_collection import MAX_TOPK, MILVUS_TYPES, Collection, probe
-from .milvus_spec import MISSING, expression, parse, require
+from .milvus_spec import MISSING, expression, parse, require, resolve
 from .vector_cache import VectorCache, choose_layout
 
 if TYPE_CHECKING:
@@ -65,7 +65,7 @@ class MilvusVectors(VectorCache):
 
     def __init__(self, owner: IndexDir) -> None:
         super().__init__(owner)
-        self.uri = str(owner.require_manifest().vectors["uri"])
+        self.uri = resolve(str(owner.require_manifest().vectors["uri"]), owner.directory)
         self.name = f"retrieval_{owner.catalog_id or 'index'}"
         self._client: Any = None
         self._state: Collection | None = None

@@ -31,7 +31,8 @@ def require() -> None:
 def parse(spec: str, directory: str) -> dict[str, Any]:
     """'faiss' -> {}; 'milvus:URI' -> {"kind": "milvus", "uri": URI}; a bare 'milvus' or
     'milvus:' puts a Milvus Lite file in the index directory; a relative file is made
-    absolute. Raises UsageError."""
+    absolute, then one inside `directory` is recorded relative to it (see `resolve`: the
+    index can be moved or copied). Raises UsageError."""
     kind, _, uri = spec.partition(":")
     if kind == "faiss" and not uri:
         return {}
@@ -50,7 +51,18 @@ def parse(spec: str, directory: str) -> dict[str, Any]:
                 f"{folder} does not exist, so the Milvus Lite file {uri} cannot be made there; "
                 "create the folder first, or give `--vectors milvus:` for a file in the index"
             )
+        inside = os.path.relpath(uri, os.path.abspath(directory)) if directory else ".."
+        if not inside.startswith(".."):
+            uri = inside
     return {"kind": "milvus", "uri": uri}
+
+
+def resolve(uri: str, directory: str) -> str:
+    """The URI a manifest records, with a Lite file inside the index (relative) made absolute
+    against the index `directory` wherever it now is."""
+    if re.match(r"^(https?|tcp|grpc)://", uri) or os.path.isabs(uri):
+        return uri
+    return os.path.join(os.path.abspath(directory), uri)
 
 
 def expression(where: dict[str, Any]) -> str:
@@ -89,6 +101,13 @@ def open_error(uri: str, exc: Exception) -> str:
     """One line for a failure to open `uri`: what went wrong and what to do."""
     text = str(getattr(exc, "message", "") or exc or type(exc).__name__).splitlines()[0]
     cause = exc.__context__ or exc.__cause__
+    folder = os.path.dirname(uri)
+    if uri.endswith(".db") and not os.path.isdir(folder):
+        return (
+            f"cannot open the Milvus Lite file {uri}: {folder} does not exist (was it moved? "
+            "the index keeps its vectors there); put the file back, or rebuild the index from "
+            "its catalogue: `retrieval export` then `retrieval import --vectors ...`"
+        )
     if "lock" in f"{cause}".lower() or "Open local milvus failed" in text:
         return (
             f"cannot open the Milvus Lite file {uri}: another process has it open (Milvus Lite "
