@@ -202,3 +202,29 @@ def test_the_default_lite_file_is_recorded_relative_and_old_absolute_ones_still_
     absolute = {"kind": "milvus", "uri": str(directory / "vectors.milvus.db")}
     old = replace(manifest, vectors=absolute)
     assert configure(old, str(directory), StorageOptions(vectors="milvus:")) == old
+
+
+def test_a_file_in_place_of_the_lite_database_is_one_line_saying_what_to_do(
+    tmp_path: Path,
+) -> None:
+    import shutil
+
+    from milvus_lite.server_manager import server_manager_instance
+
+    photos = tmp_path / "photos"
+    make_photos(photos, range(2))
+    directory = tmp_path / "index"
+    result = run_cli("index", photos, "--index", directory, *TINY, "--vectors", "milvus:")
+    assert result.exit_code == 0, result.stderr
+    server_manager_instance.release_all()
+    lite = directory / "vectors.milvus.db"
+    shutil.rmtree(lite)
+    lite.write_bytes(b"garbage\n")
+    for command in (("check",), ("search", "--like", photos / "photo_0.jpg")):
+        result = run_cli(*command, "--index", directory)
+        line = _one_error_line(result, f"error: cannot open the Milvus Lite file {lite}")
+        assert "is a file, not a Milvus Lite database" in line and "another process" not in line
+        assert f"`retrieval check --repair --index {directory}`" in line
+    lite.unlink()
+    assert run_cli("check", "--repair", "--index", directory).exit_code == 0
+    assert run_cli("check", "--index", directory).exit_code == 0

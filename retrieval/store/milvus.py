@@ -80,7 +80,7 @@ class MilvusVectors(VectorCache):
     @property
     def client(self) -> Any:
         if self._client is None:
-            self._client = mc.connect(self.uri)
+            self._client = mc.connect(self.uri, index=self._owner.directory)
         return self._client
 
     def close(self) -> None:

@@ -55,19 +55,21 @@ class Collection:
         return min(self.count, MAX_TOPK)
 
 
-def connect(uri: str, timeout: float | None = None) -> Any:
-    """A MilvusClient for `uri` (a Lite .db file or http://HOST:19530); raises UsageError
-    when pymilvus is missing, StorageError (one line) when Milvus cannot be opened."""
+def connect(uri: str, timeout: float | None = None, index: str | None = None) -> Any:
+    """A MilvusClient for `uri` (a Lite .db file or http://HOST:19530) of the index folder
+    `index`; raises UsageError when pymilvus is missing, StorageError (one line) when Milvus
+    cannot be opened."""
     require()
     from pymilvus import MilvusClient
 
-    # pymilvus logs each failed call at ERROR on stderr; the failure reaches the user once,
-    # as our error.
-    logging.getLogger("pymilvus").setLevel(logging.CRITICAL)
+    # pymilvus logs each failed call at ERROR on stderr, milvus_lite a failed start with its
+    # traceback; the failure reaches the user once, as our error.
+    for name in ("pymilvus", "milvus_lite"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
     try:
         return MilvusClient(uri, timeout=timeout)
     except Exception as exc:  # pymilvus raises its own classes, grpc's, or OSError
-        raise StorageError(open_error(uri, exc)) from None
+        raise StorageError(open_error(uri, exc, index)) from None
 
 
 def probe(uri: str) -> None:

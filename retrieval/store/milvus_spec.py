@@ -97,8 +97,9 @@ def known(value: Any) -> int:
     return MISSING if value is None else int(value)
 
 
-def open_error(uri: str, exc: Exception) -> str:
-    """One line for a failure to open `uri`: what went wrong and what to do."""
+def open_error(uri: str, exc: Exception, index: str | None = None) -> str:
+    """One line for a failure to open `uri` (of the index folder `index`): what went wrong
+    and what to do."""
     text = str(getattr(exc, "message", "") or exc or type(exc).__name__).splitlines()[0]
     cause = exc.__context__ or exc.__cause__
     folder = os.path.dirname(uri)
@@ -107,6 +108,12 @@ def open_error(uri: str, exc: Exception) -> str:
             f"cannot open the Milvus Lite file {uri}: {folder} does not exist (was it moved? "
             "the index keeps its vectors there); put the file back, or rebuild the index from "
             "its catalogue: `retrieval export` then `retrieval import --vectors ...`"
+        )
+    if uri.endswith(".db") and os.path.isfile(uri):
+        repair = f"`retrieval check --repair --index {index}`" if index else "a repair"
+        return (
+            f"cannot open the Milvus Lite file {uri}: it is a file, not a Milvus Lite database "
+            f"(a folder); remove it, then {repair} rebuilds the collection from the catalogue"
         )
     if "lock" in f"{cause}".lower() or "Open local milvus failed" in text:
         return (
