@@ -132,3 +132,8 @@ def default_index_dir() -> str:
     from .locate import locate
 
     return locate().directory
+
+
+#: How long a new `--vectors milvus:http://...` index waits for the server to answer before
+#: saying it cannot be reached (seconds).
+MILVUS_CONNECT_SECONDS = 10.0

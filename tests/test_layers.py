@@ -38,7 +38,7 @@ HOMES = {
     "uvicorn": ("web/",),
     "jinja2": ("web/",),
     # a Milvus collection as the search index (`--vectors milvus:URI`): one module
-    "pymilvus": ("store/milvus.py",),
+    "pymilvus": ("store/milvus.py", "store/milvus_collection.py"),
 }
 #: Known exceptions still to move, with the reason; an entry that no longer applies fails
 #: `test_known_exceptions_are_still_needed`, so the list only shrinks.

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import replace
+from typing import Any
 
 from .. import defaults
 from ..errors import IndexIncompatible, UsageError
@@ -72,8 +73,12 @@ def _vectors_option(manifest: Manifest, directory: str, asked: str | None, new: 
     if new:
         if wanted and manifest.reduction:
             raise UsageError("--dim (a PCA reduction) does not go with --vectors milvus")
+        if wanted and not wanted["uri"].endswith(".db"):
+            from ..store import milvus  # pymilvus: only for a Milvus index
+
+            milvus.probe(wanted["uri"])
         return replace(manifest, vectors=wanted or {})
-    if wanted is not None and wanted != manifest.vectors:
+    if wanted is not None and _home(wanted, directory) != _home(manifest.vectors, directory):
         have = f"milvus:{manifest.vectors['uri']}" if manifest.vectors else "faiss"
         raise IndexIncompatible(
             f"the index at {directory} keeps its vectors in {have}; --vectors is fixed when an "
@@ -82,6 +87,11 @@ def _vectors_option(manifest: Manifest, directory: str, asked: str | None, new: 
             f"{asked}`"
         )
     return manifest
+
+
+def _home(vectors: dict[str, Any], directory: str) -> str:
+    """Where a manifest's `vectors` entry puts the search index, as one comparable string."""
+    return milvus_spec.resolve(str(vectors["uri"]), directory) if vectors else "faiss"
 
 
 def _check_choice(what: str, value: str | None, choices: tuple[str, ...]) -> None:

@@ -316,12 +316,15 @@ class IndexDir:
         return self.cache.effective_ids()
 
     def disk_bytes(self) -> int:
+        """Bytes of every file under the directory, in its folders too (a Milvus Lite .db
+        folder, the thumbnails cache); a file removed meanwhile counts 0."""
         total = 0
-        for name in os.listdir(self.directory):
-            try:
-                total += os.path.getsize(os.path.join(self.directory, name))
-            except OSError:
-                pass
+        for folder, _, names in os.walk(self.directory):
+            for name in names:
+                try:
+                    total += os.path.getsize(os.path.join(folder, name))
+                except OSError:
+                    pass
         return total
 
 

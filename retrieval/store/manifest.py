@@ -57,6 +57,11 @@ class Manifest:
     def with_index(self, index_type: str, params: dict[str, Any]) -> Manifest:
         return replace(self, index_type=index_type, index_params=dict(params))
 
+    def portable(self) -> Manifest:
+        """The manifest an export carries: without `vectors` (a Milvus URI names this
+        machine's collection; an import makes its own search index)."""
+        return replace(self, vectors={})
+
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             "schema_version": self.schema_version,

@@ -1,14 +1,9 @@
 """The search index in a Milvus collection instead of vectors.faiss (`--vectors milvus:URI`).
 
-The one home of pymilvus. `MilvusVectors` plays the part `VectorCache` plays for FAISS (it is
-one, to the searcher, the range finder, `check` and `info`): a copy of the catalogue's vectors
-kept in sync from it, never the source of truth. The collection holds, per catalogue id:
-
-    id        INT64 primary key (the catalogue id)
-    vector    FLOAT_VECTOR (dim) the stored vector (float16 ones widened exactly), metric IP
-    path      VARCHAR  the raw path bytes as hex (any bytes; a folder prefix stays a prefix)
-    format    VARCHAR  Pillow's format name, upper case ("" when unknown)
-    size, width, height, mtime_ns   INT64 (MISSING when unknown)
+With `milvus_collection`, the home of pymilvus. `MilvusVectors` plays the part `VectorCache`
+plays for FAISS (it is one, to the searcher, the range finder, `check` and `info`): a copy of
+the catalogue's vectors kept in sync from it, never the source of truth (the collection's
+schema and how Milvus is spoken to: `milvus_collection`).
 
 Its properties record the catalogue id and the catalogue generation it reflects; searches
 leave out the rows changed since and search those exactly (as for vectors.faiss), so a
@@ -19,19 +14,18 @@ file for Milvus Lite (one process at a time) or http://HOST:19530 for a server.
 from __future__ import annotations
 
 import functools
-import logging
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
 from .. import defaults
 from ..errors import RetrievalError, StorageError
-from . import vectors
+from . import milvus_collection as mc
 from .files import WriterLock
-from .milvus_spec import MISSING, expression, known, open_error, parse, require
+from .milvus_collection import MAX_TOPK, MILVUS_TYPES, Collection, probe
+from .milvus_spec import MISSING, expression, parse, require, resolve
 from .vector_cache import VectorCache, choose_layout
 
 if TYPE_CHECKING:
@@ -39,36 +33,9 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-#: Milvus's largest top-k per search; candidate lists are capped to it.
-MAX_TOPK = 16384
-#: Our index types -> Milvus's. Milvus Lite 3.2 builds FLAT, HNSW, IVF_FLAT and IVF_SQ8 but
-#: not IVF_PQ (milvus_lite/index/factory.py: "reserved for a future phase"), so on a Lite file
-#: IVF-PQ falls back to IVF_SQ8, the nearest compressed type, with a notice.
-MILVUS_TYPES = {"flat": "FLAT", "hnsw": "HNSW", "ivf": "IVF_FLAT", "ivfpq": "IVF_PQ"}
-LITE_FALLBACK = {"IVF_PQ": "IVF_SQ8"}
-#: Rows sent per insert/upsert call.
-BATCH = 2048
 #: A catalogue change larger than this (and than the collection) rebuilds the collection.
 _PATCH_MAX = 50_000
 _GEN, _CATALOG = "retrieval.generation", "retrieval.catalog_id"
-
-
-@dataclass(frozen=True)
-class Collection:
-    """What the searcher asks of a loaded cache: the generation the collection reflects,
-    no tombstones, and `index.ntotal` (its row count, capped at MAX_TOPK)."""
-
-    generation: int
-    count: int
-    tombstones: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-
-    @property
-    def index(self) -> Any:
-        return self
-
-    @property
-    def ntotal(self) -> int:
-        return min(self.count, MAX_TOPK)
 
 
 def _reported(method: Callable[..., T]) -> Callable[..., T]:
@@ -98,7 +65,7 @@ class MilvusVectors(VectorCache):
 
     def __init__(self, owner: IndexDir) -> None:
         super().__init__(owner)
-        self.uri = str(owner.require_manifest().vectors["uri"])
+        self.uri = resolve(str(owner.require_manifest().vectors["uri"]), owner.directory)
         self.name = f"retrieval_{owner.catalog_id or 'index'}"
         self._client: Any = None
         self._state: Collection | None = None
@@ -113,16 +80,7 @@ class MilvusVectors(VectorCache):
     @property
     def client(self) -> Any:
         if self._client is None:
-            require()
-            from pymilvus import MilvusClient
-
-            # pymilvus logs each failed call at ERROR on stderr; the failure reaches the user
-            # once, as our error.
-            logging.getLogger("pymilvus").setLevel(logging.CRITICAL)
-            try:
-                self._client = MilvusClient(self.uri)
-            except Exception as exc:  # pymilvus raises its own classes, or OSError
-                raise StorageError(open_error(self.uri, exc)) from None
+            self._client = mc.connect(self.uri, index=self._owner.directory)
         return self._client
 
     def close(self) -> None:
@@ -187,6 +145,8 @@ class MilvusVectors(VectorCache):
     @_reported
     def _rebuild(self, reason: str) -> Collection:  # type: ignore[override]
         manifest = self.manifest()
+        # read before `_finish` records the first write: a new index's first build is no news
+        announce = reason != "missing" or bool(self.catalog.get_meta("vectors_written"))
         if self.exists():
             self.client.drop_collection(self.name)
         with self.catalog.read() as conn:
@@ -196,7 +156,7 @@ class MilvusVectors(VectorCache):
             for ids, xb in self.catalog.iter_vectors(conn, manifest.dim):
                 self._upsert(conn, ids, xb)
         self._finish(generation)
-        if reason != "missing" or self.catalog.get_meta("vectors_written"):
+        if announce:
             self._owner.notices.append(
                 f"the Milvus collection {self.path} could not be used ({reason}); rebuilt it "
                 f"from the catalogue ({n} vectors)"
@@ -252,44 +212,19 @@ class MilvusVectors(VectorCache):
         gone = np.setdiff1d(delta.stale, delta.ids)
         if len(gone):
             self.client.delete(self.name, ids=gone.tolist())
-        for start in range(0, len(delta.ids), BATCH):
-            stop = start + BATCH
+        for start in range(0, len(delta.ids), mc.BATCH):
+            stop = start + mc.BATCH
             self._upsert(conn, delta.ids[start:stop], delta.vectors[start:stop])
 
     def _create(self, manifest: Any, n: int) -> None:
-        from pymilvus import DataType
-
-        client = self.client
-        schema = client.create_schema(auto_id=False)
-        schema.add_field("id", DataType.INT64, is_primary=True)
-        schema.add_field("vector", DataType.FLOAT_VECTOR, dim=manifest.dim)
-        schema.add_field("path", DataType.VARCHAR, max_length=65535)
-        schema.add_field("format", DataType.VARCHAR, max_length=64)
-        for name in ("size", "width", "height", "mtime_ns"):
-            schema.add_field(name, DataType.INT64)
-        index_type, params = self._index_params(manifest, n)
+        index_type, params = mc.index_params(manifest, n)
         if index_type != self.milvus_type():
             index_type, params = self.milvus_type(), {"nlist": params["nlist"]}
             self._owner.notices.append(
                 f"Milvus Lite cannot build {manifest.index_type} ({MILVUS_TYPES['ivfpq']}); "
                 f"the collection uses {index_type} instead (a Milvus server builds IVF_PQ)"
             )
-        index = client.prepare_index_params()
-        index.add_index("vector", index_type=index_type, metric_type="IP", params=params)
-        client.create_collection(self.name, schema=schema, index_params=index)
-
-    def _index_params(self, manifest: Any, n: int) -> tuple[str, dict[str, Any]]:
-        """Milvus's index type and build parameters for the manifest's type."""
-        kind = manifest.index_type
-        params = vectors.resolve(kind, n, manifest.dim, manifest.index_params)
-        if kind == "hnsw":
-            return "HNSW", {"M": int(params["M"]), "efConstruction": int(params["efConstruction"])}
-        if kind == "ivf":
-            return "IVF_FLAT", {"nlist": int(params["nlist"])}
-        if kind == "ivfpq":
-            keys = ("nlist", "m", "nbits")
-            return "IVF_PQ", {key: int(params[key]) for key in keys}
-        return "FLAT", {}
+        mc.create(self.client, self.name, manifest.dim, index_type, params)
 
     @property
     def lite(self) -> bool:
@@ -298,41 +233,15 @@ class MilvusVectors(VectorCache):
 
     def milvus_type(self) -> str:
         """The Milvus index type the manifest's type stands for (on Lite: its fallback)."""
-        wanted = MILVUS_TYPES.get(self.manifest().index_type, "FLAT")
-        return LITE_FALLBACK.get(wanted, wanted) if self.lite else wanted
+        return mc.milvus_type(self.manifest().index_type, self.lite)
 
     def index_type(self) -> str | None:
         """The collection's Milvus index type (None: it has no index)."""
-        try:
-            return str(self.client.describe_index(self.name, "vector")["index_type"])
-        except Exception:  # no index: the collection is damaged
-            return None
+        return mc.described_type(self.client, self.name)
 
     def _upsert(self, conn: Any, ids: np.ndarray, xb: np.ndarray) -> None:
         """Write rows `ids` (n,) with vectors `xb` (n, dim) and their catalogue fields."""
-        rows = self.catalog.image_rows(conn, ids.tolist())
-        data = []
-        for i, vector in zip(ids.tolist(), np.asarray(xb, np.float32), strict=True):
-            row = rows.get(i)
-            if row is None:
-                continue
-            data.append(
-                {
-                    "id": i,
-                    "vector": vector.tolist(),
-                    "path": bytes(row.path).hex(),
-                    "format": (row.format or "").upper(),
-                    "size": known(row.size),
-                    "width": known(row.width),
-                    "height": known(row.height),
-                    "mtime_ns": known(row.mtime_ns),
-                }
-            )
-            if len(data) >= BATCH:
-                self.client.upsert(self.name, data)
-                data = []
-        if data:
-            self.client.upsert(self.name, data)
+        mc.upsert(self.client, self.name, ids, xb, self.catalog.image_rows(conn, ids.tolist()))
 
     def _finish(self, generation: int) -> None:
         """Record the generation the collection now reflects, then make it searchable."""
@@ -381,18 +290,8 @@ class MilvusVectors(VectorCache):
         if len(exclude):
             parts.append(f"not (id in {np.asarray(exclude).tolist()})")
         expr = " and ".join(f"({p})" for p in parts if p)
-        step = max(1, MAX_TOPK * 4 // limit)
-        for start in range(0, nq, step):
-            found = self.client.search(
-                self.name,
-                data=xc[start : start + step].tolist(),
-                limit=limit,
-                filter=expr,
-                search_params={"metric_type": "IP", "params": self._search_params(limit)},
-            )
-            for row, hits in enumerate(found, start):
-                for col, hit in enumerate(hits):
-                    D[row, col], I[row, col] = hit["distance"], hit["id"]
+        params = self._search_params(limit)
+        D[:, :limit], I[:, :limit] = mc.search(self.client, self.name, xc, limit, expr, params)
         return D, I
 
     def _search_params(self, k: int) -> dict[str, Any]:
@@ -439,16 +338,7 @@ class MilvusVectors(VectorCache):
     @_reported
     def held_ids(self, built: Any = None) -> np.ndarray:
         """Every id in the collection (int64, unsorted)."""
-        ids: list[int] = []
-        iterator = self.client.query_iterator(
-            self.name, batch_size=BATCH * 4, filter="", output_fields=["id"]
-        )
-        try:
-            while batch := iterator.next():
-                ids += [int(row["id"]) for row in batch]
-        finally:
-            iterator.close()
-        return np.array(ids, np.int64)
+        return mc.held_ids(self.client, self.name)
 
     @_reported
     def sample_differing(self, conn: Any, ids: np.ndarray) -> int:
@@ -467,4 +357,4 @@ class MilvusVectors(VectorCache):
         return differ
 
 
-__all__ = ["MISSING", "MilvusVectors", "choose_layout", "expression", "parse", "require"]
+__all__ = ["MISSING", "MilvusVectors", "choose_layout", "expression", "parse", "probe", "require"]
