@@ -37,6 +37,7 @@ from .errors import (  # noqa: E402
     IndexNotFound,
     Interrupted,
     ModelError,
+    NotFound,
     QueryImageError,
     ReadOnlyIndex,
     RetrievalError,
@@ -83,6 +84,12 @@ _LAZY = {
     "dups_csv_rows": ("ops.dups_output", "csv_rows"),  # a DupsReport as CSV rows
     "dups_html": ("ops.dups_output", "render_html"),  # a DupsReport as one HTML page
     "QueryStream": ("ops.searching", "QueryStream"),  # a query image read from a stream
+    "Query": ("ops.searching", "Query"),  # an embedded query image: vector, or its error
+    "ImageRecord": ("ops.images", "ImageRecord"),  # one indexed image: path, size, pixels...
+    "Failure": (
+        "ops.images",
+        "Failure",
+    ),  # one file that could not be indexed, and why  # a query image read from a stream
     "parse_size": ("ops.storage", "parse_size"),  # '4G' -> bytes, for memory budgets
     "BenchOptions": ("ops.bench", "BenchOptions"),
     "BenchReport": ("ops.bench_report", "BenchReport"),
@@ -116,6 +123,7 @@ __all__ = [
     "RetrievalError",
     "UsageError",
     "IndexNotFound",
+    "NotFound",
     "IndexBusy",
     "IndexIncompatible",
     "CatalogCorrupt",

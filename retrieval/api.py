@@ -26,6 +26,8 @@ from .ops import (
     dups_undo,
     embedders,
     exchange,
+    gallery,
+    images,
     importing,
     indexing,
     pruning,
@@ -33,6 +35,7 @@ from .ops import (
     searching,
 )
 from .ops import storage as storage_policy
+from .ops.dups import DupsReport
 from .ops.indexing import IndexOptions, IndexReport, Progress
 from .ops.searching import QueryResult, SearchFilter
 from .pathnames import to_bytes
@@ -40,6 +43,7 @@ from .sources.scan import check_roots
 from .specs import EngineOptions, StorageOptions, WeightsSpec
 from .store.index_dir import IndexDir, index_summary
 from .store.manifest import Manifest
+from .store.shared_reader import SharedReader
 
 Notify = Callable[[str], None]
 
@@ -50,15 +54,28 @@ class Index:
     (see `retrieval.locate`; `location.reason` says which).
 
     `notify` receives one-line notices (device used, files repaired) meant for stderr.
+    `shared=True` (for a long-running reader such as `retrieval serve`, used from many
+    threads): the reading methods share one opened index, opened again when a writer has
+    replaced its files, instead of opening the catalogue and the vector cache per call.
     """
 
     def __init__(
-        self, directory: str | os.PathLike[str] | None = None, notify: Notify | None = None
+        self,
+        directory: str | os.PathLike[str] | None = None,
+        notify: Notify | None = None,
+        *,
+        shared: bool = False,
     ):
         self._named = bool(directory)
         self.location = locate(directory)
         self.directory = self.location.directory
         self._notify = notify or (lambda message: None)
+        self._shared = SharedReader(self.directory) if shared else None
+
+    def close(self) -> None:
+        """Close the shared reader of `shared=True` (nothing to do otherwise)."""
+        if self._shared is not None:
+            self._shared.close()
 
     # -- writing ----------------------------------------------------------------------------
 
@@ -268,23 +285,53 @@ class Index:
         min_score: float | None = None,
         device: str = "auto",
         max_megapixels: float = defaults.MAX_MEGAPIXELS,
+        like_ids: Sequence[int] = (),
+        embedder: Any = None,
     ) -> list[QueryResult]:
         """The k indexed images nearest to each query, best first, in one batched search.
 
         Queries are image files (`images`, embedded with the index's model; a `QueryStream`
         reads one from an open binary stream such as stdin) and images already indexed
         (`like`: their stored vectors, no model is loaded for them; a `like` query leaves
-        itself out of its results). `filters` restricts the results. k is capped at the
-        number of searchable images. One result per query, images first: a query that
-        cannot be used (missing, undecodable, not indexed) gets its `error` and no results,
-        and the others are still searched.
+        itself out of its results; `like_ids` does the same by catalogue id, as search
+        results carry it). `filters` restricts the results. k is capped at the number of
+        searchable images. One result per query, images, then `like`, then `like_ids`: a
+        query that cannot be used (missing, undecodable, not indexed) gets its `error` and
+        no results, and the others are still searched. `embedder`: a model from
+        `load_embedder()`, so a long-running process loads it once.
         """
-        querying.check_request(images, like, k, min_score)
+        querying.check_request(images, like, k, min_score, like_ids)
         with self._open() as index_dir:
-            queries = querying.gather(index_dir, images, like, device, max_megapixels)
+            queries = querying.gather(
+                index_dir, images, like, device, max_megapixels, like_ids, embedder
+            )
             results = searching.search_queries(index_dir, queries, k, min_score, filters)
             self._flush_notices(index_dir)
             return results
+
+    def load_embedder(self, device: str = "auto") -> Any:
+        """The index's own model, loaded now, to pass as `search(..., embedder=)` or
+        `embed(..., embedder=)` many times (a server loads it once per process).
+        Raises IndexNotFound, ModelError, IndexIncompatible."""
+        with self._open() as index_dir:
+            manifest = index_dir.require_manifest()
+            self._flush_notices(index_dir)
+        return querying.query_embedder(manifest, device)
+
+    def embed(
+        self,
+        images: Sequence[str | os.PathLike[str] | searching.QueryStream],
+        *,
+        embedder: Any = None,
+        device: str = "auto",
+        max_megapixels: float = defaults.MAX_MEGAPIXELS,
+    ) -> list[searching.Query]:
+        """One `Query` per image, in order, all embedded in one model call: its `vector`
+        ((dim,) float32, L2-normalised, ready for `search_vectors`) or its `error` (not
+        found, undecodable, over `max_megapixels`). `embedder`: see `load_embedder`."""
+        if embedder is None:
+            embedder = self.load_embedder(device)
+        return searching.embed_each(embedder, images, max_megapixels)
 
     def search_vectors(
         self,
@@ -327,6 +374,46 @@ class Index:
                 return dups.find_dups(index_dir, threshold, named, keep, refs, progress)
             finally:
                 self._flush_notices(index_dir)
+
+    def image(self, image_id: int) -> images.ImageRecord:
+        """The record of the searchable image with catalogue id `image_id` (a search result's
+        `Hit.id`): path, size, mtime, width, height, format, content hash. Raises NotFound."""
+        with self._open() as index_dir:
+            return images.image_record(index_dir, image_id)
+
+    def failures(self, limit: int | None = None) -> list[images.Failure]:
+        """The files that could not be indexed, by path, with their reasons (at most `limit`)."""
+        with self._open() as index_dir:
+            return images.failures(index_dir, limit)
+
+    def thumbnail(self, image_id: int, size: int = defaults.THUMBNAIL_SIZE) -> bytes:
+        """JPEG bytes of the centre square (`size` x `size` pixels, EXIF orientation applied)
+        of image `image_id`, made by the indexer's decoder and cached in the index folder
+        (by content hash and size; nothing is cached on read-only media). Raises NotFound,
+        UsageError (a size outside `defaults.PICTURE_SIZES`), BadImage (with the reason the
+        file cannot be shown: gone, changed into a non-image, above the pixel cap...)."""
+        with self._open() as index_dir:
+            return images.thumbnail(index_dir, image_id, size, defaults.THUMBNAIL_CACHE_BYTES)
+
+    def preview(self, image_id: int, size: int = defaults.PREVIEW_SIZE) -> bytes:
+        """JPEG bytes of image `image_id` for viewing: EXIF orientation applied, aspect ratio
+        kept, longest side at most `size` pixels; cached and refused as `thumbnail` is."""
+        with self._open() as index_dir:
+            return images.preview(index_dir, image_id, size, defaults.THUMBNAIL_CACHE_BYTES)
+
+    def gallery(
+        self,
+        found: Sequence[QueryResult] | DupsReport,
+        *,
+        max_megapixels: float = defaults.MAX_MEGAPIXELS,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> str:
+        """One self-contained HTML page (str) of what `search` (its list of QueryResult) or
+        `dups` (a DupsReport) found: thumbnails embedded as data: URIs (from the thumbnail
+        cache; none for images above `max_megapixels`, with the reason), scores and escaped
+        paths; no script and no link, so it reads offline. `progress(done, total)`."""
+        with self._open() as index_dir:
+            return gallery.page(index_dir, found, max_megapixels, progress)
 
     def check_output(self, out: str | os.PathLike[str]) -> None:
         """Raise UsageError when a file written at `out` would land inside an index folder
@@ -398,7 +485,10 @@ class Index:
         except IndexNotFound:
             return None
 
-    def _open(self) -> IndexDir:
+    def _open(self) -> Any:
+        """A context manager giving an IndexDir opened for reading."""
+        if self._shared is not None:
+            return self._shared.borrow()  # raises on entering, as IndexDir.open does
         try:
             return IndexDir.open(self.directory)
         except IndexNotFound:

@@ -55,6 +55,18 @@ CATALOG_FILE = "catalog.sqlite"
 MANIFEST_FILE = "manifest.json"
 VECTORS_FILE = "vectors.faiss"
 LOCK_FILE = "writer.lock"
+#: The folder of cached thumbnails and previews inside an index (see store.thumbnails).
+THUMBNAIL_DIR = "thumbnails"
+
+#: Pictures of indexed images for people (`Index.thumbnail`, `Index.preview`, the galleries):
+#: the side of a square thumbnail and the longest side of a preview, in pixels, and the
+#: sizes either may be asked for (a bound, so a client cannot ask for a 100k-pixel JPEG).
+THUMBNAIL_SIZE = 256
+PREVIEW_SIZE = 1024
+PICTURE_SIZES = (16, 4096)
+#: The thumbnail cache holds at most this many bytes of JPEGs; the least recently used are
+#: evicted past it (256 px thumbnails are ~10-20 KB: tens of thousands fit).
+THUMBNAIL_CACHE_BYTES = 512 * 1024 * 1024
 
 # -- the choices the library accepts (the CLI offers exactly these; tests/test_layers.py
 # checks they match the modules that act on them, which import torch or FAISS) --------------
@@ -108,10 +120,11 @@ KEEP_RULES = (
 )
 
 #: `bench`: images generated (no folder given) or at most used from a folder, the generated
-#: mix ("photos": 2-24 MP JPEGs with small PNGs; "small": small images only), the rounds
-#: each stage runs (the report gives medians) and the vectors of its synthetic search index.
+#: mix ("photos": 2-24 MP JPEGs with small PNGs; "png": wallpaper and clip-art PNGs, 2.3 MP
+#: mean; "small": small images only), the rounds each stage runs (the report gives medians)
+#: and the vectors of its synthetic search index.
 BENCH_IMAGES = 48
-BENCH_MIXES = ("photos", "small")
+BENCH_MIXES = ("photos", "png", "small")
 BENCH_ROUNDS = 3
 BENCH_SEARCH_SIZE = 10_000
 
@@ -121,3 +134,8 @@ def default_index_dir() -> str:
     from .locate import locate
 
     return locate().directory
+
+
+#: How long a new `--vectors milvus:http://...` index waits for the server to answer before
+#: saying it cannot be reached (seconds).
+MILVUS_CONNECT_SECONDS = 10.0

@@ -8,6 +8,7 @@ The CLI prints `error: <message>` and exits 1; nothing else reaches the user.
     RetrievalError
     +-- UsageError               a bad argument or option value
     +-- IndexNotFound            no index at the given directory
+    +-- NotFound                 no indexed image has the given id
     +-- IndexBusy                another process is writing to the index
     +-- IndexIncompatible        model / weights / dim differ from the index's manifest
     +-- CatalogCorrupt           the SQLite catalogue cannot be read
@@ -58,6 +59,17 @@ class IndexNotFound(RetrievalError):
                 "per-user one), or name it with --index DIR or $RETRIEVAL_INDEX"
             )
         super().__init__(message)
+
+
+class NotFound(RetrievalError):
+    """No searchable image in the index has this id (`what` says which kind of id)."""
+
+    def __init__(self, image_id: object, what: str = "indexed image") -> None:
+        self.image_id = image_id
+        super().__init__(
+            f"no {what} has id {image_id!r}; ids are the `id` of search results "
+            "(`retrieval search --json`)"
+        )
 
 
 class IndexBusy(RetrievalError):

@@ -114,6 +114,9 @@ class StorageOptions:
     #: Candidates per result re-scored with the full vectors; 0: off; may change at any
     #: time [32 for IVF-PQ, 8 with `dim`, else 0].
     rerank: int | None = None
+    #: New indexes only: where the search index lives, "faiss" (vectors.faiss) or
+    #: "milvus:URI" (a Milvus collection: a Milvus Lite .db file or http://HOST:19530) [faiss].
+    vectors: str | None = None
 
     @property
     def changes_layout(self) -> bool:

@@ -23,6 +23,7 @@ TINY_BENCH = BenchOptions(
     images=6,
     mix="small",
     rounds=2,
+    plain=False,  # a `retrieval index` process per round: test_bench_limit runs it once
     search_size=200,
 )
 
@@ -31,7 +32,9 @@ TINY_BENCH = BenchOptions(
 def test_run_bench_measures_every_stage() -> None:
     notices: list[str] = []
     report = run_bench(None, TINY_BENCH, notices.append)
-    assert set(report.stages) == {"decode", "model", "end_to_end", "naive"}
+    assert set(report.stages) == {
+        *("decode", "decode_serial", "model", "model_1thread", "end_to_end"),
+    }
     for stage in report.stages.values():
         assert len(stage.seconds) == 2 and stage.images_per_second > 0 and stage.peak_rss > 0
     assert report.stages["end_to_end"].images == report.stages["decode"].images == 6
@@ -52,11 +55,13 @@ def test_run_bench_measures_every_stage() -> None:
     }
     assert report.search["vectors"] == 200
     data = report.to_dict()
-    assert set(data["ratios"]) == {"end_to_end_vs_model", "end_to_end_vs_naive"}
+    assert set(data["ratios"]) == {"end_to_end_vs_model"}
+    assert 0 < data["limit"]["end_to_end_share"]
     assert data["machine"]["cpus"] >= 1 and "torch" in data["machine"]
     assert notices[0].startswith("making 6 small images in ")
     text = "\n".join(report.lines())
-    assert "end-to-end / naive: " in text and "search: " in text
+    assert text.startswith("end-to-end ") and "of this machine's limit" in text
+    assert "end-to-end / model: " in text and "search: " in text
 
 
 def test_cli_bench_on_a_folder_json(tmp_path: Path) -> None:
@@ -65,11 +70,13 @@ def test_cli_bench_on_a_folder_json(tmp_path: Path) -> None:
         "bench",
         tmp_path / "photos",
         *("--model", "test_resnet", "--images", "3", "--rounds", "1", "--workers", "0"),
-        *("--no-naive", "--search-size", "0", "--json"),
+        *("--no-plain", "--search-size", "0", "--json"),
     )
     assert result.exit_code == 0, result.stderr
     data = result.json()
-    assert set(data["stages"]) == {"decode", "model", "end_to_end"}
+    assert set(data["stages"]) == {
+        *("decode", "decode_serial", "model", "model_1thread", "end_to_end"),
+    }
     assert data["stages"]["end_to_end"]["images"] == 3  # --images caps the folder
     assert data["settings"]["workers"] == 0
     assert data["search"] == {} and set(data["ratios"]) == {"end_to_end_vs_model"}

@@ -1,7 +1,11 @@
 """The layers, checked from the source: who may import what (see docs/ARCHITECTURE.md).
 
-    cli -> retrieval (public names) -> api -> (engines ->) ops -> store / embedding / sources
+    cli, web -> retrieval (public names) -> api -> (engines ->) ops -> store / embedding / sources
         -> specs / errors / defaults / pathnames / _version
+
+The two faces, cli/ and web/, import only `retrieval`'s public names, their own framework
+and the standard library; `retrieval serve` (cli/serve.py) is the one place the CLI starts
+the web face.
 
 Every import statement counts, deferred ones inside functions too. The heavy dependencies
 each have one home, so that a face (CLI, web app, engine) never meets FAISS, SQL or torch.
@@ -29,6 +33,12 @@ HOMES = {
     "timm": ("embedding/",),
     "torchvision": ("embedding/",),
     "PIL": ("sources/",),
+    "fastapi": ("web/",),
+    "starlette": ("web/",),
+    "uvicorn": ("web/",),
+    "jinja2": ("web/",),
+    # a Milvus collection as the search index (`--vectors milvus:URI`): one module
+    "pymilvus": ("store/milvus.py", "store/milvus_collection.py"),
     "ray": ("engines/ray_engine.py",),  # optional: the `ray` extra, for --engine ray
 }
 #: Known exceptions still to move, with the reason; an entry that no longer applies fails
@@ -36,19 +46,56 @@ HOMES = {
 KNOWN: set[tuple[str, str]] = set()
 #: Packages of retrieval a lower layer must not import (dependencies point down).
 UPWARD = {
-    "store/": ("api", "toolbox", "cli", "ops", "engines", "embedding", "sources"),
-    "embedding/": ("api", "toolbox", "cli", "ops", "engines", "store"),
-    "sources/": ("api", "toolbox", "cli", "ops", "engines", "store", "embedding"),
-    "ops/": ("api", "toolbox", "cli", "engines"),
-    "engines/": ("api", "toolbox", "cli"),
-    "specs.py": ("api", "toolbox", "cli", "ops", "engines", "store", "embedding", "sources"),
-    "errors.py": ("api", "toolbox", "cli", "ops", "engines", "store", "embedding", "sources"),
-    "defaults.py": ("api", "toolbox", "cli", "ops", "engines", "store", "embedding", "sources"),
-    "_version.py": ("api", "toolbox", "cli", "ops", "engines", "store", "embedding", "sources"),
+    "store/": ("api", "toolbox", "cli", "web", "ops", "engines", "embedding", "sources"),
+    "embedding/": ("api", "toolbox", "cli", "web", "ops", "engines", "store"),
+    "sources/": ("api", "toolbox", "cli", "web", "ops", "engines", "store", "embedding"),
+    "ops/": ("api", "toolbox", "cli", "web", "engines"),
+    "engines/": ("api", "toolbox", "cli", "web"),
+    "api.py": ("cli", "web"),
+    "toolbox.py": ("cli", "web"),
+    "specs.py": ("api", "toolbox", "cli", "web", "ops", "engines", "store", "embedding", "sources"),
+    "errors.py": (
+        "api",
+        "toolbox",
+        "cli",
+        "web",
+        "ops",
+        "engines",
+        "store",
+        "embedding",
+        "sources",
+    ),
+    "defaults.py": (
+        "api",
+        "toolbox",
+        "cli",
+        "web",
+        "ops",
+        "engines",
+        "store",
+        "embedding",
+        "sources",
+    ),
+    "_version.py": (
+        "api",
+        "toolbox",
+        "cli",
+        "web",
+        "ops",
+        "engines",
+        "store",
+        "embedding",
+        "sources",
+    ),
+    "web/": ("cli",),
 }
 #: What the CLI may use besides `retrieval`'s public names, click and the standard library:
 #: tqdm draws its progress bar (presentation, like click).
 CLI_THIRD_PARTY = {"click", "tqdm"}
+#: The web face's framework: FastAPI on Starlette, Jinja2 templates, uvicorn to serve.
+WEB_THIRD_PARTY = {"fastapi", "starlette", "jinja2", "uvicorn"}
+#: The one CLI module that starts the web face (and may import `retrieval.web`).
+CLI_STARTS_WEB = "cli/serve.py"
 
 
 def _rel(path: Path) -> str:
@@ -90,11 +137,37 @@ def test_the_cli_imports_only_retrieval_click_and_the_standard_library(path: Pat
             bad += [f"retrieval.{name}" for name in names if name not in public]
         elif module.startswith("retrieval.cli"):
             continue  # its own modules
+        elif module.startswith("retrieval.web") and _rel(path) == CLI_STARTS_WEB:
+            continue
         elif top == "retrieval":
             bad.append(module)  # a library module, not a public name
         elif top not in sys.stdlib_module_names and top not in CLI_THIRD_PARTY:
             bad.append(module)
     assert bad == []
+
+
+@pytest.mark.parametrize("path", sorted(PACKAGE.glob("web/*.py")), ids=_rel)
+def test_the_web_app_imports_only_retrieval_its_framework_and_the_standard_library(
+    path: Path,
+) -> None:
+    public = set(retrieval.__all__)
+    bad = []
+    for module, names in _imports(path):
+        top = module.split(".")[0]
+        if module == "retrieval":
+            bad += [f"retrieval.{name}" for name in names if name not in public]
+        elif module.startswith("retrieval.web"):
+            continue  # its own modules
+        elif top == "retrieval":
+            bad.append(module)
+        elif top not in sys.stdlib_module_names and top not in WEB_THIRD_PARTY:
+            bad.append(module)
+    assert bad == []
+
+
+def test_the_web_package_exists() -> None:
+    """The parametrised test above must not pass by finding no files."""
+    assert len(list(PACKAGE.glob("web/*.py"))) >= 5
 
 
 @pytest.mark.parametrize("package", sorted(HOMES))
@@ -129,7 +202,7 @@ def test_no_module_imports_the_package_init_for_its_version() -> None:
     users = [
         _rel(path)
         for path in MODULES
-        if _rel(path) not in ("__init__.py",) and not _rel(path).startswith("cli/")
+        if _rel(path) not in ("__init__.py",) and not _rel(path).startswith(("cli/", "web/"))
         for module, names in _imports(path)
         if module == "retrieval" and "__version__" in names
     ]

@@ -5,8 +5,8 @@ Data goes to stdout, progress and notices to stderr. Exit codes: 0 success, 1 er
 FAISS or SQL (imports are deferred so `retrieval --help` stays fast).
 
 One module per command family: index, search, exchange (export, import), maintain
-(info, check, optimize), prune, bench, evaluate, weights (convert), dups; common holds the
-shared options and output helpers.
+(info, check, optimize), prune, bench, evaluate, weights (convert), dups, serve (starts
+the web app, retrieval.web); common holds the shared options and output helpers.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from .index import index_command
 from .maintain import check_command, info_command, optimize_command
 from .prune import prune_command
 from .search import search_command
+from .serve import serve_command
 from .weights import weights_group
 
 __all__ = ["cli", "main"]
@@ -58,6 +59,7 @@ cli.add_command(bench_command)
 cli.add_command(evaluate_command)
 cli.add_command(weights_group)
 cli.add_command(dups_command)
+cli.add_command(serve_command)
 
 
 def main(argv: list[str] | None = None) -> None:

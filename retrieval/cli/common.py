@@ -132,7 +132,7 @@ def parse_memory(ctx: click.Context, param: click.Parameter, value: str | None) 
 
 
 #: The options `vector_options` adds, gathered into the command's `storage` argument.
-STORAGE_OPTIONS = ("index_type", "memory", "vector_dtype", "dim", "whiten", "rerank")
+STORAGE_OPTIONS = ("index_type", "memory", "vector_dtype", "dim", "whiten", "rerank", "vectors")
 
 
 def vector_options(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -148,6 +148,13 @@ def vector_options(func: Callable[..., Any]) -> Callable[..., Any]:
         return command(*args, **kwargs)
 
     func = gathered
+    func = click.option(
+        "--vectors",
+        metavar="faiss|milvus:URI",
+        default=None,
+        help="New index: keep the search index in vectors.faiss, or in a Milvus collection "
+        "(a Milvus Lite file ending in .db, or http://HOST:19530) [faiss].",
+    )(func)
     func = click.option(
         "--rerank",
         type=click.IntRange(min=0),

@@ -114,7 +114,7 @@ def dups_command(
       retrieval dups --apply --move-to ~/dups-attic
       retrieval dups --undo ~/dups-attic/retrieval-dups-20261201T131500Z.journal
     """
-    from .. import Index, dups_csv_rows, dups_html
+    from .. import Index, dups_csv_rows
 
     fmt = "json" if as_json else fmt
     check_apply_options(apply, move_to, journal, undo)
@@ -137,7 +137,7 @@ def dups_command(
         text = _csv(dups_csv_rows(report))
     elif fmt == "html":
         with Progress(quiet) as progress:
-            text = dups_html(report, max_megapixels, progress)
+            text = index.gallery(report, max_megapixels=max_megapixels, progress=progress)
     else:
         text = "\n".join(report.lines()) + "\n"
     _write(text, output)

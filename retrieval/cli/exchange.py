@@ -17,9 +17,9 @@ from .common import CONTEXT, index_option, notifier, read_only, vector_options
     "--format",
     "fmt",
     type=click.Choice(defaults.EXPORT_FORMATS),
-    default="parquet",
-    show_default=True,
-    help="npy: a matrix + OUT.rows.json; parquet: one file with every column.",
+    default=None,
+    help="npy: a matrix + OUT.rows.json; parquet: one file with every column.  "
+    "[default: npy for -o *.npy, else parquet]",
 )
 @click.option(
     "--layout",
@@ -54,7 +54,7 @@ from .common import CONTEXT, index_option, notifier, read_only, vector_options
 )
 @read_only
 def export_command(
-    index_dir: str, fmt: str, layout: str, shard_size: int, dtype: str, out: str
+    index_dir: str, fmt: str | None, layout: str, shard_size: int, dtype: str, out: str
 ) -> None:
     """Write every embedding, with its id and path, for other tools.
 
@@ -78,12 +78,18 @@ def export_command(
     if layout != "default":
         if out == "-":
             raise click.UsageError("--layout clip-retrieval writes a folder; give -o FOLDER")
-        report = index.export(out, fmt, LayoutOptions(layout, shard_size, dtype))
+        if fmt is not None:
+            raise click.UsageError(
+                f"--format does not go with --layout {layout} (its shards are .npy files with "
+                "parquet metadata beside them); leave out --format"
+            )
+        report = index.export(out, "parquet", LayoutOptions(layout, shard_size, dtype))
         click.echo(
             f"exported {report.rows} embeddings ({report.dim}-d, {dtype}) in {report.shards} "
             f"shard(s) to {printable(report.files[0])}"
         )
         return
+    fmt = fmt or ("npy" if out.lower().endswith(".npy") else "parquet")
     if out == "-":
         if sys.stdout.isatty():  # binary parquet would garble (and drive) the terminal
             raise click.UsageError(

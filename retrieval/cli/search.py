@@ -89,10 +89,17 @@ def _cosine(ctx: click.Context, param: click.Parameter, value: float | None) -> 
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(["table", "json", "csv", "paths"]),
+    type=click.Choice(["table", "json", "csv", "paths", "html"]),
     default=None,
     help="table for people; json, csv (names escaped as in table) or paths (one per line, "
-    "an empty line between queries) for programs [default: table, paths with -0].",
+    "an empty line between queries) for programs; html: one page with thumbnails, readable "
+    "offline, to share [default: table, paths with -0].",
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False),
+    help="With --format html: write the page here, not to stdout.",
 )
 @click.option(
     "-0",
@@ -116,6 +123,7 @@ def search_command(
     k: int,
     min_score: float | None,
     fmt: str | None,
+    output: str | None,
     null: bool,
     max_megapixels: float,
     device: str,
@@ -138,6 +146,7 @@ def search_command(
     Example:
       retrieval search data/queries/coffee_crop.jpg -k 3
       retrieval search a.jpg b.jpg --format json --min-score 0.6
+      retrieval search a.jpg --format html -o results.html
       retrieval search --like ~/Pictures/cat.jpg --under ~/Pictures/2023 --min-width 1024
       curl -sL https://example.com/cat.jpg | retrieval search - -0 | xargs -0 ls -l
     """
@@ -147,6 +156,8 @@ def search_command(
         raise click.UsageError("give query IMAGES, or --like PATH for an image already indexed")
     if null and fmt not in (None, "paths"):
         raise click.UsageError("-0/--null only goes with --format paths")
+    if output is not None and fmt != "html":
+        raise click.UsageError("-o/--output goes with --format html; redirect the others: > FILE")
     filters = SearchFilter(
         under=under,
         formats=image_formats,
@@ -155,7 +166,10 @@ def search_command(
         modified_after=modified_after.timestamp() if modified_after else None,
         modified_before=modified_before.timestamp() if modified_before else None,
     )
-    results = Index(index_dir, notify=notifier(False)).search(
+    index = Index(index_dir, notify=notifier(False))
+    if output is not None:
+        index.check_output(output)
+    results = index.search(
         _with_stdin(images),
         like=like,
         filters=filters,
@@ -164,7 +178,10 @@ def search_command(
         device=device,
         max_megapixels=max_megapixels,
     )
-    _print_results(results, fmt or ("paths" if null else "table"), null)
+    if fmt == "html":
+        _write_page(index.gallery(results, max_megapixels=max_megapixels), output)
+    else:
+        _print_results(results, fmt or ("paths" if null else "table"), null)
     for result in results:
         if result.error is not None:
             click.echo(f"error: {printable(result.error)}", err=True)
@@ -184,6 +201,14 @@ def _with_stdin(images: tuple[str, ...]) -> list[Any]:
             "e.g. curl -sL URL | retrieval search -"
         )
     return [QueryStream(sys.stdin.buffer, "-") if image == "-" else image for image in images]
+
+
+def _write_page(page: str, output: str | None) -> None:
+    if output is None:
+        click.echo(page, nl=False)
+        return
+    with open(output, "w", encoding="utf-8") as fh:
+        fh.write(page)
 
 
 def _print_results(results: list[Any], fmt: str, null: bool) -> None:

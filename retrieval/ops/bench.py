@@ -4,12 +4,19 @@ Stages, each timed in every round (rounds interleave the stages, so background l
 them alike; figures are medians over rounds):
 
 * decode: read + hash + decode + resize every file through the worker pool (`decode_stream`)
-* model: `Embedder.embed` on already-decoded pixels, in batches (the ceiling)
-* end-to-end: `index_paths` into a fresh temporary index: scan, decode, embed, store, FAISS
-* naive: sequential full decode (no JPEG draft) + an fp32 NCHW eager model, no storage
+* decode_serial: the same in this process on one core; its CPU time is the decode cost
+* model: `Embedder.embed` on already-decoded pixels, in batches; its CPU time (all torch
+  threads) is the model cost
+* end_to_end: `index_paths` into a fresh temporary index: scan, decode, embed, store, FAISS
+* plain: the plain sequential loop of issue 12 (`bench_stages.plain_pass`), no storage
+* index_process: `retrieval index` as a new process on the same files, start-up included,
+  to set beside `plain`
 * search: one query image against a synthetic index of `search_size` vectors, model loaded
 * decode_gpu (CUDA only): the JPEGs read here and decoded in batches by nvJPEG, to compare
   with 'decode' (untested on real hardware so far: no GPU was at hand when it was written)
+
+The headline is end_to_end as a share of the machine's overlap limit (`bench_report.Limit`):
+cores / (decode + model core-seconds per image); `bench_stages` says how each is measured.
 
 Peak RSS is this process's high-water mark during each stage (reset between stages where
 Linux allows), plus the largest of the decode workers. The model runs untrained weights:
@@ -31,18 +38,18 @@ import numpy as np
 
 from .. import defaults
 from ..errors import BadImage, UsageError
-from ..pathnames import display
 from ..sources import synthetic
-from ..sources.baseline import megapixels, naive_decode
+from ..sources.baseline import naive_decode
 from ..sources.decode import decode_image, read_file
 from ..sources.scan import scan
 from ..specs import Preprocess
-from ..store.catalog import NewRow
 from ..store.index_dir import IndexDir
 from ..store.manifest import Manifest
 from . import bench_probes as probes
-from . import pipeline, searching
-from .bench_report import BenchReport, Stage
+from . import bench_stages as passes
+from . import pipeline
+from .bench_report import BenchReport, Limit, Stage, overlap_limit
+from .bench_search import search_latency
 from .indexing import IndexOptions, index_paths
 
 Notify = Callable[[str], None]
@@ -62,9 +69,9 @@ class BenchOptions:
     workers: int | None = None
     threads: int | None = None
     images: int = defaults.BENCH_IMAGES  # generated (no folder), else the most files used
-    mix: str = defaults.BENCH_MIXES[0]  # 'photos' (2-24 MP JPEG + PNG) or 'small'
+    mix: str = defaults.BENCH_MIXES[0]  # 'photos' (2-24 MP JPEG + PNG), 'png' or 'small'
     rounds: int = defaults.BENCH_ROUNDS
-    naive: bool = True
+    plain: bool = True  # the plain loop and `retrieval index` as a process, side by side
     search_size: int = defaults.BENCH_SEARCH_SIZE  # synthetic search index; 0: no search
     max_megapixels: float = defaults.MAX_MEGAPIXELS
 
@@ -74,7 +81,7 @@ def run_bench(
     options: BenchOptions = BenchOptions(),
     notify: Notify | None = None,
 ) -> BenchReport:
-    """Measure decode, model, end-to-end (and naive, search) throughput; see module doc."""
+    """Measure every stage's throughput and cost, and the overlap limit; see module doc."""
     from ..embedding.backbone import untrained
     from ..embedding.embedder import configure_threads, describe_hardware, load_embedder
 
@@ -98,17 +105,19 @@ def run_bench(
         if folder is not None and len(paths) < _count_files(roots):
             roots = [os.fsdecode(p) for p in paths]  # index exactly the files measured
         run = _Run(embedder, paths, roots, scratch, options, batch_size, plan.workers, say)
+        run.threads = plan.threads
         say(
             f"{len(paths)} files; {options.model} on {embedder.describe()}, batch {batch_size}, "
             f"{plan.workers} workers, {plan.threads} threads, {options.rounds} rounds"
         )
-        corpus = {"source": source, "files": len(paths), **_megapixels(paths)}
+        corpus = {"source": source, "files": len(paths), **probes.megapixels_summary(paths)}
         corpus["largest_jpeg_ms"] = _draft_effect(paths, embedder.preprocess)
         stages = _measure_stages(run)
         search = {}
         if options.search_size:
             say(f"search: building a {options.search_size}-vector index")
-            search = _search_latency(run)
+            cap = options.max_megapixels
+            search = search_latency(embedder, paths, scratch, options.search_size, cap)
     settings = {
         "model": options.model,
         "device": embedder.device,
@@ -119,7 +128,24 @@ def run_bench(
         "rounds": options.rounds,
     }
     machine = {**probes.machine_facts(), **describe_hardware(embedder.device)}
-    return BenchReport(machine, settings, corpus, stages, search, run.workers_peak.peak)
+    limit = _limit(stages, embedder.device)
+    return BenchReport(machine, settings, corpus, stages, search, run.workers_peak.peak, limit)
+
+
+def _limit(stages: dict[str, Stage], device: str) -> Limit:
+    """The overlap limit from the measured decode and model costs on this machine's CPUs.
+
+    The model's cost is its CPU time on one torch thread where that was measured (CPU):
+    with several, threads spin at each barrier while a sibling waits for a core, which on a
+    loaded machine doubled the figure (resnet50 bf16 on 2 shared cores: 66 core-ms per
+    image on 2 threads, 32 on 1, measured in one run); the 1-thread figure is the work.
+    """
+    decode = stages["decode_serial"].core_seconds_per_image or 0.0
+    model_stage = stages.get("model_1thread") or stages["model"]
+    model = model_stage.core_seconds_per_image or 0.0
+    return overlap_limit(
+        pipeline.cpu_count(), decode, model, device, stages["model"].images_per_second
+    )
 
 
 def _check(options: BenchOptions) -> None:
@@ -144,6 +170,7 @@ class _Run:
     workers: int
     say: Notify
     workers_peak: probes.WorkerPeak = field(default_factory=lambda: probes.WorkerPeak())
+    threads: int = 1
 
 
 def _measure_stages(run: _Run) -> dict[str, Stage]:
@@ -151,19 +178,10 @@ def _measure_stages(run: _Run) -> dict[str, Stage]:
     preprocess, cap, batch_size = embedder.preprocess, run.options.max_megapixels, run.batch_size
     model_input = _model_input(run)
     embedder.embed(model_input[:batch_size])  # warm-up: kernels chosen, memory allocated
-    stages = {
-        "decode": Stage("decode", len(paths)),
-        "model": Stage("model", len(model_input)),
-        "end_to_end": Stage("end_to_end", len(paths)),
-    }
-    naive = None
-    if run.options.naive:
-        from ..embedding.backbone import untrained
-        from ..embedding.baseline import NaiveEmbedder
-
-        naive = NaiveEmbedder(run.options.model, untrained(), embedder.device)
-        naive.embed(model_input[:batch_size])
-        stages["naive"] = Stage("naive", len(paths))
+    names = ["decode", "decode_serial", "model", "end_to_end"]
+    names += ["model_1thread"] if embedder.device == "cpu" else []
+    names += ["plain", "index_process"] if run.options.plain else []
+    stages = {n: Stage(n, len(model_input if n.startswith("model") else paths)) for n in names}
     gpu_jpegs = []
     if embedder.device == "cuda":  # is nvJPEG faster than the worker processes?
         gpu_jpegs = [p for p in paths if p.lower().endswith((b".jpg", b".jpeg"))]
@@ -173,21 +191,41 @@ def _measure_stages(run: _Run) -> dict[str, Stage]:
     index_options = IndexOptions(max_megapixels=cap, batch_size=batch_size, workers=workers)
     for round_ in range(run.options.rounds):
         run.say(f"round {round_ + 1} of {run.options.rounds}")
-        with _stage(stages["decode"]):
+        with passes.timed(stages["decode"]):
             for _ in pipeline.decode_stream(paths, preprocess, cap, workers):
                 run.workers_peak.poll()
-        with _stage(stages["model"]):
-            for start in range(0, len(model_input), batch_size):
-                embedder.embed(model_input[start : start + batch_size])
-        with _stage(stages["end_to_end"]):
+        with passes.timed(stages["decode_serial"], time.thread_time):
+            passes.decode_serial_pass(paths, preprocess, cap)
+        with passes.timed(stages["model"], passes.process_cpu_seconds):
+            passes.model_pass(embedder, model_input, batch_size)
+        if "model_1thread" in stages:
+            with passes.one_torch_thread(run.threads):
+                with passes.timed(stages["model_1thread"], passes.process_cpu_seconds):
+                    passes.model_pass(embedder, model_input, batch_size)
+        with passes.timed(stages["end_to_end"], passes.tree_cpu_seconds):
             _index_once(run, os.path.join(run.scratch, f"index-{round_}"), index_options)
-        if naive is not None:
-            with _stage(stages["naive"]):
-                _naive_pass(naive, paths, batch_size)
+        if run.options.plain:
+            with passes.timed(stages["plain"]):
+                passes.plain_pass(embedder, paths, batch_size)
+            with passes.timed(stages["index_process"]):
+                directory = os.path.join(run.scratch, f"process-{round_}")
+                passes.index_process(directory, run.roots, _process_settings(run))
         if gpu_jpegs:
-            with _stage(stages["decode_gpu"]):
+            with passes.timed(stages["decode_gpu"]):
                 _gpu_decode_pass(gpu_jpegs, preprocess, batch_size)
     return stages
+
+
+def _process_settings(run: _Run) -> dict[str, Any]:
+    embedder, options = run.embedder, run.options
+    return {
+        "model": options.model,
+        "device": embedder.device,
+        "precision": embedder.precision,
+        "batch_size": run.batch_size,
+        "max_megapixels": options.max_megapixels,
+        "workers_asked": options.workers,
+    }
 
 
 def _model_input(run: _Run) -> np.ndarray:
@@ -224,85 +262,6 @@ def _gpu_decode_pass(paths: Sequence[bytes], preprocess: Preprocess, batch_size:
         decode_jpegs(datas, preprocess, "cuda").cpu()  # .cpu(): wait for the GPU
 
 
-class _stage:
-    """Times one round of a stage and keeps the stage's peak RSS."""
-
-    def __init__(self, stage: Stage) -> None:
-        self.stage = stage
-
-    def __enter__(self) -> None:
-        probes.reset_peak_rss()
-        self.rss_before = probes.current_rss()
-        self.started = time.perf_counter()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stage.seconds.append(time.perf_counter() - self.started)
-        peak = probes.peak_rss()
-        self.stage.peak_rss = max(self.stage.peak_rss, peak)
-        self.stage.rss_growth = max(self.stage.rss_growth, peak - self.rss_before)
-
-
-def _naive_pass(naive: Any, paths: Sequence[bytes], batch_size: int) -> None:
-    """Sequential: read, fully decode (no draft), resize, crop; embed each full batch."""
-    batch: list[np.ndarray] = []
-    for path in paths:
-        pixels = naive_decode(path, naive.preprocess)
-        if pixels is not None:
-            batch.append(pixels)
-        if len(batch) == batch_size:
-            naive.embed(np.stack(batch))
-            batch = []
-    if batch:
-        naive.embed(np.stack(batch))
-
-
-def _search_latency(run: _Run) -> dict[str, float]:
-    """Milliseconds for one query image against `search_size` random unit vectors.
-
-    `embed`: read + decode + embed the query (a median-sized file of the corpus); `load`:
-    open the index and load its vector file, as each `retrieval search` process does;
-    `search`: k=10 search on the loaded index. `total` = all three; `warm` = embed + search,
-    what a process that keeps the index open pays. Medians of 5 after a warm-up.
-    """
-    embedder, options = run.embedder, run.options
-    directory = os.path.join(run.scratch, "search-index")
-    _synthetic_index(directory, embedder, options.search_size)
-    usable = [p for p in run.paths if _decodes(p, embedder.preprocess, options.max_megapixels)]
-    query = sorted(usable, key=_size)[len(usable) // 2]
-    times: dict[str, list[float]] = {"embed": [], "load": [], "search": []}
-    for attempt in range(6):  # the first is a warm-up (page cache, kernels)
-        started = time.perf_counter()
-        xq = searching.embed_queries(embedder, [os.fsdecode(query)], options.max_megapixels)
-        embedded = time.perf_counter()
-        with IndexDir.open(directory) as index_dir:
-            index_dir.base()
-            loaded = time.perf_counter()
-            searching.search_vectors(index_dir, xq, [display(query)], k=defaults.TOP_K)
-            finished = time.perf_counter()
-        if attempt:
-            times["embed"].append((embedded - started) * 1000)
-            times["load"].append((loaded - embedded) * 1000)
-            times["search"].append((finished - loaded) * 1000)
-    result = {name: statistics.median(values) for name, values in times.items()}
-    result["total"] = result["embed"] + result["load"] + result["search"]
-    result["warm"] = result["embed"] + result["search"]
-    result["vectors"] = float(options.search_size)
-    result["query_megapixels"] = _megapixels([query])["megapixels_mean"]
-    return result
-
-
-def _synthetic_index(directory: str, embedder: Any, count: int) -> None:
-    """An index of `count` seeded random unit vectors, written through the catalogue."""
-    rng = np.random.default_rng(0)
-    with IndexDir.open_writer(directory) as index_dir:
-        index_dir.set_manifest(Manifest(model=embedder.info, precision=embedder.precision))
-        for start in range(0, count, 5000):
-            xb = rng.standard_normal((min(5000, count - start), embedder.dim)).astype(np.float32)
-            xb /= np.linalg.norm(xb, axis=1, keepdims=True)
-            index_dir.catalog.store([_synthetic_row(start + i, v) for i, v in enumerate(xb)], {})
-        index_dir.sync_vectors()
-
-
 def _draft_effect(paths: Sequence[bytes], preprocess: Preprocess) -> dict[str, float]:
     """Milliseconds to decode the largest JPEG with JPEG draft (DCT scaling) and without.
 
@@ -311,7 +270,7 @@ def _draft_effect(paths: Sequence[bytes], preprocess: Preprocess) -> dict[str, f
     jpegs = [p for p in paths if p.lower().endswith((b".jpg", b".jpeg"))]
     if not jpegs:
         return {}
-    largest = max(jpegs, key=_size)
+    largest = max(jpegs, key=probes.file_size)
     data = read_file(largest)[0]
 
     def median_ms(decode: Callable[[], object]) -> float:
@@ -327,23 +286,10 @@ def _draft_effect(paths: Sequence[bytes], preprocess: Preprocess) -> dict[str, f
     except BadImage:
         return {}
     return {
-        "megapixels": _megapixels([largest])["megapixels_mean"],
+        "megapixels": probes.megapixels_summary([largest])["megapixels_mean"],
         "draft": with_draft,
         "full": median_ms(lambda: naive_decode(largest, preprocess)),
     }
-
-
-def _synthetic_row(n: int, vector: np.ndarray) -> NewRow:
-    path = f"/synthetic/{n:08d}.jpg".encode()
-    return NewRow(path, 1000 + n, n, n.to_bytes(16, "little"), 640, 480, "JPEG", vector, None)
-
-
-def _decodes(path: bytes, preprocess: Preprocess, cap: float) -> bool:
-    try:
-        decode_image(read_file(path)[0], preprocess, cap)
-    except Exception:  # noqa: BLE001 - any failure: try the next file
-        return False
-    return True
 
 
 # -- files, memory, machine ------------------------------------------------------------------
@@ -356,27 +302,6 @@ def _files(roots: list[str], limit: int | None) -> list[bytes]:
 
 def _count_files(roots: list[str]) -> int:
     return len(scan(roots).files)
-
-
-def _megapixels(paths: Sequence[bytes]) -> dict[str, float]:
-    sizes = []
-    for path in paths:
-        try:
-            sizes.append(megapixels(path))
-        except Exception:  # noqa: BLE001 - unreadable files count as 0 MP
-            sizes.append(0.0)
-    return {
-        "megapixels_mean": round(statistics.fmean(sizes), 2),
-        "megapixels_max": round(max(sizes), 2),
-        "bytes_total": sum(_size(p) for p in paths),
-    }
-
-
-def _size(path: bytes) -> int:
-    try:
-        return os.path.getsize(path)
-    except OSError:
-        return 0
 
 
 def _fill(pixels: np.ndarray, count: int) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""What `retrieval bench` reads about the machine and its own processes (Linux /proc first).
+"""What `retrieval bench` reads about the machine, its own processes (Linux /proc first) and
+the files it measures (sizes, megapixels).
 
 Peak RSS: `VmHWM` of /proc/self/status, restartable by writing 5 to /proc/self/clear_refs, so
 each stage gets its own high-water mark; elsewhere `ru_maxrss`, which only grows.
@@ -9,8 +10,11 @@ from __future__ import annotations
 import os
 import platform
 import resource
-from collections.abc import Iterator
+import statistics
+from collections.abc import Iterator, Sequence
 from typing import Any
+
+from ..sources.baseline import megapixels
 
 
 def reset_peak_rss() -> None:
@@ -109,3 +113,25 @@ def _cpu_flags() -> set[str]:
         if line.startswith("flags"):
             return set(line.split(":", 1)[1].split())
     return set()
+
+
+def megapixels_summary(paths: Sequence[bytes]) -> dict[str, float]:
+    """Mean and largest megapixels (from headers) and total bytes of `paths`."""
+    sizes = []
+    for path in paths:
+        try:
+            sizes.append(megapixels(path))
+        except Exception:  # noqa: BLE001 - unreadable files count as 0 MP
+            sizes.append(0.0)
+    return {
+        "megapixels_mean": round(statistics.fmean(sizes), 2),
+        "megapixels_max": round(max(sizes), 2),
+        "bytes_total": sum(file_size(p) for p in paths),
+    }
+
+
+def file_size(path: bytes) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0

@@ -8,6 +8,9 @@ that fails SQLite's `integrity_check` raises CatalogCorrupt. Everything else der
                      exact layouts the very same vectors       -> --repair rebuilds it
     manifest.json    equal to the catalogue's copy             -> --repair rewrites it
     .NAME.tmp-*      temporary files a killed run left behind  -> --repair deletes them
+    thumbnails/      the thumbnail cache (`store.thumbnails`): its size is reported; damaged
+                     entries, stray files and temporary files -> --repair deletes them;
+                     a cache folder that is a link or a file  -> --repair drops it
 
 Rows whose files are gone from disk are reported as a warning, not as damage: the index is
 sound, only out of date (`retrieval prune` removes them; --repair does not).
@@ -31,6 +34,7 @@ from ..store.catalog import Catalog
 from ..store.files import is_temp
 from ..store.index_dir import IndexDir
 from ..store.manifest import Manifest
+from ..store.thumbnails import ThumbnailCache
 from ..store.vector_cache import VectorsDamaged
 from . import pruning
 
@@ -64,6 +68,10 @@ class CheckReport(JsonReport):
     # rows whose files are gone from disk (a warning), and the first few of them, by id
     missing_files: int = json_field(0, keys=lambda r: {"missing_files": _missing(r)})
     missing_examples: tuple[bytes, ...] = json_field((), json=SKIP)
+    # (entries, bytes) of the thumbnail cache; None when the index has none
+    thumbnail_cache: tuple[int, int] | None = json_field(
+        None, json=lambda c: {"entries": c[0], "bytes": c[1]}, omit_none=True
+    )
 
     @property
     def ok(self) -> bool:
@@ -86,6 +94,9 @@ class CheckReport(JsonReport):
                 f"warning: {self.missing_files} indexed file(s) no longer exist ({examples}"
                 f"{more}); `retrieval prune --index {self.index}` removes them from the index"
             )
+        if self.thumbnail_cache is not None:
+            entries, size = self.thumbnail_cache
+            out.append(f"  thumbnail cache: {entries} entries, {size / 2**20:.1f} MiB")
         left = [p for p in self.problems if not p.repaired]
         if not self.problems:
             out.append("ok: no problems found")
@@ -108,7 +119,10 @@ def check(
     CatalogCorrupt (the catalogue itself is damaged: see its message).
     """
     directory = os.path.abspath(os.fspath(directory))
-    with IndexDir.open_for_check(directory, repair, wait) as index_dir:
+    with (
+        IndexDir.open_for_check(directory, repair, wait) as index_dir,
+        _cache(index_dir).locked(),  # no thumbnail is written while the cache is looked at
+    ):
         found, facts = _inspect(index_dir)
         gone = pruning.missing_files(index_dir.catalog)
         missing = {
@@ -116,7 +130,10 @@ def check(
             "missing_examples": tuple(p for _, p in gone[: pruning.MISSING_EXAMPLES]),
         }
         if not (repair and found):
-            return CheckReport(directory, *facts, problems=tuple(found), **missing)
+            cached = _cache_size(index_dir)
+            return CheckReport(
+                directory, *facts, problems=tuple(found), **missing, thumbnail_cache=cached
+            )
         _repair(index_dir, found)
         left, facts = _inspect(index_dir)
         remaining = {(p.file, p.problem) for p in left}
@@ -125,7 +142,8 @@ def check(
             for p in found
         ]
         problems = tuple(fixed + _new(left, found))
-        return CheckReport(directory, *facts, problems=problems, **missing)
+        cached = _cache_size(index_dir)
+        return CheckReport(directory, *facts, problems=problems, **missing, thumbnail_cache=cached)
 
 
 def _new(left: list[Problem], found: list[Problem]) -> list[Problem]:
@@ -149,13 +167,17 @@ def _inspect(index_dir: IndexDir) -> tuple[list[Problem], tuple[int, int, int]]:
         generation = catalog.generation(conn)
     problems = _foreign_objects(catalog)
     problems += _temp_files(index_dir.directory)
+    problems += _thumbnail_cache(index_dir)
     sizes = _vector_sizes(catalog, manifest)
     if sizes:
         # The manifest does not describe the vectors: nothing derived from it is checked,
         # and --repair rewrites nothing from it.
         return problems + sizes, (counts["ok"], counts["failed"], generation)
     problems += _manifest_file(index_dir)
-    problems += _vectors_file(index_dir, manifest, generation)
+    if index_dir.cache.kind == "milvus":
+        problems += _milvus_collection(index_dir, manifest, generation)
+    else:
+        problems += _vectors_file(index_dir, manifest, generation)
     return problems, (counts["ok"], counts["failed"], generation)
 
 
@@ -193,6 +215,44 @@ def _temp_files(directory: str) -> list[Problem]:
         for name in sorted(os.listdir(directory))
         if is_temp(name)
     ]
+
+
+#: The repairs of the thumbnail cache (its entries are remade on demand).
+_DELETES_ENTRY = "deletes it (remade when next shown)"
+_DROPS_CACHE = "drops the cache folder (remade when next shown)"
+
+
+def _cache(index_dir: IndexDir) -> ThumbnailCache:
+    return ThumbnailCache(index_dir.directory, writable=index_dir.lock is not None)
+
+
+def _cache_size(index_dir: IndexDir) -> tuple[int, int] | None:
+    cache = _cache(index_dir)
+    if not cache.exists() or cache.folder_problem():
+        return None
+    usage = cache.inspect()
+    return usage.entries, usage.bytes
+
+
+def _thumbnail_cache(index_dir: IndexDir) -> list[Problem]:
+    """A cache folder that is not a folder; damaged entries, stray and temporary files."""
+    cache = _cache(index_dir)
+    folder = defaults.THUMBNAIL_DIR
+    problem = cache.folder_problem()
+    if problem:
+        return [Problem(folder, problem, _DROPS_CACHE)]
+    if not cache.exists():
+        return []
+    usage = cache.inspect(verify=True)
+    damaged = [
+        Problem(f"{folder}/{name}", "not a whole thumbnail (damaged or stray)", _DELETES_ENTRY)
+        for name in usage.damaged
+    ]
+    temps = [
+        Problem(f"{folder}/{name}", "temporary file left by an interrupted run", "deletes it")
+        for name in usage.temps
+    ]
+    return damaged + temps
 
 
 #: How `check` words each `IndexDir.manifest_file_problem` (else "unreadable").
@@ -251,6 +311,50 @@ def _vectors_file(index_dir: IndexDir, manifest: Manifest, generation: int) -> l
     return []
 
 
+#: Vectors of a Milvus collection compared with the catalogue's (a random sample).
+MILVUS_SAMPLE = 1000
+
+
+def _milvus_collection(index_dir: IndexDir, manifest: Manifest, generation: int) -> list[Problem]:
+    """The Milvus collection of an index made with `--vectors milvus:URI`: present and this
+    catalogue's, its ids those of the stored vectors (after the changes made since it was
+    synced), its index the manifest's type, a sample of its vectors the stored ones."""
+    cache: Any = index_dir.cache
+
+    def problem(text: str) -> list[Problem]:
+        return [Problem(cache.path, text, "rebuilds it from the catalogue")]
+
+    reason = cache.problem()
+    if reason:
+        return problem("is missing" if reason == "missing" else reason)
+    base = cache.base()
+    if base.generation > generation:
+        return problem(f"claims catalogue generation {base.generation}, newer than {generation}")
+    held = cache.held_ids()
+    if len(held) != len(np.unique(held)):
+        return problem(f"holds {len(held) - len(np.unique(held))} duplicate ids")
+    catalog = index_dir.catalog
+    with catalog.read() as conn:
+        delta = catalog.delta(conn, base.generation, manifest.dim)
+        live = np.sort(held[~np.isin(held, delta.stale)])
+        expected = np.setdiff1d(_stored_ids(catalog, conn, manifest.dim), delta.stale)
+        extra, lacking = np.setdiff1d(live, expected), np.setdiff1d(expected, live)
+        if len(extra) or len(lacking):
+            return problem(
+                f"holds {len(extra)} ids the catalogue does not and lacks {len(lacking)} of its "
+                "vectors"
+            )
+        rng = np.random.default_rng(0)
+        sample = rng.choice(live, min(MILVUS_SAMPLE, len(live)), replace=False)
+        differ = cache.sample_differing(conn, np.sort(sample))
+    if differ:
+        return problem(f"{differ} of {len(sample)} sampled vectors differ from the catalogue's")
+    wanted = cache.milvus_type()
+    if cache.index_type() != wanted:
+        return problem(f"its index is {cache.index_type()}, not the manifest's {wanted}")
+    return []
+
+
 def _stored_ids(catalog: Catalog, conn: Any, dim: int) -> np.ndarray:
     parts = [ids for ids, _ in catalog.iter_vectors(conn, dim, batch=_CHUNK)]
     return np.concatenate(parts) if parts else np.zeros(0, np.int64)
@@ -263,6 +367,7 @@ def _repair(index_dir: IndexDir, problems: list[Problem]) -> None:
     files = {p.file for p in problems}
     if any(p.repair == _DROPS for p in problems):  # first: a trigger could fire on our writes
         index_dir.catalog.drop_foreign()
+    _repair_cache(index_dir, problems)
     for name in files:
         if is_temp(name):
             try:
@@ -273,8 +378,16 @@ def _repair(index_dir: IndexDir, problems: list[Problem]) -> None:
                 raise StorageError(f"cannot delete {name}: {exc.strerror or exc}") from None
     if defaults.MANIFEST_FILE in files:
         index_dir.write_manifest_file()
-    if defaults.VECTORS_FILE in files:
+    if defaults.VECTORS_FILE in files or index_dir.vectors_path in files:
         index_dir.rebuild_vectors()
         failed = [n for n in index_dir.notices if n.startswith("could not save")]
         if failed:
             raise StorageError(failed[0])
+
+
+def _repair_cache(index_dir: IndexDir, problems: list[Problem]) -> None:
+    cache = _cache(index_dir)
+    prefix = f"{defaults.THUMBNAIL_DIR}/"
+    if any(p.file == defaults.THUMBNAIL_DIR for p in problems):
+        cache.drop()
+    cache.remove([p.file[len(prefix) :] for p in problems if p.file.startswith(prefix)])

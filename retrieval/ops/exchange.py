@@ -147,7 +147,7 @@ def _export_npy(index_dir: IndexDir, out: str) -> ExportReport:
         _discard(tmp)
         raise
     sidecar = {
-        "manifest": manifest.to_dict(),
+        "manifest": manifest.portable().to_dict(),
         "model": manifest.model.name,
         "dim": dim,
         "rows": rows,
@@ -176,7 +176,7 @@ def parquet_schema(manifest: Manifest) -> Any:
             ("content_hash", pa.binary()),
         ],
         metadata={
-            "retrieval.manifest": json.dumps(manifest.to_dict()),
+            "retrieval.manifest": json.dumps(manifest.portable().to_dict()),
             "model": manifest.model.name,
             "dim": str(manifest.dim),
         },

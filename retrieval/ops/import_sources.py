@@ -70,6 +70,7 @@ def open_source(path: str, fallback: Fallback | None = None) -> Source:
     """Read and check the header of an export (.parquet, .npy with its .rows.json, or a
     clip-retrieval layout folder). `fallback`: the manifest for a parquet file without one."""
     path = os.path.abspath(path)
+    _refuse_part_of_layout(path)
     if os.path.isdir(path):
         from .import_layout import is_layout, layout_source
 
@@ -86,6 +87,24 @@ def open_source(path: str, fallback: Fallback | None = None) -> Source:
 
         return npy_source(path)
     return _parquet_source(path, fallback)
+
+
+def _refuse_part_of_layout(path: str) -> None:
+    """Raise UsageError naming the layout folder when `path` is its img_emb/ or metadata/
+    folder or a shard in them: a shard alone has no vectors or no metadata and manifest."""
+    from .import_layout import is_layout
+    from .layout import EMBEDDINGS_FOLDER, MANIFEST_NAME, METADATA_FOLDER
+
+    folder = path if os.path.isdir(path) else os.path.dirname(path)
+    root = os.path.dirname(folder)
+    if os.path.basename(folder) not in (EMBEDDINGS_FOLDER, METADATA_FOLDER):
+        return
+    if not (is_layout(root) and os.path.isfile(os.path.join(root, MANIFEST_NAME))):
+        return
+    raise UsageError(
+        f"{path} is part of the clip-retrieval layout {root} (its shards import together, "
+        f"vectors with their metadata); import the folder: `retrieval import {root}`"
+    )
 
 
 def manifest_from(raw: Any, where: str) -> Manifest:

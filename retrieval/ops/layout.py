@@ -199,7 +199,7 @@ class ShardWriter:
                 "metric": self.manifest.metric,
                 "rows": sum(s["rows"] for s in self._shards),
                 "shards": self._shards,
-                "manifest": self.manifest.to_dict(),
+                "manifest": self.manifest.portable().to_dict(),
             },
             indent=1,
         ).encode("utf-8")

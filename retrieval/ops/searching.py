@@ -206,13 +206,10 @@ def allowed_ids(index_dir: IndexDir, filters: SearchFilter | None) -> np.ndarray
 
     A format Pillow does not know and a folder holding no indexed image add a notice to
     `index_dir.notices` (a typo otherwise reads as "no results")."""
-    if filters is None or filters.empty:
+    where = conditions(filters)
+    if filters is None or where is None:
         return None
-
-    def ns(seconds: float | None) -> int | None:
-        return None if seconds is None else int(seconds * 1e9)
-
-    folders = [to_bytes(folder) for folder in filters.under]
+    folders = where["under"]
     with index_dir.catalog.read() as conn:
         for folder in folders:
             if not len(index_dir.catalog.filter_ids(conn, under=[folder])):
@@ -220,17 +217,7 @@ def allowed_ids(index_dir: IndexDir, filters: SearchFilter | None) -> np.ndarray
                     f"no indexed image is under {display(folder)}; check the folder "
                     "(see `retrieval info` for what the index holds)"
                 )
-        allow = index_dir.catalog.filter_ids(
-            conn,
-            under=folders,
-            formats=filters.formats,
-            min_width=filters.min_width,
-            min_height=filters.min_height,
-            min_size=filters.min_size,
-            max_size=filters.max_size,
-            mtime_after_ns=ns(filters.modified_after),
-            mtime_before_ns=ns(filters.modified_before),
-        )
+        allow = index_dir.catalog.filter_ids(conn, **where)
     known = pillow_formats()[1] if filters.formats else frozenset()
     for name in filters.formats:
         if name not in known:
@@ -240,6 +227,27 @@ def allowed_ids(index_dir: IndexDir, filters: SearchFilter | None) -> np.ndarray
                 f"{', '.join(common)}, ...); no image matches it"
             )
     return allow
+
+
+def conditions(filters: SearchFilter | None) -> dict[str, Any] | None:
+    """`filters` as `Catalog.filter_ids`'s keywords (folders as raw bytes, times in ns), or
+    None when there is nothing to filter."""
+    if filters is None or filters.empty:
+        return None
+
+    def ns(seconds: float | None) -> int | None:
+        return None if seconds is None else int(seconds * 1e9)
+
+    return {
+        "under": [to_bytes(folder) for folder in filters.under],
+        "formats": filters.formats,
+        "min_width": filters.min_width,
+        "min_height": filters.min_height,
+        "min_size": filters.min_size,
+        "max_size": filters.max_size,
+        "mtime_after_ns": ns(filters.modified_after),
+        "mtime_before_ns": ns(filters.modified_before),
+    }
 
 
 def like_each(index_dir: IndexDir, images: Sequence[str | os.PathLike[str]]) -> list[Query]:
@@ -261,6 +269,29 @@ def like_each(index_dir: IndexDir, images: Sequence[str | os.PathLike[str]]) -> 
                 f"the image file itself (`retrieval search {display(path)}`) or index it first"
             )
             queries.append(Query(os.fsdecode(image), None, error=error))
+    return queries
+
+
+def like_ids_each(index_dir: IndexDir, ids: Sequence[int]) -> list[Query]:
+    """One Query per catalogue id, from its stored vector (no model, no file read), named by
+    the image's path; an id the index does not hold (or holds as a failed file) gets an
+    error instead."""
+    dim = index_dir.require_manifest().dim
+    wanted = [int(i) for i in ids]
+    with index_dir.catalog.read() as conn:
+        found = index_dir.catalog.vectors_for(conn, wanted, dim)
+        paths = index_dir.catalog.paths(conn, list(found))
+    queries = []
+    for image_id in wanted:
+        if image_id in found:
+            vector = np.asarray(found[image_id], dtype=np.float32)
+            queries.append(Query(to_str(paths[image_id]), vector, image_id))
+        else:
+            error = (
+                f"no indexed image has id {image_id} in the index at {index_dir.directory}; "
+                "ids come from search results or `retrieval search --format json`"
+            )
+            queries.append(Query(f"#{image_id}", None, error=error))
     return queries
 
 
@@ -325,7 +356,8 @@ def search_vectors(
     extra = 1 if own_ids is not None else 0
     if k == 0:
         return [QueryResult(name, []) for name in names]
-    found = index_dir.search(np.asarray(xq, dtype=np.float32), k + extra, allow=allow)
+    xq = np.asarray(xq, dtype=np.float32)
+    found = index_dir.search(xq, k + extra, allow=allow, where=conditions(filters))
     results = []
     for row, (name, hits) in enumerate(zip(names, found, strict=True)):
         if own_ids is not None:

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import replace
+from typing import Any
 
 from .. import defaults
 from ..errors import IndexIncompatible, UsageError
 from ..specs import StorageOptions
+from ..store import milvus_spec
 from ..store.manifest import Manifest
 
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
@@ -45,6 +47,7 @@ def configure(
     """
     storage = storage or StorageOptions()
     manifest = _reduction_options(manifest, directory, storage, new)
+    manifest = _vectors_option(manifest, directory, storage.vectors, new)
     if not new and not storage.changes_layout:
         return manifest
     index_type, vector_dtype = storage.index_type, storage.vector_dtype
@@ -61,6 +64,34 @@ def configure(
             f"--vector-dtype {vector_dtype}`"
         )
     return _apply_policy(manifest, index_type, storage.memory, new)
+
+
+def _vectors_option(manifest: Manifest, directory: str, asked: str | None, new: bool) -> Manifest:
+    """`manifest` with its search index's home (`--vectors faiss | milvus:URI`) set: a new
+    index takes the one asked (faiss when none); an existing one keeps its own."""
+    wanted = milvus_spec.parse(asked, directory) if asked is not None else None
+    if new:
+        if wanted and manifest.reduction:
+            raise UsageError("--dim (a PCA reduction) does not go with --vectors milvus")
+        if wanted and not wanted["uri"].endswith(".db"):
+            from ..store import milvus  # pymilvus: only for a Milvus index
+
+            milvus.probe(wanted["uri"])
+        return replace(manifest, vectors=wanted or {})
+    if wanted is not None and _home(wanted, directory) != _home(manifest.vectors, directory):
+        have = f"milvus:{manifest.vectors['uri']}" if manifest.vectors else "faiss"
+        raise IndexIncompatible(
+            f"the index at {directory} keeps its vectors in {have}; --vectors is fixed when an "
+            f"index is made, so copy it into a new one: `retrieval export --index {directory} "
+            f"-o all.parquet` then `retrieval import all.parquet --index NEW_DIR --vectors "
+            f"{asked}`"
+        )
+    return manifest
+
+
+def _home(vectors: dict[str, Any], directory: str) -> str:
+    """Where a manifest's `vectors` entry puts the search index, as one comparable string."""
+    return milvus_spec.resolve(str(vectors["uri"]), directory) if vectors else "faiss"
 
 
 def _check_choice(what: str, value: str | None, choices: tuple[str, ...]) -> None:

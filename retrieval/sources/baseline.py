@@ -1,7 +1,8 @@
-"""The naive decoder the benchmark compares against, and image sizes for its report.
+"""The decoders the benchmark compares against, and image sizes for its report.
 
-`naive_decode` is what a first script does: Pillow at full resolution (no JPEG draft, no
-DCT scaling), then one resize and a centre crop. The product decodes with `decode`.
+`plain_decode` is the plain loop's decoder (`retrieval bench`'s `plain` stage);
+`naive_decode` decodes at full resolution (no JPEG draft), for the report's draft-versus-full
+timing of the largest JPEG. The product decodes with `decode`.
 """
 
 from __future__ import annotations
@@ -38,3 +39,20 @@ def megapixels(path: bytes) -> float:
     """Width x height / 1e6 from the image header; raises whatever Pillow raises."""
     with Image.open(os.fsdecode(path)) as image:
         return image.width * image.height / 1e6
+
+
+def plain_decode(path: bytes, size: tuple[int, int]) -> np.ndarray | None:
+    """(height, width, 3) uint8 pixels of `path` squashed to `size` (width, height), or None.
+
+    The plain loop of issue 12, what a careful first script does: open, JPEG draft (DCT
+    scaling to at least `size`), `convert("RGB")`, one bilinear resize; no hashing, no EXIF
+    orientation, no alpha handling, no centre crop.
+    """
+    try:
+        with Image.open(os.fsdecode(path)) as image:
+            if image.format == "JPEG":
+                image.draft("RGB", size)
+            rgb = image.convert("RGB")
+        return np.asarray(rgb.resize(size, Image.Resampling.BILINEAR), dtype=np.uint8)
+    except Exception:  # noqa: BLE001 - the baseline skips what it cannot read
+        return None

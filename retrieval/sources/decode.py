@@ -23,6 +23,7 @@ Fuzzed by tests/test_hostile.py; the inputs that once broke it are in tests/corp
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import hashlib
@@ -32,7 +33,7 @@ import re
 import stat
 import struct
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,6 +42,8 @@ from PIL import Image, ImageOps
 from .. import defaults
 from ..errors import BadImage
 from ..specs import Preprocess
+from .modes import to_rgb, to_rgb_or_grey
+from .resize import resize_and_crop
 
 #: Decoders allowed to run (a smaller attack surface than every plugin Pillow has).
 FORMATS = ("JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF", "AVIF", "HEIF")
@@ -66,18 +69,6 @@ _BAD_INPUT = (
     Image.DecompressionBombError,
     Image.DecompressionBombWarning,
 )
-
-#: Resized images larger than this many resize x resize squares are not made whole.
-_MAX_RESIZED_AREA = 16
-
-_RESAMPLE = {
-    "nearest": Image.Resampling.NEAREST,
-    "bilinear": Image.Resampling.BILINEAR,
-    "bicubic": Image.Resampling.BICUBIC,
-    "lanczos": Image.Resampling.LANCZOS,
-    "box": Image.Resampling.BOX,
-    "hamming": Image.Resampling.HAMMING,
-}
 
 
 @dataclass(frozen=True)
@@ -208,7 +199,11 @@ def load_file(
 
 
 def decode_image(
-    data: bytes, preprocess: Preprocess, max_megapixels: float = defaults.MAX_MEGAPIXELS
+    data: bytes,
+    preprocess: Preprocess,
+    max_megapixels: float = defaults.MAX_MEGAPIXELS,
+    *,
+    shortcuts: bool = True,
 ) -> tuple[np.ndarray, int, int, str]:
     """Decode image bytes into model-ready pixels.
 
@@ -217,18 +212,44 @@ def decode_image(
     nothing else, whatever the bytes: images over `max_megapixels` are refused from their
     header before any pixel is allocated; Pillow's warnings (corrupt EXIF, truncated tags)
     are ignored whatever the caller's warning filters; an exception outside the known set
-    still ends as BadImage ("unexpected decoder error ...").
+    still ends as BadImage ("unexpected decoder error ..."). With `shortcuts`
+    (the default) grey images are resized as one channel and a large image's crop window
+    alone (see `resize`); False: RGB first, the whole image resized, then cropped (the
+    reference tests/test_embeddings_unchanged.py compares with).
     """
+    with _refusing_bad_input(max_megapixels):
+        return _decode(data, preprocess, max_megapixels, shortcuts)
+
+
+def decode_picture(
+    data: bytes, max_side: int, max_megapixels: float = defaults.MAX_MEGAPIXELS
+) -> Image.Image:
+    """Decode image bytes for people to look at: an RGB image, EXIF orientation applied,
+    aspect ratio kept, its longest side at most `max_side` pixels (never enlarged).
+
+    Refuses exactly what `decode_image` refuses (same checks, same BadImage reasons)."""
+    with _refusing_bad_input(max_megapixels):
+        image = _open(data, max_megapixels)
+        _refuse_scan_bombs(image, data, (max_side, max_side))
+        image.load()
+        rgb = to_rgb(_orient(image))
+        rgb.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+        return rgb
+
+
+@contextlib.contextmanager
+def _refusing_bad_input(max_megapixels: float) -> Iterator[None]:
+    """Run a decode turning every failure into BadImage (see `decode_image`)."""
     register_optional_plugins()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            return _decode(data, preprocess, max_megapixels)
+            yield
     except BadImage:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise BadImage(_over_cap_message(_bomb_pixels(exc), max_megapixels)) from None
+        raise BadImage(over_cap_message(_bomb_pixels(exc), max_megapixels)) from None
     except _BAD_INPUT as exc:
         raise BadImage(_describe(exc)) from None
     except Exception as exc:  # noqa: BLE001 - one bad file must not stop a 100k-file run
@@ -240,24 +261,33 @@ UNEXPECTED = "unexpected decoder error"
 
 
 def _decode(
-    data: bytes, preprocess: Preprocess, max_megapixels: float
+    data: bytes, preprocess: Preprocess, max_megapixels: float, shortcuts: bool
 ) -> tuple[np.ndarray, int, int, str]:
     image = _open(data, max_megapixels)
     width, height = _oriented_size(image)
     fmt = image.format or "unknown"
-    if fmt in ("JPEG", "MPO"):
-        scans = data.count(b"\xff\xda")  # SOS markers (0xFFDA never occurs in scan data)
-        if scans > MAX_JPEG_SCANS:
-            raise BadImage(
-                f"JPEG has {scans} scans, more than {MAX_JPEG_SCANS} (a decoding-time bomb); "
-                "re-encode it if the file is trusted"
-            )
-        # libjpeg DCT scaling: decode at 1/2..1/8 scale, still >= the resize target.
-        image.draft("RGB", (preprocess.resize, preprocess.resize))
+    _refuse_scan_bombs(image, data, (preprocess.resize, preprocess.resize))
     image.load()
     image = _orient(image)
-    rgb = to_rgb(image)
-    return _resize_and_crop(rgb, preprocess), width, height, fmt
+    if shortcuts:
+        pixels = resize_and_crop(to_rgb_or_grey(image), preprocess)
+    else:
+        pixels = resize_and_crop(to_rgb(image), preprocess, crop_first=False)
+    return pixels, width, height, fmt
+
+
+def _refuse_scan_bombs(image: Image.Image, data: bytes, target: tuple[int, int]) -> None:
+    """For a JPEG: refuse too many scans, then ask libjpeg to decode at 1/2..1/8 scale
+    (DCT scaling), still at least `target` (width, height)."""
+    if image.format not in ("JPEG", "MPO"):
+        return
+    scans = data.count(b"\xff\xda")  # SOS markers (0xFFDA never occurs in scan data)
+    if scans > MAX_JPEG_SCANS:
+        raise BadImage(
+            f"JPEG has {scans} scans, more than {MAX_JPEG_SCANS} (a decoding-time bomb); "
+            "re-encode it if the file is trusted"
+        )
+    image.draft("RGB", target)
 
 
 def _open(data: bytes, max_megapixels: float) -> Image.Image:
@@ -271,7 +301,7 @@ def _open(data: bytes, max_megapixels: float) -> Image.Image:
     if w <= 0 or h <= 0:
         raise BadImage(f"image has no pixels ({w}x{h})")
     if w * h > cap:
-        raise BadImage(_over_cap_message(w * h, max_megapixels))
+        raise BadImage(over_cap_message(w * h, max_megapixels))
     return image
 
 
@@ -286,7 +316,7 @@ def _bomb_pixels(exc: BaseException) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def _over_cap_message(pixels: int | None, max_megapixels: float) -> str:
+def over_cap_message(pixels: int | None, max_megapixels: float) -> str:
     size = f"{pixels / 1e6:.1f} MP" if pixels else "over the cap"
     return (
         f"image is {size}, above the limit of {max_megapixels:g} MP; "
@@ -303,132 +333,19 @@ def _oriented_size(image: Image.Image) -> tuple[int, int]:
     return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
 
 
+#: EXIF orientations that move pixels (1 is upright; others are not defined).
+_TRANSPOSED = (2, 3, 4, 5, 6, 7, 8)
+
+
 def _orient(image: Image.Image) -> Image.Image:
-    """Apply EXIF orientation; a broken EXIF block leaves the image as stored."""
+    """Apply EXIF orientation; a broken EXIF block leaves the image as stored. An upright
+    image is returned as it is (`exif_transpose` would copy it: 50 ms at 24 MP)."""
     try:
+        if image.getexif().get(0x0112, 1) not in _TRANSPOSED:
+            return image
         return ImageOps.exif_transpose(image) or image
     except _BAD_INPUT:
         return image
-
-
-def to_rgb(image: Image.Image) -> Image.Image:
-    """Any Pillow mode to 8-bit RGB: 16-bit scaled (not clipped), alpha composited on the
-    background that contrasts with the visible content (`alpha_background`)."""
-    mode = image.mode
-    if mode in ("I;16", "I;16L", "I;16B", "I;16N"):
-        # The mode fixes the range at 0..65535: a dark 16-bit image stays dark, not stretched.
-        grey = _grey_values(image).astype(np.float32)
-        grey *= 255.0 / 65535.0
-        grey += 0.5
-        return Image.fromarray(grey.astype(np.uint8), "L").convert("RGB")
-    if mode in ("I", "F"):
-        return Image.fromarray(_to_uint8(_grey_values(image)), "L").convert("RGB")
-    has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
-    if has_alpha:
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (*alpha_background(rgba), 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    if mode == "RGB":
-        return image
-    return image.convert("RGB")
-
-
-#: Side of the thumbnail whose pixels choose the background (cheap at 100 MP, and enough
-#: to tell light content from dark).
-_ALPHA_PROBE = 256
-
-
-def alpha_background(rgba: Image.Image) -> tuple[int, int, int]:
-    """The background an RGBA image is composited on (see defaults.ALPHA_BACKGROUND_*).
-
-    Light visible content (alpha-weighted mean luminance >= ALPHA_LUMINANCE_SPLIT) gets
-    the dark background, anything else the light one. Measured on a box-filtered thumbnail
-    of at most _ALPHA_PROBE px a side (Pillow resamples RGBA premultiplied, so transparent
-    pixels' colours do not leak into it).
-    """
-    w, h = rgba.size
-    probe = rgba.resize((min(w, _ALPHA_PROBE), min(h, _ALPHA_PROBE)), Image.Resampling.BOX)
-    values = np.asarray(probe, dtype=np.float64)
-    alpha = values[..., 3]
-    weight = float(alpha.sum())
-    if weight <= 0.0:
-        return defaults.ALPHA_BACKGROUND_FOR_DARK
-    luminance = values[..., :3] @ np.array([0.299, 0.587, 0.114])
-    mean = float((luminance * alpha).sum()) / weight
-    if mean >= defaults.ALPHA_LUMINANCE_SPLIT:
-        return defaults.ALPHA_BACKGROUND_FOR_LIGHT
-    return defaults.ALPHA_BACKGROUND_FOR_DARK
-
-
-#: numpy dtypes of Pillow's one-channel 16/32-bit modes, as `tobytes()` lays them out.
-_GREY_DTYPES = {
-    "I;16": "<u2",
-    "I;16L": "<u2",
-    "I;16B": ">u2",
-    "I;16N": "=u2",
-    "I": "=i4",
-    "F": "=f4",
-}
-
-
-def _grey_values(image: Image.Image) -> np.ndarray:
-    """(H, W) array of a 16/32-bit grey image (`np.asarray` would copy it twice)."""
-    dtype = np.dtype(_GREY_DTYPES[image.mode])
-    return np.frombuffer(image.tobytes(), dtype=dtype).reshape(image.height, image.width)
-
-
-def _to_uint8(values: np.ndarray) -> np.ndarray:
-    """Scale 16-bit, 32-bit integer or float grey values into 0..255 (NaN and inf: 0).
-
-    Floats within 0..1 are scaled by 255, values within 0..255 kept, larger ones scaled
-    from the 16-bit range (or from the maximum when above it). float32, in place: a
-    100 MP float image must not cost gigabytes of temporaries.
-    """
-    is_float = values.dtype.kind == "f"
-    values = values.astype(np.float32)
-    np.nan_to_num(values, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
-    top = float(values.max(initial=0.0))
-    if top <= 1.0 and is_float:
-        scale = 255.0
-    elif top <= 255.0:
-        scale = 1.0
-    else:
-        scale = 255.0 / 65535.0 if top <= 65535.0 else 255.0 / top
-    values *= scale
-    values += 0.5
-    np.clip(values, 0, 255, out=values)
-    return values.astype(np.uint8)
-
-
-def _resize_and_crop(image: Image.Image, preprocess: Preprocess) -> np.ndarray:
-    """Shorter side to `resize`, then the centre crop (torchvision's rounding, as timm).
-
-    Beyond an aspect ratio of `_MAX_RESIZED_AREA`:1 only the cropped window is resampled
-    (Pillow's `box`), so a 20 x 3,000,000 strip does not become a 700 MB intermediate. A
-    crop larger than the resized image is zero-padded as torchvision's CenterCrop does.
-    """
-    w, h = image.size
-    short, long = (w, h) if w <= h else (h, w)
-    new_short, new_long = preprocess.resize, int(preprocess.resize * long / short)
-    size = (new_short, new_long) if w <= h else (new_long, new_short)
-    resample = _RESAMPLE[preprocess.interpolation]
-    out_h, out_w = preprocess.height, preprocess.width
-    crop_w, crop_h = min(out_w, size[0]), min(out_h, size[1])
-    left = int(round((size[0] - crop_w) / 2.0))
-    top = int(round((size[1] - crop_h) / 2.0))
-    if size[0] * size[1] <= _MAX_RESIZED_AREA * preprocess.resize**2:
-        if size != image.size:
-            image = image.resize(size, resample)
-        image = image.crop((left, top, left + crop_w, top + crop_h))
-    else:  # an extreme aspect ratio: resample only the window (may differ by +-1 level)
-        sx, sy = w / size[0], h / size[1]
-        box = (left * sx, top * sy, (left + crop_w) * sx, (top + crop_h) * sy)
-        image = image.resize((crop_w, crop_h), resample, box=box)
-    if (crop_w, crop_h) != (out_w, out_h):
-        canvas = Image.new("RGB", (out_w, out_h), (0, 0, 0))
-        canvas.paste(image, ((out_w - crop_w) // 2, (out_h - crop_h) // 2))
-        image = canvas
-    return np.asarray(image, dtype=np.uint8).reshape(out_h, out_w, 3)
 
 
 def _describe(exc: BaseException) -> str:

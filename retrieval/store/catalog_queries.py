@@ -58,13 +58,33 @@ class RowQueries:
         return out
 
     def image_rows(self, conn: Connection, ids: Iterable[int]) -> dict[int, Any]:
-        """{id: row with id, path, size, mtime_ns, width, height} of the 'ok' rows among `ids`."""
-        cols = [images.c[n] for n in ("id", "path", "size", "mtime_ns", "width", "height")]
+        """{id: row with id, path, size, mtime_ns, width, height, format} of the 'ok' rows
+        among `ids`."""
+        names = ("id", "path", "size", "mtime_ns", "width", "height", "format")
+        cols = [images.c[n] for n in names]
         out: dict[int, Any] = {}
         for chunk in chunks(sorted({int(i) for i in ids}), 500):
             cond = and_(images.c.id.in_(chunk), images.c.status == "ok")
             out.update({row.id: row for row in conn.execute(select(*cols).where(cond))})
         return out
+
+    def image_row(self, conn: Connection, image_id: int) -> Any | None:
+        """The 'ok' row with this id (id, path, size, mtime_ns, content_hash, width, height,
+        format), or None."""
+        cols = [
+            images.c[n]
+            for n in ("id", "path", "size", "mtime_ns", "content_hash", "width", "height", "format")
+        ]
+        cond = and_(images.c.id == image_id, images.c.status == "ok")
+        return conn.execute(select(*cols).where(cond)).first()
+
+    def failure_rows(self, conn: Connection, limit: int | None = None) -> list[Any]:
+        """The 'failed' rows (id, path, error, size, mtime_ns), by path, at most `limit`."""
+        cols = [images.c[n] for n in ("id", "path", "error", "size", "mtime_ns")]
+        stmt = select(*cols).where(images.c.status == "failed").order_by(images.c.path)
+        if limit is not None:
+            stmt = stmt.limit(limit)
+        return list(conn.execute(stmt))
 
     def ids_for_paths(self, conn: Connection, paths: Sequence[bytes]) -> dict[bytes, int]:
         out: dict[bytes, int] = {}

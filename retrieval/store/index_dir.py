@@ -58,8 +58,24 @@ class IndexDir:
         self._manifest: Manifest | None = None
         #: The catalogue's id, which binds vectors.faiss to it ("" for an old catalogue).
         self.catalog_id = catalog.catalog_id()
-        #: The vectors.faiss cache and its reduction (see `vector_cache`).
-        self.cache = VectorCache(self)
+        self._cache: VectorCache | None = None
+
+    @property
+    def cache(self) -> VectorCache:
+        """The search index: the vectors.faiss cache and its reduction (see `vector_cache`),
+        or, when the manifest says so, a Milvus collection in the same role (`milvus`)."""
+        manifest = self.manifest
+        kind = manifest.vectors.get("kind") if manifest is not None else None
+        if self._cache is None or self._cache.kind != (kind or "faiss"):
+            if self._cache is not None:
+                self._cache.close()
+            if kind == "milvus":
+                from .milvus import MilvusVectors
+
+                self._cache = MilvusVectors(self)
+            else:
+                self._cache = VectorCache(self)
+        return self._cache
 
     # -- opening ----------------------------------------------------------------------------
 
@@ -155,6 +171,8 @@ class IndexDir:
             raise
 
     def close(self) -> None:
+        if self._cache is not None:
+            self._cache.close()
         self.catalog.close()
         if self.lock is not None:
             self.lock.release()
@@ -279,25 +297,34 @@ class IndexDir:
         return self.cache.rerank_factor()
 
     def search(
-        self, xq: np.ndarray, k: int, allow: np.ndarray | None = None
+        self,
+        xq: np.ndarray,
+        k: int,
+        allow: np.ndarray | None = None,
+        where: dict[str, Any] | None = None,
     ) -> list[list[Neighbour]]:
         """Top-k neighbours of each query row of `xq` (nq, d) float32, best first.
 
-        `allow` (int64 ids) restricts results to those ids. Sees one catalogue snapshot.
+        `allow` (int64 ids) restricts results to those ids; `where`, the conditions that
+        made them (`Catalog.filter_ids`'s keywords), lets a Milvus collection filter by
+        itself. Sees one catalogue snapshot.
         """
-        return searcher.search(self.cache, xq, k, allow)
+        return searcher.search(self.cache, xq, k, allow, where)
 
     def effective_ids(self) -> tuple[np.ndarray, np.ndarray]:
         """(ids in the cache file, ids the catalogue holds), both sorted int64, for checks."""
         return self.cache.effective_ids()
 
     def disk_bytes(self) -> int:
+        """Bytes of every file under the directory, in its folders too (a Milvus Lite .db
+        folder, the thumbnails cache); a file removed meanwhile counts 0."""
         total = 0
-        for name in os.listdir(self.directory):
-            try:
-                total += os.path.getsize(os.path.join(self.directory, name))
-            except OSError:
-                pass
+        for folder, _, names in os.walk(self.directory):
+            for name in names:
+                try:
+                    total += os.path.getsize(os.path.join(folder, name))
+                except OSError:
+                    pass
         return total
 
 

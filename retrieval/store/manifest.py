@@ -34,6 +34,9 @@ class Manifest:
     #: Candidates fetched per result and re-scored with the catalogue's full vectors;
     #: None: the default for the layout (see `rerank_factor`).
     rerank: int | None = None
+    #: Where the search index lives: {} (vectors.faiss beside the catalogue) or
+    #: {"kind": "milvus", "uri": URI} (a Milvus collection; see `store.milvus`).
+    vectors: dict[str, Any] = field(default_factory=dict)
     created_with: dict[str, str] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
 
@@ -53,6 +56,11 @@ class Manifest:
 
     def with_index(self, index_type: str, params: dict[str, Any]) -> Manifest:
         return replace(self, index_type=index_type, index_params=dict(params))
+
+    def portable(self) -> Manifest:
+        """The manifest an export carries: without `vectors` (a Milvus URI names this
+        machine's collection; an import makes its own search index)."""
+        return replace(self, vectors={})
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -83,6 +91,8 @@ class Manifest:
             out["reduction"] = self.reduction
         if self.rerank is not None:
             out["rerank"] = self.rerank
+        if self.vectors:
+            out["vectors"] = self.vectors
         return out
 
     def to_json(self) -> str:
@@ -112,6 +122,7 @@ class Manifest:
             index_policy=dict(data.get("index_policy") or {}),
             reduction=dict(data.get("reduction") or {}),
             rerank=None if data.get("rerank") is None else int(data["rerank"]),
+            vectors=dict(data.get("vectors") or {}),
             created_with=dict(data.get("created_with") or {}),
             schema_version=version,
         )

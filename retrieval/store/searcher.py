@@ -33,11 +33,16 @@ class Neighbour:
 
 
 def search(
-    cache: VectorCache, xq: np.ndarray, k: int, allow: np.ndarray | None = None
+    cache: VectorCache,
+    xq: np.ndarray,
+    k: int,
+    allow: np.ndarray | None = None,
+    where: dict[str, Any] | None = None,
 ) -> list[list[Neighbour]]:
     """Top-k neighbours of each query row of `xq` (nq, d) float32, best first.
 
-    `allow` (int64 ids) restricts results to those ids. Sees one catalogue snapshot.
+    `allow` (int64 ids) restricts results to those ids (`where`: the conditions that made
+    them, for a backend that filters by itself). Sees one catalogue snapshot.
     """
     catalog = cache.catalog
     xq = np.ascontiguousarray(xq, dtype=np.float32)
@@ -46,7 +51,7 @@ def search(
         rerank = cache.rerank_factor()
         cache.reduction()
         with catalog.read() as conn:
-            D, I = _snapshot_topk(cache, conn, base, xq, k, rerank, allow)
+            D, I = _snapshot_topk(cache, conn, base, xq, k, rerank, allow, where)
             paths = catalog.paths(conn, I[I >= 0].tolist())
         if len(paths) == len(np.unique(I[I >= 0])) or attempt:
             break
@@ -56,7 +61,7 @@ def search(
         [
             Neighbour(int(i), paths[int(i)], float(s))
             for s, i in zip(d_row, i_row, strict=True)
-            if i >= 0
+            if i >= 0 and int(i) in paths  # a live backend may hold rows newer than the snapshot
         ]
         for d_row, i_row in zip(D, I, strict=True)
     ]
@@ -70,6 +75,7 @@ def _snapshot_topk(
     k: int,
     rerank: int,
     allow: np.ndarray | None,
+    where: dict[str, Any] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top-k within the snapshot `conn`: the cache `base` minus the rows changed since it
     was written, merged with those rows searched exactly."""
@@ -79,11 +85,11 @@ def _snapshot_topk(
     if rerank:
         # Candidates from the cache, final scores from the full stored vectors
         # (the changed rows are searched exactly in the same full space).
-        D, I = cache.candidates(base, cache.project(xq), k * rerank, exclude, allow)
+        D, I = cache.candidates(base, cache.project(xq), k * rerank, exclude, allow, where)
         D, I = rescore(cache.catalog, conn, xq, I, k, dim)
         return merge_topk(D, I, *_search_delta(delta, xq, k, allow))
     xc = cache.project(xq)
-    D, I = cache.candidates(base, xc, k, exclude, allow)
+    D, I = cache.candidates(base, xc, k, exclude, allow, where)
     changed = replace(delta, vectors=cache.project(delta.vectors))
     return merge_topk(D, I, *_search_delta(changed, xc, k, allow))
 
@@ -183,7 +189,7 @@ class RangeFinder:
         self.exclude = np.union1d(self.delta.stale, base.tombstones)
         manifest = cache.manifest()
         # float16 codes are not lossy here: the catalogue stores the same float16 values
-        self.lossy = cache.rerank_factor() > 0 or manifest.reduced
+        self.lossy = cache.rerank_factor() > 0 or manifest.reduced or not cache.exact_range
         self.factor = max(cache.rerank_factor(), 2)
 
     def pairs(self, ids: np.ndarray, xq: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

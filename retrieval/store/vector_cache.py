@@ -55,6 +55,11 @@ REDUCTION_KEY = "reduction"
 class VectorCache:
     """vectors.faiss of one index directory (`base`) and its learned reduction."""
 
+    #: Which backend this is (the manifest's `vectors.kind`; `milvus.MilvusVectors` too).
+    kind = "faiss"
+    #: Whether a cache with exact scores can be range-searched (see `RangeFinder`).
+    exact_range = True
+
     def __init__(self, owner: IndexDir) -> None:
         self._owner = owner
         self.catalog = owner.catalog
@@ -65,6 +70,9 @@ class VectorCache:
     @property
     def path(self) -> str:
         return os.path.join(self._owner.directory, defaults.VECTORS_FILE)
+
+    def close(self) -> None:
+        """Release what the backend holds open (nothing: a FAISS index is plain memory)."""
 
     def manifest(self) -> Manifest:
         return self._owner.require_manifest()
@@ -296,9 +304,11 @@ class VectorCache:
         k: int,
         exclude: np.ndarray,
         allow: np.ndarray | None,
+        where: dict[str, Any] | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-k of `base` (this cache, as loaded) for queries `xc` (nq, cache_dim) float32:
-        D (nq, k) float32, I (nq, k) int64, -1 = none; see `vectors.search`."""
+        D (nq, k) float32, I (nq, k) int64, -1 = none; see `vectors.search`. `where` (the
+        conditions `allow` came from) is for backends that filter by themselves."""
         return vectors.search(base.index, xc, k, exclude=exclude, allow=allow)
 
     def describe(self) -> dict[str, Any]:
