@@ -17,7 +17,15 @@ from starlette.datastructures import UploadFile
 
 from .. import QueryResult, RetrievalError, UsageError, defaults
 from .forms import FILTER_FIELDS, clean, search_filter, top_k
-from .service import index_of, like_search, read_upload, settings_of, status_of, upload_search
+from .service import (
+    index_of,
+    kept_search,
+    like_search,
+    read_upload,
+    settings_of,
+    status_of,
+    upload_search,
+)
 from .settings import IMAGE_PAGE_K, PAGE_K
 
 router = APIRouter(include_in_schema=False)
@@ -60,8 +68,9 @@ def _search_page(
 
 @router.get("/")
 def search_page(request: Request) -> Response:
-    """Search: ?like=ID (more like an indexed image) or ?path=PATH (an indexed image by its
-    path), with k and the filters; with neither, just the form."""
+    """Search: ?like=ID (more like an indexed image), ?upload=ID (an uploaded image again,
+    its kept vector) or ?path=PATH (an indexed image by its path), with k and the filters;
+    with none, just the form."""
     params = dict(request.query_params)
     result = query = None
     try:
@@ -70,6 +79,9 @@ def search_page(request: Request) -> Response:
             image_id = _id(params["like"])
             result = like_search(request, image_id, k, params)
             query = {"id": image_id, "name": result.query}
+        elif params.get("upload", "").strip():
+            result, name = kept_search(request, params["upload"].strip(), k, params)
+            query = {"name": name, "upload": params["upload"].strip()}
         elif params.get("path", "").strip():
             path = params["path"].strip()
             result = index_of(request).search(like=[path], k=k, filters=search_filter(params))[0]
@@ -90,10 +102,11 @@ async def search_upload_page(request: Request) -> Response:
         stream = upload.file if isinstance(upload, UploadFile) and upload.filename else None
         data = read_upload(stream, settings_of(request))
         name = upload.filename if isinstance(upload, UploadFile) else "upload"
-        result = await run_in_threadpool(upload_search, request, data, name, k, params)
+        found = await run_in_threadpool(upload_search, request, data, name, k, params)
     except RetrievalError as exc:
         return _search_page(request, params, error=exc)
-    return _search_page(request, params, result, {"name": name, "upload": True})
+    result, upload_id = found
+    return _search_page(request, params, result, {"name": name, "upload": upload_id})
 
 
 @router.get("/image/{image_id}")
