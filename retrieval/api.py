@@ -378,6 +378,14 @@ class Index:
         with self._open() as index_dir:
             return images.image_record(index_dir, image_id)
 
+    def images(
+        self, offset: int = 0, limit: int = 100, under: str | os.PathLike[str] | None = None
+    ) -> list[images.ImageRecord]:
+        """The searchable images in id order, a page at a time: skip `offset`, at most
+        `limit` (>= 1), only those under the folder `under` when given. Raises UsageError."""
+        with self._open() as index_dir:
+            return images.image_records(index_dir, offset, limit, under and os.fspath(under))
+
     def failures(self, limit: int | None = None) -> list[images.Failure]:
         """The files that could not be indexed, by path, with their reasons (at most `limit`)."""
         with self._open() as index_dir:

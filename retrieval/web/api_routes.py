@@ -12,6 +12,7 @@ from .. import UsageError, defaults
 from .forms import top_k
 from .service import (
     JSON,
+    browse,
     index_of,
     kept_search,
     like_search,
@@ -19,7 +20,7 @@ from .service import (
     settings_of,
     upload_search,
 )
-from .settings import IMAGE_PAGE_K, MAX_K, PREVIEW_SIZES, THUMB_SIZES
+from .settings import BROWSE_PAGE, IMAGE_PAGE_K, MAX_K, PREVIEW_SIZES, THUMB_SIZES
 
 router = APIRouter(prefix="/api", tags=["api"])
 #: Browsers may keep pictures an hour: an id's picture changes only when its file does.
@@ -43,6 +44,21 @@ def failures(
     request: Request, limit: Annotated[int | None, Query(ge=1)] = None
 ) -> list[dict[str, Any]]:
     return [f.to_dict() for f in index_of(request).failures(limit)]
+
+
+@router.get("/images", summary="The indexed images, a page at a time, by id")
+def images(
+    request: Request,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=MAX_K)] = BROWSE_PAGE,
+    under: Text = None,
+) -> dict[str, Any]:
+    found, more = browse(request, offset, limit, under)
+    return {
+        "images": [r.to_dict() for r in found],
+        "offset": offset,
+        "next_offset": offset + limit if more else None,
+    }
 
 
 @router.get("/images/{image_id}", summary="An indexed image's metadata")

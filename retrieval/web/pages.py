@@ -1,4 +1,4 @@
-"""The HTML pages: Search, Image, Duplicates, Index, and the API's own docs page.
+"""The HTML pages: Search, Browse, Image, Duplicates, Index, and the API's own docs page.
 
 Rendered on the server (a page works without JavaScript; app.js only adds drag-and-drop,
 paste and the slider's live value). A problem with what was asked (a broken upload, a bad
@@ -8,9 +8,9 @@ filter) is shown on the page that was asked for, above its form.
 from __future__ import annotations
 
 import urllib.parse
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
@@ -18,6 +18,7 @@ from starlette.datastructures import UploadFile
 from .. import QueryResult, RetrievalError, UsageError, defaults
 from .forms import FILTER_FIELDS, clean, search_filter, top_k
 from .service import (
+    browse,
     index_of,
     kept_search,
     like_search,
@@ -26,7 +27,7 @@ from .service import (
     status_of,
     upload_search,
 )
-from .settings import IMAGE_PAGE_K, PAGE_K
+from .settings import BROWSE_PAGE, IMAGE_PAGE_K, MAX_K, PAGE_K
 
 router = APIRouter(include_in_schema=False)
 #: Formats offered by the search form's menu (any Pillow name works through the API).
@@ -115,6 +116,34 @@ def image_page(request: Request, image_id: int) -> Response:
     record = index_of(request).image(image_id)
     nearest = like_search(request, image_id, IMAGE_PAGE_K, {})
     return render(request, "image.html", record=record, result=nearest)
+
+
+@router.get("/browse")
+def browse_page(
+    request: Request,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=MAX_K)] = BROWSE_PAGE,
+    under: str = "",
+) -> Response:
+    """The indexed images as a thumbnail grid, a page at a time (by id); a click is "more
+    like this" (`/?like=ID`): the picker for "search with an indexed image"."""
+    found, more = browse(request, offset, limit, under)
+
+    def page_at(start: int) -> str:
+        return "/browse?" + urllib.parse.urlencode(
+            {"offset": start, "limit": limit, **({"under": under} if under else {})}
+        )
+
+    return render(
+        request,
+        "browse.html",
+        images=found,
+        under=under,
+        offset=offset,
+        limit=limit,
+        next_page=page_at(offset + limit) if more else None,
+        previous_page=page_at(max(0, offset - limit)) if offset else None,
+    )
 
 
 @router.get("/dups")

@@ -14,6 +14,7 @@ from starlette.exceptions import HTTPException
 from .. import (
     BadImage,
     CatalogCorrupt,
+    ImageRecord,
     Index,
     IndexBusy,
     IndexNotFound,
@@ -60,6 +61,15 @@ def index_of(request: Request) -> Index:
     """The served index: one reader shared by all requests (`Index(shared=True)`), each
     call a consistent snapshot, opened again when `retrieval index` has committed."""
     return request.app.state.index
+
+
+def browse(
+    request: Request, offset: int, limit: int, under: str | None
+) -> tuple[list[ImageRecord], bool]:
+    """A page of the indexed images by id (at most `limit`, skipping `offset`, under the
+    folder `under` when given), and whether more follow."""
+    found = index_of(request).images(offset, limit + 1, under=(under or "").strip() or None)
+    return found[:limit], len(found) > limit
 
 
 def like_search(request: Request, image_id: int, k: int, params: Mapping[str, Any]) -> QueryResult:

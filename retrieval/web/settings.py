@@ -18,6 +18,8 @@ PREVIEW_SIZES = (512, 1024, 2048)
 #: Results per search on the pages unless k is given, and the most anyone may ask for.
 PAGE_K = 24
 MAX_K = 500
+#: Images per page of /browse, and the default page of GET /api/images.
+BROWSE_PAGE = 48
 #: Nearest images shown on an image's page.
 IMAGE_PAGE_K = 12
 #: Uploaded queries kept (their vectors, in memory) so a page can refine their search, and
