@@ -36,6 +36,7 @@ from .ops import (
 )
 from .ops import storage as storage_policy
 from .ops.dups import DupsReport
+from .ops.images import Failure, ImageRecord
 from .ops.indexing import IndexOptions, IndexReport, Progress
 from .ops.searching import QueryResult, SearchFilter
 from .pathnames import to_bytes
@@ -375,13 +376,22 @@ class Index:
             finally:
                 self._flush_notices(index_dir)
 
-    def image(self, image_id: int) -> images.ImageRecord:
+    def image(self, image_id: int) -> ImageRecord:
         """The record of the searchable image with catalogue id `image_id` (a search result's
         `Hit.id`): path, size, mtime, width, height, format, content hash. Raises NotFound."""
         with self._open() as index_dir:
             return images.image_record(index_dir, image_id)
 
-    def failures(self, limit: int | None = None) -> list[images.Failure]:
+    def images(
+        self, offset: int = 0, limit: int = 100, under: str | os.PathLike[str] | None = None
+    ) -> list[ImageRecord]:
+        """The searchable images in id order, a page at a time: skip `offset`, at most
+        `limit` (>= 1), only those under the folder `under` when given. Raises UsageError."""
+        with self._open() as index_dir:
+            folder = os.fspath(under) if under else None
+            return images.image_records(index_dir, offset, limit, folder)
+
+    def failures(self, limit: int | None = None) -> list[Failure]:
         """The files that could not be indexed, by path, with their reasons (at most `limit`)."""
         with self._open() as index_dir:
             return images.failures(index_dir, limit)

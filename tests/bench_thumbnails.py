@@ -8,6 +8,8 @@ untrained model (the figures are about pictures, not embeddings), then, in this 
   2. the same again: each a cache hit (a stat, a catalogue row, a file read)
   3. `Index.preview(id)` (1024 px), first and second time
   4. `Index.gallery` of a search with k=N (N thumbnails embedded), warm cache
+  5. first views from --threads threads at once (as a server's clients): every id at two
+     sizes not made before, per-call latency (decode + encode + cache write, concurrent)
 Prints one JSON object: per-call medians and p90 in ms, and the miss/hit ratio.
 """
 
@@ -58,11 +60,25 @@ def _stats(times: list[float]) -> dict[str, float]:
     }
 
 
+def _concurrent_first_views(index, ids, threads: int) -> list[float]:
+    """Per-call ms of first views of every id at sizes 64 and 96, from `threads` at once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(task) -> float:
+        start = time.perf_counter()
+        index.thumbnail(task[0], size=task[1])
+        return (time.perf_counter() - start) * 1000
+
+    with ThreadPoolExecutor(threads) as pool:
+        return list(pool.map(one, [(i, s) for s in (64, 96) for i in ids]))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=40)
     parser.add_argument("--side", type=int, default=3000)
     parser.add_argument("--work", default="/tmp/bench-thumbnails")
+    parser.add_argument("--threads", type=int, default=20)
     args = parser.parse_args()
     shutil.rmtree(args.work, ignore_errors=True)
     photos = _photos(os.path.join(args.work, "photos"), args.n, args.side)
@@ -84,6 +100,7 @@ def main() -> None:
     start = time.perf_counter()
     page = index.gallery([found])
     gallery_ms = (time.perf_counter() - start) * 1000
+    concurrent = _concurrent_first_views(index, ids, args.threads)
     out = {
         "images": args.n,
         "pixels": f"{args.side}x{args.side * 3 // 4}",
@@ -93,6 +110,7 @@ def main() -> None:
         "preview_first": _stats(preview_cold),
         "preview_cached": _stats(preview_warm),
         "gallery_ms": round(gallery_ms, 1),
+        f"thumbnail_first_{args.threads}_threads": _stats(concurrent),
         "gallery_bytes": len(page),
         "cache": Index(index_dir).check().to_dict().get("thumbnail_cache"),
     }

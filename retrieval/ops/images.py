@@ -21,7 +21,7 @@ from typing import Any
 
 from .. import defaults
 from ..errors import BadImage, NotFound, UsageError
-from ..pathnames import display
+from ..pathnames import display, to_bytes
 from ..reports import SKIP, JsonReport, json_field
 from ..sources.decode import hash_bytes, over_cap_message, read_file
 from ..sources.thumbnail import preview_jpeg, square_jpeg
@@ -81,7 +81,24 @@ class Failure(JsonReport):
 
 def image_record(index_dir: IndexDir, image_id: int) -> ImageRecord:
     """The record of the searchable image `image_id`; raises NotFound, UsageError."""
-    row = _row(index_dir, image_id)
+    return _record(_row(index_dir, image_id))
+
+
+def image_records(
+    index_dir: IndexDir, offset: int, limit: int, under: str | None = None
+) -> list[ImageRecord]:
+    """The searchable images by id: skip `offset`, at most `limit`, only those under the
+    folder `under` when given; raises UsageError."""
+    for name, value, low in (("offset", offset, 0), ("limit", limit, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise UsageError(f"{name} must be a whole number >= {low}, not {value!r}")
+    folders = [to_bytes(under)] if under else []
+    with index_dir.catalog.read() as conn:
+        rows = index_dir.catalog.image_rows_page(conn, offset, limit, folders)
+    return [_record(row) for row in rows]
+
+
+def _record(row: Any) -> ImageRecord:
     return ImageRecord(
         id=row.id,
         path=display(row.path),

@@ -32,6 +32,7 @@ import os
 import re
 import stat
 import struct
+import threading
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -232,6 +233,7 @@ def decode_picture(
         image = _open(data, max_megapixels)
         _refuse_scan_bombs(image, data, (max_side, max_side))
         image.load()
+        _check_cap(image, max_megapixels)
         rgb = to_rgb(_orient(image))
         rgb.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
         return rgb
@@ -268,6 +270,7 @@ def _decode(
     fmt = image.format or "unknown"
     _refuse_scan_bombs(image, data, (preprocess.resize, preprocess.resize))
     image.load()
+    _check_cap(image, max_megapixels)
     image = _orient(image)
     if shortcuts:
         pixels = resize_and_crop(to_rgb_or_grey(image), preprocess)
@@ -292,7 +295,7 @@ def _refuse_scan_bombs(image: Image.Image, data: bytes, target: tuple[int, int])
 
 def _open(data: bytes, max_megapixels: float) -> Image.Image:
     cap = int(max_megapixels * 1_000_000)
-    Image.MAX_IMAGE_PIXELS = cap  # Pillow's own guard (frames, GIF extents), an error here
+    _raise_pillow_guard(cap)
     try:
         image = Image.open(io.BytesIO(data), formats=_formats())
     except Image.UnidentifiedImageError:
@@ -300,9 +303,35 @@ def _open(data: bytes, max_megapixels: float) -> Image.Image:
     w, h = image.size
     if w <= 0 or h <= 0:
         raise BadImage(f"image has no pixels ({w}x{h})")
-    if w * h > cap:
-        raise BadImage(over_cap_message(w * h, max_megapixels))
+    _check_cap(image, max_megapixels)
     return image
+
+
+def _check_cap(image: Image.Image, max_megapixels: float) -> None:
+    """Refuse an image over this call's cap. Called after opening and again after loading:
+    Pillow grows a GIF's size to a frame's extent while it reads frames."""
+    w, h = image.size
+    if w * h > int(max_megapixels * 1_000_000):
+        raise BadImage(over_cap_message(w * h, max_megapixels))
+
+
+#: Serialises raising Pillow's guard, so two raises cannot leave the smaller one behind.
+_GUARD_LOCK = threading.Lock()
+
+
+def _raise_pillow_guard(cap: int) -> None:
+    """Make Pillow's process-wide bomb guard (`Image.MAX_IMAGE_PIXELS`: image, frame and
+    tile extents) at least `cap`. It is only ever raised, never lowered: threads decoding
+    with different caps (a server's uploads and thumbnails) must not refuse each other's
+    images. Each call's own cap is enforced by `_check_cap`, so Pillow's guard only bounds
+    what is allocated before that check, by the largest cap this process has used."""
+    current = Image.MAX_IMAGE_PIXELS
+    if current is None or current >= cap:
+        return
+    with _GUARD_LOCK:
+        current = Image.MAX_IMAGE_PIXELS
+        if current is not None and current < cap:
+            Image.MAX_IMAGE_PIXELS = cap
 
 
 def _formats() -> list[str]:

@@ -78,6 +78,19 @@ class RowQueries:
         cond = and_(images.c.id == image_id, images.c.status == "ok")
         return conn.execute(select(*cols).where(cond)).first()
 
+    def image_rows_page(
+        self, conn: Connection, offset: int, limit: int, under: Sequence[bytes] = ()
+    ) -> list[Any]:
+        """'ok' rows (as `image_row`), by id, skipping `offset`, at most `limit`, only those
+        under one of the folders `under` when given."""
+        names = ("id", "path", "size", "mtime_ns", "content_hash", "width", "height", "format")
+        conds = [images.c.status == "ok"]
+        if under:
+            bounds = [prefix_bounds(folder) for folder in under]
+            conds.append(or_(*[and_(images.c.path >= lo, images.c.path < hi) for lo, hi in bounds]))
+        stmt = select(*[images.c[n] for n in names]).where(and_(*conds)).order_by(images.c.id)
+        return list(conn.execute(stmt.offset(offset).limit(limit)))
+
     def failure_rows(self, conn: Connection, limit: int | None = None) -> list[Any]:
         """The 'failed' rows (id, path, error, size, mtime_ns), by path, at most `limit`."""
         cols = [images.c[n] for n in ("id", "path", "error", "size", "mtime_ns")]

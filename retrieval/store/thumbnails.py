@@ -6,7 +6,7 @@
 
 An entry is named by the content hash of the bytes it was made from, its kind ("s": a square
 thumbnail, "p": a preview) and its size in pixels, so a changed file gets a new entry and an
-unchanged one is never made twice. Entries are written atomically (`files.atomic_write`), so
+unchanged one is never made twice. Entries are linked into place whole (no lock, see `put`), so
 a reader sees a whole JPEG or none; two processes making the same entry write the same bytes.
 
 The cache is bounded in bytes: `usage` counts what writers added (under the lock); when it
@@ -29,11 +29,10 @@ import stat
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import BinaryIO
 
 from .. import defaults
 from ..errors import StorageError, UnsafeIndexFile
-from .files import WriterLock, atomic_write, file_kind, is_temp, open_regular
+from .files import WriterLock, file_kind, is_temp, open_regular, temp_name
 
 #: Kinds of entry: a centre-square thumbnail, an aspect-kept preview.
 KINDS = ("s", "p")
@@ -108,35 +107,47 @@ class ThumbnailCache:
         return data
 
     def put(self, key: str, data: bytes) -> bool:
-        """Store an entry (atomically); evict the least recently used past the bound.
-        Returns whether it was stored: never on read-only media, nor when the disk refuses
-        (a cache must not fail the request that fills it).
+        """Store an entry; evict the least recently used past the bound. Returns whether it
+        was stored: never on read-only media, nor when the disk refuses (a cache must not
+        fail the request that fills it).
 
-        Written under the cache lock (the picture was made before, outside it), so `usage`
-        counts each entry once however many threads and processes made it at once."""
+        The bytes go to a temporary file outside any lock; under the cache lock the entry is
+        only linked into place (a link never replaces: of the threads and processes making
+        it at once exactly one places it) and its bytes added to `usage`, so the lock is
+        held for a few file-system calls. Nothing is fsynced: after a crash an entry is
+        whole, missing or damaged, and a damaged one is a miss that is made again."""
         if not self.writable:
             return False
         path = self.path(key)
         try:
             _real_folder(self.folder)
             _real_folder(os.path.dirname(path))
-            with WriterLock(os.path.join(self.folder, LOCK_FILE)).held(wait=True):
-                if os.path.lexists(path) and self.get(key) is not None:
-                    return True  # made meanwhile by another thread or process
-                held = self._usage()  # before the write: a recount must not see the new entry
-                atomic_write(path, _writer(data), "thumbnail")
-                self._account(held + len(data))
+            tmp = temp_name(path)
+            with open(tmp, "wb", opener=_new_file) as fh:
+                fh.write(data)
+            try:
+                with WriterLock(os.path.join(self.folder, LOCK_FILE)).held(wait=True):
+                    held = self._usage()  # before placing: a recount must not see the entry
+                    added = _place(tmp, path, len(data), self.get)
+                    if added:
+                        self._account(held + added)
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
         except (StorageError, UnsafeIndexFile, OSError):
             return False
         return True
 
     def _account(self, total: int) -> None:
         """Record `total` bytes in `usage`, evicting first when it passes the bound (holding
-        the lock)."""
+        the lock). Not fsynced: a damaged `usage` is recounted."""
         if total > self.max_bytes:
             total = self._evict(int(self.max_bytes * LOW_WATER))
-        text = str(total).encode("ascii")
-        atomic_write(os.path.join(self.folder, USAGE_FILE), _writer(text), "usage")
+        usage = os.path.join(self.folder, USAGE_FILE)
+        tmp = temp_name(usage)
+        with open(tmp, "wb", opener=_new_file) as fh:
+            fh.write(str(total).encode("ascii"))
+        os.replace(tmp, usage)
 
     def _usage(self) -> int:
         try:
@@ -271,11 +282,25 @@ class ThumbnailCache:
             raise StorageError(f"cannot delete {self.folder}: {exc.strerror or exc}") from None
 
 
-def _writer(data: bytes) -> Callable[[BinaryIO], None]:
-    def write(fh: BinaryIO) -> None:
-        fh.write(data)
+def _new_file(path: str, flags: int) -> int:
+    """`open` opener: a new file, never an existing name (a link planted at a temporary
+    name is refused, not followed)."""
+    return os.open(path, flags | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
 
-    return write
+
+def _place(tmp: str, path: str, size: int, get: Callable[[str], bytes | None]) -> int:
+    """Link the written temporary file `tmp` (`size` bytes) to `path` unless a whole entry
+    is there already; returns the bytes this added to the cache (0 when another writer
+    placed it first). A damaged entry there is replaced. Raises OSError."""
+    try:
+        os.link(tmp, path)  # never replaces
+        return size
+    except FileExistsError:
+        if get(os.path.basename(path)) is not None:
+            return 0  # made meanwhile by another thread or process
+        old = os.lstat(path).st_size
+        os.replace(tmp, path)  # damaged: replace it
+        return size - old
 
 
 def _whole_jpeg(data: bytes) -> bool:

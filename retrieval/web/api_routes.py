@@ -10,8 +10,17 @@ from fastapi.responses import Response
 
 from .. import UsageError, defaults
 from .forms import top_k
-from .service import JSON, index_of, like_search, read_upload, settings_of, upload_search
-from .settings import IMAGE_PAGE_K, MAX_K, PREVIEW_SIZES, THUMB_SIZES
+from .service import (
+    JSON,
+    browse,
+    index_of,
+    kept_search,
+    like_search,
+    read_upload,
+    settings_of,
+    upload_search,
+)
+from .settings import BROWSE_PAGE, IMAGE_PAGE_K, MAX_K, PREVIEW_SIZES, THUMB_SIZES
 
 router = APIRouter(prefix="/api", tags=["api"])
 #: Browsers may keep pictures an hour: an id's picture changes only when its file does.
@@ -35,6 +44,21 @@ def failures(
     request: Request, limit: Annotated[int | None, Query(ge=1)] = None
 ) -> list[dict[str, Any]]:
     return [f.to_dict() for f in index_of(request).failures(limit)]
+
+
+@router.get("/images", summary="The indexed images, a page at a time, by id")
+def images(
+    request: Request,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=MAX_K)] = BROWSE_PAGE,
+    under: Text = None,
+) -> dict[str, Any]:
+    found, more = browse(request, offset, limit, under)
+    return {
+        "images": [r.to_dict() for r in found],
+        "offset": offset,
+        "next_offset": offset + limit if more else None,
+    }
 
 
 @router.get("/images/{image_id}", summary="An indexed image's metadata")
@@ -113,7 +137,38 @@ def search_upload(
     )
     data = read_upload(image.file, settings_of(request))
     name = image.filename or "upload"
-    return upload_search(request, data, name, top_k(k, defaults.TOP_K), params).to_dict()
+    result, upload_id = upload_search(request, data, name, top_k(k, defaults.TOP_K), params)
+    return {**result.to_dict(), "upload_id": upload_id}
+
+
+@router.get(
+    "/uploads/{upload_id}/similar",
+    summary="Search again with an uploaded image (its kept vector; `upload_id` from POST search)",
+)
+def search_upload_again(
+    request: Request,
+    upload_id: str,
+    k: K = defaults.TOP_K,
+    under: Text = None,
+    format: Text = None,
+    min_width: Text = None,
+    min_height: Text = None,
+    min_size: Text = None,
+    max_size: Text = None,
+    modified_after: Text = None,
+    modified_before: Text = None,
+) -> dict[str, Any]:
+    params = _filters(
+        under=under,
+        format=format,
+        min_width=min_width,
+        min_height=min_height,
+        min_size=min_size,
+        max_size=max_size,
+        modified_after=modified_after,
+        modified_before=modified_before,
+    )
+    return kept_search(request, upload_id, k, params)[0].to_dict()
 
 
 @router.get("/dups", summary="Groups of near-duplicates, suggested keeper first (no changes)")

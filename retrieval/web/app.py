@@ -24,6 +24,7 @@ from . import api_routes, pages
 from .batcher import EmbedBatcher
 from .service import JSON, status_of
 from .settings import TOKEN_COOKIE, Settings, too_large
+from .uploads import RecentUploads
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 #: The page may load only what this server serves (no fonts, scripts or styles from the
@@ -62,6 +63,7 @@ def create_app(settings: Settings) -> FastAPI:
         openapi_url="/api/openapi.json",
     )
     app.state.settings = settings
+    app.state.uploads = RecentUploads(settings.kept_uploads, settings.keep_uploads_s)
     templates = Jinja2Templates(directory=os.path.join(HERE, "templates"))
     templates.env.filters["display"] = display
     app.state.templates = templates

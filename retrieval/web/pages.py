@@ -1,4 +1,4 @@
-"""The HTML pages: Search, Image, Duplicates, Index, and the API's own docs page.
+"""The HTML pages: Search, Browse, Image, Duplicates, Index, and the API's own docs page.
 
 Rendered on the server (a page works without JavaScript; app.js only adds drag-and-drop,
 paste and the slider's live value). A problem with what was asked (a broken upload, a bad
@@ -8,17 +8,26 @@ filter) is shown on the page that was asked for, above its form.
 from __future__ import annotations
 
 import urllib.parse
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from .. import QueryResult, RetrievalError, UsageError, defaults
 from .forms import FILTER_FIELDS, clean, search_filter, top_k
-from .service import index_of, like_search, read_upload, settings_of, status_of, upload_search
-from .settings import IMAGE_PAGE_K, PAGE_K
+from .service import (
+    browse,
+    index_of,
+    kept_search,
+    like_search,
+    read_upload,
+    settings_of,
+    status_of,
+    upload_search,
+)
+from .settings import BROWSE_PAGE, IMAGE_PAGE_K, MAX_K, PAGE_K
 
 router = APIRouter(include_in_schema=False)
 #: Formats offered by the search form's menu (any Pillow name works through the API).
@@ -60,8 +69,9 @@ def _search_page(
 
 @router.get("/")
 def search_page(request: Request) -> Response:
-    """Search: ?like=ID (more like an indexed image) or ?path=PATH (an indexed image by its
-    path), with k and the filters; with neither, just the form."""
+    """Search: ?like=ID (more like an indexed image), ?upload=ID (an uploaded image again,
+    its kept vector) or ?path=PATH (an indexed image by its path), with k and the filters;
+    with none, just the form."""
     params = dict(request.query_params)
     result = query = None
     try:
@@ -70,6 +80,9 @@ def search_page(request: Request) -> Response:
             image_id = _id(params["like"])
             result = like_search(request, image_id, k, params)
             query = {"id": image_id, "name": result.query}
+        elif params.get("upload", "").strip():
+            result, name = kept_search(request, params["upload"].strip(), k, params)
+            query = {"name": name, "upload": params["upload"].strip()}
         elif params.get("path", "").strip():
             path = params["path"].strip()
             result = index_of(request).search(like=[path], k=k, filters=search_filter(params))[0]
@@ -90,10 +103,11 @@ async def search_upload_page(request: Request) -> Response:
         stream = upload.file if isinstance(upload, UploadFile) and upload.filename else None
         data = read_upload(stream, settings_of(request))
         name = upload.filename if isinstance(upload, UploadFile) else "upload"
-        result = await run_in_threadpool(upload_search, request, data, name, k, params)
+        found = await run_in_threadpool(upload_search, request, data, name, k, params)
     except RetrievalError as exc:
         return _search_page(request, params, error=exc)
-    return _search_page(request, params, result, {"name": name, "upload": True})
+    result, upload_id = found
+    return _search_page(request, params, result, {"name": name, "upload": upload_id})
 
 
 @router.get("/image/{image_id}")
@@ -102,6 +116,34 @@ def image_page(request: Request, image_id: int) -> Response:
     record = index_of(request).image(image_id)
     nearest = like_search(request, image_id, IMAGE_PAGE_K, {})
     return render(request, "image.html", record=record, result=nearest)
+
+
+@router.get("/browse")
+def browse_page(
+    request: Request,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=MAX_K)] = BROWSE_PAGE,
+    under: str = "",
+) -> Response:
+    """The indexed images as a thumbnail grid, a page at a time (by id); a click is "more
+    like this" (`/?like=ID`): the picker for "search with an indexed image"."""
+    found, more = browse(request, offset, limit, under)
+
+    def page_at(start: int) -> str:
+        return "/browse?" + urllib.parse.urlencode(
+            {"offset": start, "limit": limit, **({"under": under} if under else {})}
+        )
+
+    return render(
+        request,
+        "browse.html",
+        images=found,
+        under=under,
+        offset=offset,
+        limit=limit,
+        next_page=page_at(offset + limit) if more else None,
+        previous_page=page_at(max(0, offset - limit)) if offset else None,
+    )
 
 
 @router.get("/dups")

@@ -14,6 +14,7 @@ from starlette.exceptions import HTTPException
 from .. import (
     BadImage,
     CatalogCorrupt,
+    ImageRecord,
     Index,
     IndexBusy,
     IndexNotFound,
@@ -21,6 +22,7 @@ from .. import (
     NotFound,
     QueryImageError,
     QueryResult,
+    RetrievalError,
     UsageError,
 )
 from .forms import search_filter
@@ -61,6 +63,15 @@ def index_of(request: Request) -> Index:
     return request.app.state.index
 
 
+def browse(
+    request: Request, offset: int, limit: int, under: str | None
+) -> tuple[list[ImageRecord], bool]:
+    """A page of the indexed images by id (at most `limit`, skipping `offset`, under the
+    folder `under` when given), and whether more follow."""
+    found = index_of(request).images(offset, limit + 1, under=(under or "").strip() or None)
+    return found[:limit], len(found) > limit
+
+
 def like_search(request: Request, image_id: int, k: int, params: Mapping[str, Any]) -> QueryResult:
     """The k images nearest to indexed image `image_id` (its stored vector: no model run),
     itself left out; raises NotFound, UsageError (a bad filter)."""
@@ -71,18 +82,45 @@ def like_search(request: Request, image_id: int, k: int, params: Mapping[str, An
     return result
 
 
+class UploadGone(NotFound):
+    """An upload id that is not (or no longer) kept: a 404 that says what to do."""
+
+    def __init__(self, keep_s: float) -> None:
+        self.image_id = None
+        RetrievalError.__init__(
+            self,
+            f"the uploaded image is no longer kept (uploads are kept {keep_s / 60:g} minutes "
+            "after their last use): upload it again",
+        )
+
+
 def upload_search(
     request: Request, data: bytes, name: str, k: int, params: Mapping[str, Any]
-) -> QueryResult:
-    """The k images nearest to an uploaded image, embedded by the batcher; raises BadImage
-    (not an image, too many pixels), UsageError (a bad filter: checked before embedding)."""
+) -> tuple[QueryResult, str]:
+    """The k images nearest to an uploaded image, embedded by the batcher, and the id under
+    which its vector is kept to search again (`kept_search`); raises BadImage (not an
+    image, too many pixels), UsageError (a bad filter: checked before embedding)."""
     filters = search_filter(params)
     query = request.app.state.batcher.embed(data, name)
     if query.error is not None:
         raise BadImage(query.error)
-    return index_of(request).search_vectors(query.vector[None], k=k, names=[name], filters=filters)[
-        0
-    ]
+    upload_id = request.app.state.uploads.add(name, query.vector)
+    found = index_of(request).search_vectors(query.vector[None], k=k, names=[name], filters=filters)
+    return found[0], upload_id
+
+
+def kept_search(
+    request: Request, upload_id: str, k: int, params: Mapping[str, Any]
+) -> tuple[QueryResult, str]:
+    """Search again with a kept upload's vector (no model run): (result, its file name);
+    raises NotFound when it is no longer kept, UsageError (a bad filter)."""
+    filters = search_filter(params)
+    kept = request.app.state.uploads.get(upload_id)
+    if kept is None:
+        raise UploadGone(settings_of(request).keep_uploads_s)
+    name, vector = kept
+    found = index_of(request).search_vectors(vector[None], k=k, names=[name], filters=filters)
+    return found[0], name
 
 
 def read_upload(stream: BinaryIO | None, settings: Settings) -> bytes:

@@ -18,8 +18,14 @@ PREVIEW_SIZES = (512, 1024, 2048)
 #: Results per search on the pages unless k is given, and the most anyone may ask for.
 PAGE_K = 24
 MAX_K = 500
+#: Images per page of /browse, and the default page of GET /api/images.
+BROWSE_PAGE = 48
 #: Nearest images shown on an image's page.
 IMAGE_PAGE_K = 12
+#: Uploaded queries kept (their vectors, in memory) so a page can refine their search, and
+#: for how long after their last use (seconds).
+KEPT_UPLOADS = 64
+KEEP_UPLOADS_S = 15 * 60.0
 #: The cookie that carries the access token after `?token=` was given once.
 TOKEN_COOKIE = "retrieval_token"
 
@@ -29,7 +35,8 @@ class Settings:
     """index_dir: the index served (opened per request, so a running `retrieval index`
     is seen when it commits); token: required on every request when not None; device: where
     uploads are embedded; max_upload_bytes / max_megapixels: upload caps (the megapixel cap
-    is the indexer's); warm: load the model at start instead of on the first upload."""
+    is the indexer's); warm: load the model at start instead of on the first upload;
+    kept_uploads / keep_uploads_s: how many uploaded queries are kept to refine, how long."""
 
     index_dir: str | None = None
     token: str | None = None
@@ -39,6 +46,8 @@ class Settings:
     batch_wait: float = BATCH_WAIT
     max_batch: int = MAX_BATCH
     warm: bool = True
+    kept_uploads: int = KEPT_UPLOADS
+    keep_uploads_s: float = KEEP_UPLOADS_S
 
 
 def too_large(settings: Settings) -> str:
