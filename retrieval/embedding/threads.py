@@ -26,3 +26,11 @@ def kept() -> Iterator[None]:
     finally:
         if torch is not None and before is not None:
             torch.set_num_threads(before)
+
+
+def set_count(threads: int) -> None:
+    """Set torch's intra-op threads to `threads` (>= 1) between batches, if torch is loaded
+    (without it there is nothing to set) and the count differs (setting it is not free)."""
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.get_num_threads() != threads:
+        torch.set_num_threads(max(1, threads))
