@@ -25,7 +25,7 @@ DECAY = 0.8
 #: How far (in cores) the ideal must pass a rounding boundary before the split changes: noise
 #: around a boundary then never flips workers back and forth.
 MARGIN = 0.15
-#: Batches before the first decision: the first holds the model's loading and warm-up.
+#: Batches that may hold the model's loading and warm-up (see `Balance.embedded`).
 WARMUP_BATCHES = 1
 
 
@@ -101,16 +101,27 @@ class Balance:
         self._costs = Costs(c.decode_cpu_s + cpu_s, c.decoded + images, c.model_cpu_s, c.embedded)
 
     def embedded(self, images: int, cpu_s: float) -> Split:
-        """A batch of `images` cost this process `cpu_s` CPU seconds; returns the new split."""
+        """A batch of `images` cost this process `cpu_s` CPU seconds; returns the new split.
+
+        The first batches also hold the model's loading and warm-up, which can only make the
+        model look costlier: from them the split may only give decoding more cores, and
+        their cost is not kept."""
         self._batches += 1
-        if self.fixed or self._batches <= WARMUP_BATCHES or images <= 0:
+        if self.fixed or images <= 0:
             return self.split
         c = self._costs
-        self._costs = Costs(c.decode_cpu_s, c.decoded, c.model_cpu_s + cpu_s, c.embedded + images)
-        self.split = next_split(self.split, self.cores, self._costs, self.most_workers)
-        c = self._costs
+        costs = Costs(c.decode_cpu_s, c.decoded, c.model_cpu_s + cpu_s, c.embedded + images)
+        proposed = next_split(self.split, self.cores, costs, self.most_workers)
+        if self._batches <= WARMUP_BATCHES:
+            if proposed.workers > self.split.workers:
+                self.split = proposed
+            return self.split
+        self.split = proposed
         self._costs = Costs(
-            c.decode_cpu_s * DECAY, c.decoded * DECAY, c.model_cpu_s * DECAY, c.embedded * DECAY
+            *(
+                value * DECAY
+                for value in (costs.decode_cpu_s, costs.decoded, costs.model_cpu_s, costs.embedded)
+            )
         )
         return self.split
 
