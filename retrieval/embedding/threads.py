@@ -1,7 +1,8 @@
 """Torch's process-wide intra-op thread count, kept for the program that calls the library.
 
-Indexing sets the count to this machine's plan (`ops.pipeline.plan_resources`); a program
-that calls the library gets its own setting back afterwards.
+Indexing sets the count to this machine's plan (`ops.pipeline.plan_resources`), then between
+batches to the balanced split (`ops.balance`); a program that calls the library gets its own
+setting back afterwards.
 """
 
 from __future__ import annotations

@@ -3,7 +3,8 @@
 Files are decoded in chunks by worker processes (`workers.Pool`: fresh interpreters, so no
 torch threads or open SQLite connections are carried across a fork, and the caller's script
 is never re-run). At most `window` chunks are in flight, so memory stays flat however many
-files there are; results come back in input order.
+files there are; results come back in input order. The number of workers may change while a
+stream runs (`balance`).
 """
 
 from __future__ import annotations
@@ -55,7 +56,8 @@ def plan_resources(
     them: measured on 2 cores, 1 worker + 2 threads indexes ~1.35x faster than 1 + 1, and
     within noise of decoding in-process between batches. CUDA: the model needs little CPU
     (normalisation runs on the GPU), so every core but one decodes. Explicit values win,
-    workers up to `max_workers()`.
+    workers up to `max_workers()`. On the CPU, indexing starts from this plan and then
+    balances it to the stage costs it measures (`balance`), unless workers are given.
     """
     cpus = cpu_count()
     if device == "cuda":
