@@ -101,9 +101,9 @@ def compare(args: argparse.Namespace) -> None:
     rows: dict[tuple[str, str, str], list[float]] = {}
     for round_ in range(args.rounds):
         for name, folder in sets.items():
-            for precision in ("auto", "fp32"):
+            for precision in args.precisions.split(","):
                 for variant in args.variants.split(","):
-                    if variant == "oversub" and (precision, name) != ("auto", args.oversub):
+                    if variant == "oversub" and args.oversub not in ("all", name):
                         continue  # one decode-bound case: time is short on a shared machine
                     seconds, extra = _run(variant, folder, precision, args.before, args.after)
                     rows.setdefault((name, precision, variant), []).append(seconds)
@@ -141,7 +141,8 @@ def main() -> None:
     cmp_.add_argument("--set", action="append", required=True, help="NAME=FOLDER")
     cmp_.add_argument("--rounds", type=int, default=3)
     cmp_.add_argument("--variants", default="before,after,oversub,plain")
-    cmp_.add_argument("--oversub", default="png", help="the set to time oversub on")
+    cmp_.add_argument("--precisions", default="auto,fp32")
+    cmp_.add_argument("--oversub", default="png", help="the set to time oversub on, or all")
     cmp_.add_argument("--out", default="bench_balance.jsonl")
     summary = sub.add_parser("table", help="the table of a --out file")
     summary.add_argument("jsonl")
