@@ -11,6 +11,12 @@ must decode for neither stage to wait, and `next_split` rounds it into workers a
 CPU time, not wall time: it is not inflated when the two stages take turns on a core, so the
 ratio holds however the split is set now. The sums decay (`DECAY` per batch) so the split
 follows a folder whose images change kind. Decisions are pure functions of these numbers.
+
+Why not simply oversubscribe (as many decoders and torch threads as cores)? Measured on 2
+cores (tests/bench_balance.py): where decoding is the slow stage it lost to this split (PNGs,
+bf16: 29.1 s against 16.1 s, medians of 3): with busy decoders beside them, the model's
+threads wait for each other at every layer while one is descheduled. Where the model is the
+slow stage, both are the same (JPEGs, fp32: 19.2 s against 19.0 s): the decoders sleep.
 """
 
 from __future__ import annotations
