@@ -185,8 +185,8 @@ def test_a_crash_in_a_retiring_worker_is_redone(
 
 
 def test_an_index_run_records_its_split(tmp_path: Path) -> None:
-    """A balanced run embeds every file once and reports the split it ended with; an
-    explicit --workers is the split reported."""
+    """A balanced run embeds every file once and reports the split it ended with, torch's
+    threads following it; an explicit --workers keeps the plan."""
     make_photos(tmp_path / "photos", range(20))
     index = Index(tmp_path / "index")
     report = index.add(
@@ -197,8 +197,9 @@ def test_an_index_run_records_its_split(tmp_path: Path) -> None:
     )
     assert (report.added, report.failed) == (20, [])
     assert report.workers is not None and 1 <= report.workers <= pipeline.cpu_count()
-    assert report.threads is not None and 1 <= report.threads <= pipeline.cpu_count()
+    assert report.threads == threads_for(pipeline.cpu_count(), report.workers)  # torch's, now
     assert {"workers", "threads"} <= set(report.to_dict())
     make_photos(tmp_path / "more", range(20, 30))
     again = index.add([tmp_path / "more"], options=IndexOptions(batch_size=4, workers=1))
     assert (again.added, again.workers) == (10, 1)
+    assert again.threads == pipeline.plan_resources("cpu", workers=1).threads  # as planned

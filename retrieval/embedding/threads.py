@@ -35,3 +35,9 @@ def set_count(threads: int) -> None:
     torch = sys.modules.get("torch")
     if torch is not None and torch.get_num_threads() != threads:
         torch.set_num_threads(max(1, threads))
+
+
+def count() -> int | None:
+    """Torch's intra-op threads now, or None when torch is not loaded."""
+    torch = sys.modules.get("torch")
+    return torch.get_num_threads() if torch is not None else None

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from .. import defaults
-from ..embedding.threads import set_count as set_torch_threads
+from ..embedding import threads as torch_threads
 from ..errors import BadImage, Interrupted
 from ..pathnames import display, to_bytes, to_str
 from ..reports import SKIP, JsonReport, json_field, rounded
@@ -336,14 +336,15 @@ def _flush_balanced(
 ) -> int:
     """`_flush`, timed in this process's CPU seconds for `balance` if the batch is `full`
     (a short last batch costs more per image: the model meets a new shape); torch's threads
-    then follow the split. Records the split in `report`."""
+    then follow the split. Records the workers and torch's threads in `report`."""
     started = time.process_time()
     held = _flush(index_dir, model, batch, known, report)
     fault_point("batch-committed")
     embedded = sum(r.pixels is not None for r in batch) if full else 0
     split = balance.embedded(embedded, time.process_time() - started)
-    set_torch_threads(split.threads)
-    report.workers, report.threads = split.workers, split.threads
+    if not balance.fixed:  # else the caller's setting stands (`bench --threads`)
+        torch_threads.set_count(split.threads)
+    report.workers, report.threads = split.workers, torch_threads.count()
     return held
 
 
