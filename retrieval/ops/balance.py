@@ -13,10 +13,12 @@ ratio holds however the split is set now. The sums decay (`DECAY` per batch) so 
 follows a folder whose images change kind. Decisions are pure functions of these numbers.
 
 Why not simply oversubscribe (as many decoders and torch threads as cores)? Measured on 2
-cores (tests/bench_balance.py): where decoding is the slow stage it lost to this split (PNGs,
-bf16: 29.1 s against 16.1 s, medians of 3): with busy decoders beside them, the model's
-threads wait for each other at every layer while one is descheduled. Where the model is the
-slow stage, both are the same (JPEGs, fp32: 19.2 s against 19.0 s): the decoders sleep.
+cores (tests/bench_balance.py, medians of 3): on a loaded machine it lost to this split where
+decoding is the slow stage (PNGs, bf16: 29.1 s against 16.1 s at load 3-5; 85.5 against 67.8
+at load 7-11): with busy decoders beside them, the model's threads wait for each other at
+every layer while one is descheduled. On a quiet machine it won by 10-15% (14.5 against 15.9;
+fp32 16.0 against 18.4). Where the model is the slow stage both tie (JPEGs, fp32: 19.2 against
+19.0): the decoders sleep. This split is the one whose worst case is mild.
 """
 
 from __future__ import annotations
