@@ -23,6 +23,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from .. import defaults
+from ..embedding import threads as torch_threads
 from ..errors import BadImage, Interrupted
 from ..pathnames import display, to_bytes, to_str
 from ..reports import SKIP, JsonReport, json_field, rounded
@@ -40,7 +41,8 @@ from ..store.catalog import Catalog, NewRow, RowState
 from ..store.files import fault_point
 from ..store.index_dir import IndexDir
 from ..store.manifest import Manifest
-from .pipeline import decode_stream, default_batch_size, plan_resources
+from .balance import Balance, for_run
+from .pipeline import decode_stream, default_batch_size
 
 Progress = Callable[[int, int], None]
 
@@ -104,6 +106,10 @@ class IndexReport(JsonReport):
     empty_roots: list[EmptyRoot] = json_field(default_factory=list, json=SKIP)  # no image
     #: Remembered roots gone from disk with nothing left under them (all moved): forgotten.
     forgotten_roots: list[bytes] = json_field(default_factory=list, json=SKIP)
+    #: The split of the CPUs the run ended with (decode processes, torch threads); None when
+    #: nothing was embedded. Balanced while running unless --workers was given.
+    workers: int | None = json_field(None, omit_none=True)
+    threads: int | None = json_field(None, omit_none=True)
 
     def notices(self) -> list[str]:
         """One-line notices for stderr: the folders given that held no image, the roots
@@ -313,9 +319,8 @@ def _embed_all(
 ) -> None:
     if not plan.todo:
         return  # an unchanged tree is a stat walk: the model is never touched
-    resources = plan_resources(model.device, options.workers)
+    balance = for_run(model.device, options.workers)
     batch_size = options.batch_size or default_batch_size(model.device)
-    workers = resources.workers
     total = len(plan.todo)
     if progress:
         progress(0, total)
@@ -323,8 +328,9 @@ def _embed_all(
         [e.path for e in plan.todo],
         model.preprocess,
         options.max_megapixels,
-        workers,
+        balance.workers,
         rules={e.path: (e.link, e.identity) for e in plan.todo},  # the file scanned, no other
+        balance=balance,
     )
     batch: list[FileResult] = []
     done = decoded = 0  # decoded: images with pixels in `batch` (failures ride along)
@@ -332,14 +338,12 @@ def _embed_all(
         batch.append(result)
         decoded += result.pixels is not None
         if decoded >= batch_size:
-            done += _flush(index_dir, model, batch, plan.known, report)
-            fault_point("batch-committed")
+            done += _flush_balanced(index_dir, model, batch, plan.known, report, balance)
             batch, decoded = [], 0
             if progress:
                 progress(done, total)
     if batch:
-        done += _flush(index_dir, model, batch, plan.known, report)
-        fault_point("batch-committed")
+        done += _flush_balanced(index_dir, model, batch, plan.known, report, balance, False)
         if progress:
             progress(done, total)
 
@@ -393,6 +397,29 @@ class _Embedded:
 
 
 _EMBEDDED: Any = _Embedded()
+
+
+def _flush_balanced(
+    index_dir: IndexDir,
+    model: Embeds,
+    batch: list[FileResult],
+    known: dict[bytes, RowState],
+    report: IndexReport,
+    balance: Balance,
+    full: bool = True,
+) -> int:
+    """`_flush`, timed in this process's CPU seconds for `balance` if the batch is `full`
+    (a short last batch costs more per image: the model meets a new shape); torch's threads
+    then follow the split. Records the workers and torch's threads in `report`."""
+    started = time.process_time()
+    held = _flush(index_dir, model, batch, known, report)
+    fault_point("batch-committed")
+    embedded = sum(r.pixels is not None for r in batch) if full else 0
+    split = balance.embedded(embedded, time.process_time() - started)
+    if not balance.fixed:  # else the caller's setting stands (`bench --threads`)
+        torch_threads.set_count(split.threads)
+    report.workers, report.threads = split.workers, torch_threads.count()
+    return held
 
 
 def _flush(

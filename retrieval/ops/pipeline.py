@@ -3,7 +3,8 @@
 Files are decoded in chunks by worker processes (`workers.Pool`: fresh interpreters, so no
 torch threads or open SQLite connections are carried across a fork, and the caller's script
 is never re-run). At most `window` chunks are in flight, so memory stays flat however many
-files there are; results come back in input order.
+files there are; results come back in input order. The number of workers may change while a
+stream runs (`balance`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import os
 from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from .. import defaults
 from ..sources.decode import FileResult
@@ -54,7 +56,8 @@ def plan_resources(
     them: measured on 2 cores, 1 worker + 2 threads indexes ~1.35x faster than 1 + 1, and
     within noise of decoding in-process between batches. CUDA: the model needs little CPU
     (normalisation runs on the GPU), so every core but one decodes. Explicit values win,
-    workers up to `max_workers()`.
+    workers up to `max_workers()`. On the CPU, indexing starts from this plan and then
+    balances it to the stage costs it measures (`balance`), unless workers are given.
     """
     cpus = cpu_count()
     if device == "cuda":
@@ -96,6 +99,15 @@ def default_workers() -> int:
     return plan_resources("cpu").workers
 
 
+class Target(Protocol):
+    """What sets the number of decode workers while a stream runs (`balance.Balance`)."""
+
+    @property
+    def workers(self) -> int: ...
+
+    def decoded(self, images: int, cpu_s: float) -> None: ...
+
+
 def decode_stream(
     paths: Sequence[bytes],
     preprocess: Preprocess,
@@ -103,14 +115,17 @@ def decode_stream(
     workers: int,
     chunk_size: int = CHUNK,
     rules: ReadRules | None = None,
+    balance: Target | None = None,
 ) -> Iterator[FileResult]:
     """Decode `paths` in order; `workers` = 0 decodes in this process.
 
     At most `workers * CHUNKS_PER_WORKER` chunks of `chunk_size` files are in flight, and
-    no more workers start than there are chunks. A worker that dies (a decoder crashed it)
-    is replaced and its chunk is redone one file at a time, so only the file that kills a
-    worker on its own is recorded as crashed. Raises WorkersUnavailable when the worker
-    processes cannot be started.
+    no more workers start than there are chunks. With `balance`, the pool follows
+    `balance.workers` between results (a worker leaving first answers what it holds) and
+    each answer's decoding CPU time is reported to `balance.decoded`. A worker that dies (a
+    decoder crashed it) is replaced and its chunk is redone one file at a time, so only the
+    file that kills a worker on its own is recorded as crashed. Raises WorkersUnavailable
+    when the worker processes cannot be started.
     """
     if workers <= 0:
         for path in paths:  # one at a time: lazily, as the batches need them
@@ -118,15 +133,18 @@ def decode_stream(
         return
     if not paths:
         return
-    workers = min(workers, -(-len(paths) // chunk_size))
-    window = workers * CHUNKS_PER_WORKER * chunk_size  # files sent but not yet yielded
+    chunks = -(-len(paths) // chunk_size)
     done: dict[int, FileResult] = {}
     retry: deque[Request] = deque()  # requests a dead worker left unanswered: sent first
     sent_until = next_out = 0
     with Pool() as pool:
-        pool.start(workers)
+        pool.start(min(workers, chunks))
         while next_out < len(paths):
-            for worker in pool.workers:
+            if balance is not None:
+                _resize(pool, min(balance.workers, chunks))
+            active = [w for w in pool.workers if not w.retiring]
+            window = len(active) * CHUNKS_PER_WORKER * chunk_size  # sent but not yielded
+            for worker in active:
                 while len(worker.sent) < CHUNKS_PER_WORKER:
                     if retry:
                         request = retry.popleft()
@@ -138,17 +156,43 @@ def decode_stream(
                     else:
                         break
                     pool.send(worker, request)
-            kind, worker, results = pool.events.get()
+            kind, worker, answer = pool.events.get()
             if kind == "result":
-                request = worker.sent.pop(0)
-                first = request.first
-                done.update(zip(range(first, first + len(results)), results, strict=True))
+                assert answer is not None
+                first = worker.sent.pop(0).first
+                done.update(
+                    zip(range(first, first + len(answer.results)), answer.results, strict=True)
+                )
+                if balance is not None:
+                    balance.decoded(len(answer.results), answer.cpu_s)
             elif worker in pool.workers:  # it died: redo what it held
                 retry.extendleft(reversed(_redo(worker.sent, done)))
-                pool.replace(worker)
+                if worker.retiring:
+                    pool.retire(worker)
+                else:
+                    pool.replace(worker)
             while next_out in done:
                 yield done.pop(next_out)
                 next_out += 1
+
+
+def _resize(pool: Pool, target: int) -> None:
+    """Move `pool` toward `target` (>= 1) workers: keep those retiring when some are wanted
+    back, else start new ones; mark the newest surplus ones retiring; stop those retiring
+    that hold nothing. A worker that cannot start is not retried: the pool stays smaller."""
+    active = [w for w in pool.workers if not w.retiring]
+    for worker in [w for w in pool.workers if w.retiring][: max(0, target - len(active))]:
+        worker.retiring = False
+        active.append(worker)
+    for worker in active[target:]:
+        worker.retiring = True
+    for _ in range(target - len(active)):
+        try:
+            pool.add()
+        except OSError:  # e.g. out of file descriptors: carry on with those running
+            break
+    for worker in [w for w in pool.workers if w.retiring and not w.sent]:
+        pool.retire(worker)
 
 
 def _redo(lost: list[Request], done: dict[int, FileResult]) -> list[Request]:

@@ -23,6 +23,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import IO
@@ -78,18 +79,29 @@ class Worker:
     #: Set once it has said it is ready, or failed to (then `failure` says why).
     started: threading.Event = field(default_factory=threading.Event)
     failure: str | None = None
+    #: No new requests: it is retired once it has answered those it holds.
+    retiring: bool = False
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A worker's answer to one request, and the CPU seconds it spent decoding it."""
+
+    results: list[FileResult]
+    cpu_s: float
 
 
 class Pool:
     """`start(n)` decode processes; `send` requests, `events` yields their answers.
 
-    Events on the `events` queue: ("result", worker, list[FileResult]) for the worker's
-    oldest unanswered request, then ("exit", worker, None) once it has ended (crashed or
-    closed). Use as a context manager: closing kills every worker and waits for it.
+    Events on the `events` queue: ("result", worker, Answer) for the worker's oldest
+    unanswered request, then ("exit", worker, None) once it has ended (crashed or closed).
+    Workers can be added and retired while requests are in flight. Use as a context manager:
+    closing kills every worker and waits for it.
     """
 
     def __init__(self) -> None:
-        self.events: queue.Queue[tuple[str, Worker, list[FileResult] | None]] = queue.Queue()
+        self.events: queue.Queue[tuple[str, Worker, Answer | None]] = queue.Queue()
         self.workers: list[Worker] = []
 
     def __enter__(self) -> Pool:
@@ -108,6 +120,16 @@ class Pool:
                 raise _cannot_start(count, exc) from None
         for worker in starting:
             self._wait_ready(worker, count)
+
+    def add(self) -> Worker:
+        """Start one more worker without waiting for it: requests sent meanwhile wait in its
+        pipe; one that fails to start answers with an exit event. Raises OSError."""
+        return self._spawn()
+
+    def retire(self, worker: Worker) -> None:
+        """Stop `worker`, which holds no request (or has died), and forget it."""
+        self.workers.remove(worker)
+        self._reap(worker)
 
     def replace(self, dead: Worker) -> Worker:
         """A fresh worker in place of `dead` (which has exited). Raises WorkersUnavailable."""
@@ -177,8 +199,9 @@ class Pool:
                 return
             worker.started.set()
             while True:
-                self.events.put(("result", worker, pickle.load(stdout)))
-        except (EOFError, OSError, pickle.UnpicklingError, ValueError):
+                results, cpu_s = pickle.load(stdout)
+                self.events.put(("result", worker, Answer(results, cpu_s)))
+        except (EOFError, OSError, pickle.UnpicklingError, ValueError, TypeError):
             pass  # it ended (or died mid-answer): the exit event says so
         finally:
             if not worker.started.is_set():
@@ -252,10 +275,12 @@ def serve(parent: int) -> None:
             return
         if os.getppid() != parent:  # no PR_SET_PDEATHSIG here, and the parent is gone
             return
+        started = time.process_time()
         results = decode_files(
             request.paths, request.preprocess, request.max_megapixels, request.rules
         )
-        pickle.dump(results, out, protocol=pickle.HIGHEST_PROTOCOL)
+        answer = (results, time.process_time() - started)  # the cost, for `balance`
+        pickle.dump(answer, out, protocol=pickle.HIGHEST_PROTOCOL)
         out.flush()
 
 
