@@ -20,9 +20,11 @@ Only this module imports ray.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import pickle
+import sys
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, replace
 from typing import Any
@@ -71,11 +73,14 @@ class RayEngine:
     ) -> Generator[list[FileResult], None, None]:
         """Batches of `todo` in order, each file once: a decoded file's `pixels` holds its
         vector ((d,) float32, L2-normalised); a failure has no pixels and its error."""
-        _start(self.options.address)
-        try:
-            yield from self._batches(manifest, todo, options)
-        finally:
-            ray.shutdown()
+        # Ray's driver prints what the cluster reports (a task retried after a node died:
+        # "(raylet) Task ... failed") on sys.stdout, which holds `--json`'s data: to stderr.
+        with contextlib.redirect_stdout(sys.stderr):
+            _start(self.options.address)
+            try:
+                yield from self._batches(manifest, todo, options)
+            finally:
+                ray.shutdown()
 
     def _batches(
         self, manifest: Manifest, todo: list[FileEntry], options: IndexOptions
