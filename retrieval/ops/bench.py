@@ -188,7 +188,10 @@ def _measure_stages(run: _Run) -> dict[str, Stage]:
         if gpu_jpegs:
             _gpu_decode_pass(gpu_jpegs[:batch_size], preprocess, batch_size)  # warm-up
             stages["decode_gpu"] = Stage("decode_gpu", len(gpu_jpegs))
-    index_options = IndexOptions(max_megapixels=cap, batch_size=batch_size, workers=workers)
+    # end to end as `retrieval index` runs: balanced unless --workers was given
+    index_options = IndexOptions(
+        max_megapixels=cap, batch_size=batch_size, workers=run.options.workers
+    )
     for round_ in range(run.options.rounds):
         run.say(f"round {round_ + 1} of {run.options.rounds}")
         with passes.timed(stages["decode"]):
