@@ -91,3 +91,18 @@ def test_the_reduction_is_plain_pca_unless_whiten_is_asked_for(tmp_path) -> None
         doc = " ".join((method.__doc__ or "").split())
         assert "plain PCA unless `whiten=True`" in doc, method.__qualname__
         assert "whitened, the default" not in doc
+
+
+def test_the_cli_loads_no_heavy_dependency_for_help() -> None:
+    """`retrieval --help` stays fast (< 0.3 s): importing every command module loads none of
+    the heavy libraries, nor the web or engine code (a module-level `from .. import Index` in
+    cli/serve.py once pulled SQLAlchemy in and made --help 0.48 s)."""
+    heavy = ("torch", "faiss", "sqlalchemy", "timm", "numpy", "PIL", "fastapi", "ray", "pymilvus")
+    code = (
+        "import json, sys, retrieval.cli; "
+        f"print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in {heavy!r})))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert json.loads(out.stdout) == []

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from .. import Index, UsageError, defaults
+from .. import UsageError, defaults
 from .common import CONTEXT, device_option, index_option, parse_memory, read_only
 
 INSTALL = "pip install 'retrieval[web]'"
@@ -71,6 +71,7 @@ def serve_command(
     missing = missing_requirements()
     if missing:
         raise UsageError(f"retrieval serve needs {', '.join(missing)}: install them with {INSTALL}")
+    from .. import Index  # here, not at the top: `retrieval --help` loads no index code
     from ..web.server import needs_token, new_token, run
     from ..web.settings import Settings
 
