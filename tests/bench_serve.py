@@ -218,13 +218,13 @@ def pct(values: list[float], q: float) -> float:
     return round(float(np.percentile(values, q)), 1)
 
 
-def upload_vs_cli(work: Path) -> dict:
-    """Upload search through the API vs the CLI's embedding of the same image."""
+def upload_vs_cli(work: Path, model: str = "test_resnet") -> dict:
+    """Upload search through the API vs the CLI's embedding of the same image, `model`'s."""
     from retrieval import Index
 
-    index = str(work / "photos-index")
-    tiny = ("--model", "test_resnet", "--no-pretrained", "--workers", "0", "--quiet")
-    retrieval("index", str(DATA), "--index", index, *tiny)
+    index = str(work / f"photos-index-{model}")
+    options = ("--model", model, "--no-pretrained", "--workers", "0", "--quiet")
+    retrieval("index", str(DATA), "--index", index, *options)
     query = DATA / "chelsea.jpg"
     loaded = Index(index).load_embedder("cpu")
     cli_ms = []
@@ -279,6 +279,7 @@ def main() -> None:
     parser.add_argument("--d", type=int, default=256)
     parser.add_argument("--clients", type=int, default=20)
     parser.add_argument("--requests", type=int, default=25)
+    parser.add_argument("--upload-model", default="test_resnet", help="model of the upload test")
     args = parser.parse_args()
     out: dict = {"n": args.n, "d": args.d, "clients": args.clients, "requests": args.requests}
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
@@ -309,7 +310,7 @@ def main() -> None:
             out["cached_thumbnails"] = load(
                 server.base, hot, args.clients, args.requests, "thumbnail"
             )
-        out["upload"] = upload_vs_cli(work)
+        out["upload"] = upload_vs_cli(work, args.upload_model)
     print(json.dumps(out, indent=1))
 
 
