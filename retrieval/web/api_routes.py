@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, File, Form, Query, Request, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile
 from fastapi.responses import Response
 
 from .. import UsageError, defaults
@@ -30,8 +30,43 @@ K = Annotated[int, Query(ge=1, le=MAX_K, description="results, best first")]
 Text = Annotated[str | None, Query()]
 
 
+FormText = Annotated[str | None, Form()]
+
+
 def _filters(**given: Any) -> dict[str, Any]:
     return {name: value for name, value in given.items() if value is not None}
+
+
+def _query_filters(
+    under: Text = None,
+    format: Text = None,
+    min_width: Text = None,
+    min_height: Text = None,
+    min_size: Text = None,
+    max_size: Text = None,
+    modified_after: Text = None,
+    modified_before: Text = None,
+) -> dict[str, Any]:
+    """The filters `search` has, as query parameters (those given only)."""
+    return _filters(**locals())
+
+
+def _form_filters(
+    under: FormText = None,
+    format: FormText = None,
+    min_width: FormText = None,
+    min_height: FormText = None,
+    min_size: FormText = None,
+    max_size: FormText = None,
+    modified_after: FormText = None,
+    modified_before: FormText = None,
+) -> dict[str, Any]:
+    """The same filters as form fields, beside an uploaded image."""
+    return _filters(**locals())
+
+
+QueryFilters = Annotated[dict[str, Any], Depends(_query_filters)]
+FormFilters = Annotated[dict[str, Any], Depends(_form_filters)]
 
 
 @router.get("/info", summary="What `retrieval info` shows")
@@ -88,26 +123,9 @@ def preview(
 def similar(
     request: Request,
     image_id: int,
+    params: QueryFilters,
     k: K = IMAGE_PAGE_K,
-    under: Text = None,
-    format: Text = None,
-    min_width: Text = None,
-    min_height: Text = None,
-    min_size: Text = None,
-    max_size: Text = None,
-    modified_after: Text = None,
-    modified_before: Text = None,
 ) -> dict[str, Any]:
-    params = _filters(
-        under=under,
-        format=format,
-        min_width=min_width,
-        min_height=min_height,
-        min_size=min_size,
-        max_size=max_size,
-        modified_after=modified_after,
-        modified_before=modified_before,
-    )
     return like_search(request, image_id, k, params).to_dict()
 
 
@@ -115,26 +133,9 @@ def similar(
 def search_upload(
     request: Request,
     image: Annotated[UploadFile, File(description="the query image")],
+    params: FormFilters,
     k: Annotated[str | None, Form()] = None,
-    under: Annotated[str | None, Form()] = None,
-    format: Annotated[str | None, Form()] = None,
-    min_width: Annotated[str | None, Form()] = None,
-    min_height: Annotated[str | None, Form()] = None,
-    min_size: Annotated[str | None, Form()] = None,
-    max_size: Annotated[str | None, Form()] = None,
-    modified_after: Annotated[str | None, Form()] = None,
-    modified_before: Annotated[str | None, Form()] = None,
 ) -> dict[str, Any]:
-    params = _filters(
-        under=under,
-        format=format,
-        min_width=min_width,
-        min_height=min_height,
-        min_size=min_size,
-        max_size=max_size,
-        modified_after=modified_after,
-        modified_before=modified_before,
-    )
     data = read_upload(image.file, settings_of(request))
     name = image.filename or "upload"
     result, upload_id = upload_search(request, data, name, top_k(k, defaults.TOP_K), params)
@@ -148,26 +149,9 @@ def search_upload(
 def search_upload_again(
     request: Request,
     upload_id: str,
+    params: QueryFilters,
     k: K = defaults.TOP_K,
-    under: Text = None,
-    format: Text = None,
-    min_width: Text = None,
-    min_height: Text = None,
-    min_size: Text = None,
-    max_size: Text = None,
-    modified_after: Text = None,
-    modified_before: Text = None,
 ) -> dict[str, Any]:
-    params = _filters(
-        under=under,
-        format=format,
-        min_width=min_width,
-        min_height=min_height,
-        min_size=min_size,
-        max_size=max_size,
-        modified_after=modified_after,
-        modified_before=modified_before,
-    )
     return kept_search(request, upload_id, k, params)[0].to_dict()
 
 
