@@ -25,7 +25,7 @@ import numpy as np
 from ..defaults import CATALOG_FILE, EXPORT_FORMATS, EXPORT_LAYOUTS, LAYOUT_SHARD_SIZE
 from ..errors import StorageError, UsageError
 from ..pathnames import decoded, display, to_str
-from ..reports import JsonReport
+from ..reports import JsonReport, json_field
 from ..store.files import atomic_write, describe_os_error, fsync_dir, temp_name
 from ..store.index_dir import IndexDir
 from ..store.manifest import Manifest
@@ -42,7 +42,7 @@ class ExportReport(JsonReport):
     rows: int
     dim: int
     files: tuple[str, ...]
-    shards: int | None = None
+    shards: int | None = json_field(None, omit_none=True)  # a layout's; else left out
 
 
 @dataclass(frozen=True)
