@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ if not os.path.exists(CHROMIUM):
 pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
 pytest.importorskip("fastapi", reason="the web extra is not installed: pip install '.[web]'")
 
+from _procs import free_port  # noqa: E402
 from conftest import TINY, run_cli  # noqa: E402
 from playwright.sync_api import Page, sync_playwright  # noqa: E402
 
@@ -33,12 +33,6 @@ DATA = Path(__file__).resolve().parent.parent / "data" / "photos"
 STARTUP = 90
 #: Milliseconds a page action may take (an upload embeds with the model on 2 busy cores).
 ACTION_MS = 60_000
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +44,7 @@ def server(tmp_path_factory: pytest.TempPathFactory):
     shutil.copytree(DATA, photos)
     result = run_cli("index", photos, "--index", root / "index", *TINY)
     assert result.exit_code == 0, result.stderr
-    port = _free_port()
+    port = free_port()
     log = open(root / "server.log", "wb")  # noqa: SIM115 - closed below
     process = subprocess.Popen(
         [

@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -37,6 +38,14 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 # -- data ---------------------------------------------------------------------------------------
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free on `host` now (bound, then released): for a test's server, or for
+    a port nothing listens on."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
 
 
 def make_images(folder: Path, n: int, seed: int = 0, start: int = 0) -> list[Path]:

@@ -26,7 +26,6 @@ import io
 import json
 import os
 import random
-import socket
 import statistics
 import subprocess
 import sys
@@ -40,6 +39,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _procs import free_port  # noqa: E402
 from bench_ann import mixture, synthetic_schema  # noqa: E402
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "photos"
@@ -101,9 +101,7 @@ class Server:
     """`retrieval serve` on a free 127.0.0.1 port, stopped on exit."""
 
     def __init__(self, index: str) -> None:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port = sock.getsockname()[1]
+        self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.process = subprocess.Popen(
             [

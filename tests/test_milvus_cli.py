@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import time
 from pathlib import Path
 
 import pytest
+from _procs import free_port
 from conftest import TINY, make_photos, run_cli
 
 pytest.importorskip("pymilvus")
@@ -39,13 +39,6 @@ def milvus_index(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, 
     result = run_cli("index", photos, "--index", directory, *LOUD, "--vectors", "milvus:")
     assert result.exit_code == 0, result.stderr
     return directory, photos, result.stderr
-
-
-def closed_port() -> int:
-    """A loopback port nothing listens on (bound, then released)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def test_a_new_milvus_index_does_not_claim_a_rebuild(milvus_index) -> None:
@@ -116,7 +109,7 @@ def _one_error_line(result, start: str) -> str:
 def test_an_unreachable_server_is_one_line_and_makes_no_index(tmp_path: Path) -> None:
     photos = tmp_path / "photos"
     make_photos(photos, range(2))
-    uri = f"http://127.0.0.1:{closed_port()}"
+    uri = f"http://127.0.0.1:{free_port()}"  # a free port: nothing listens there
     started = time.monotonic()
     result = run_cli(
         "index", photos, "--index", tmp_path / "i", *LOUD, "--vectors", f"milvus:{uri}"

@@ -7,6 +7,7 @@ are `slow` (Ray starts in ~5 s, each actor loads torch): CI still runs them.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -74,6 +75,30 @@ def no_ray_left() -> Iterator[set[int]]:
     for pid in left & excused:
         os.kill(pid, signal.SIGKILL)
     assert left - excused == set()
+
+
+@contextlib.contextmanager
+def _paused(argv: list[str], point: str, flag: Path) -> Iterator[subprocess.Popen[str]]:
+    """Run `argv` in its own process group until it pauses at fault point `point` (it then
+    creates `flag`); yields it, and kills the group on the way out if it still runs."""
+    run = subprocess.Popen(
+        argv,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **LOOPBACK, **P.pause_env(point, flag)},
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while not flag.exists() and run.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert flag.exists(), run.communicate()[1]
+        yield run
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+            run.wait()
 
 
 def _index(
@@ -227,26 +252,12 @@ def test_a_three_node_cluster_spreads_the_work_and_losing_a_node_loses_nothing(
         flag, index = tmp_path / "paused", tmp_path / "index"
         argv = [sys.executable, "-m", "retrieval", "index", str(photos), "--index", str(index)]
         argv += [*MODEL, "--json", "--engine", "ray", "--ray-address", cluster.address]
-        run = subprocess.Popen(
-            [*argv, "--actors", "2", "--batch-size", "4"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env={**os.environ, **LOOPBACK, **P.pause_env("batch-committed:2", flag)},
-            start_new_session=True,
-        )
-        try:
-            deadline = time.monotonic() + TIMEOUT
-            while not flag.exists() and run.poll() is None and time.monotonic() < deadline:
-                time.sleep(0.1)
-            assert flag.exists(), run.communicate()[1]
+        with _paused(
+            [*argv, "--actors", "2", "--batch-size", "4"], "batch-committed:2", flag
+        ) as run:
             cluster.remove_node(workers[0])
             flag.unlink()
             out, err = run.communicate(timeout=TIMEOUT)
-        finally:
-            if run.poll() is None:
-                os.killpg(run.pid, signal.SIGKILL)
-                run.wait()
         assert run.returncode == 0, err
         assert json.loads(out or "{}").get("added") == 40, (out, err)
         decoded_on = int(err.split("ray: decoded on ")[1].split(" ")[0])
@@ -291,25 +302,10 @@ def test_ctrl_c_keeps_finished_batches_and_shuts_ray_down(
     commit: the run says what it kept, exits 130, and leaves no Ray process behind."""
     index, flag = tmp_path / "index", tmp_path / "paused"
     argv = [sys.executable, "-m", "retrieval", "index", str(photos), "--index", str(index)]
-    run = subprocess.Popen(
-        [*argv, *MODEL, "--engine", "ray", "--batch-size", "4", "-q"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, **LOOPBACK, **P.pause_env("batch-committed:1", flag)},
-        start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + TIMEOUT
-        while not flag.exists() and run.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert flag.exists(), run.communicate()[1]
+    argv += [*MODEL, "--engine", "ray", "--batch-size", "4", "-q"]
+    with _paused(argv, "batch-committed:1", flag) as run:
         os.killpg(run.pid, signal.SIGINT)
         _, err = run.communicate(timeout=60)
-    finally:
-        if run.poll() is None:
-            os.killpg(run.pid, signal.SIGKILL)
-            run.wait()
     assert run.returncode == 130, err
     assert "interrupted: kept 4 newly embedded images from finished batches" in err
     assert [r.status for r in P.rows(index).values()].count("ok") == 4

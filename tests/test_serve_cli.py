@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -15,15 +14,10 @@ import urllib.error
 import urllib.request
 
 import pytest
+from _procs import free_port
 from conftest import TINY, make_photos, run_cli, run_module
 
 pytest.importorskip("fastapi", reason="the web extra is not installed: pip install '.[web]'")
-
-
-def _free_port(host: str) -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
 
 
 def test_serve_has_help_with_an_example() -> None:
@@ -55,7 +49,7 @@ def test_off_loopback_it_warns_and_requires_a_generated_token(tmp_path) -> None:
     )
     host = "127.0.0.2"
     try:
-        port = _free_port(host)
+        port = free_port(host)
     except OSError:
         pytest.skip("127.0.0.2 is not a loopback address here")
     process = subprocess.Popen(

@@ -87,12 +87,6 @@ def machine_facts() -> dict[str, Any]:
     }
 
 
-def _cpus() -> int | None:
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count()
-
-
 def _cpuinfo() -> Iterator[str]:
     try:
         with open("/proc/cpuinfo", encoding="ascii", errors="replace") as fh:

@@ -29,7 +29,7 @@ from . import images
 from .dups import DupGroup, DupMember, DupsReport
 from .searching import QueryResult
 
-#: Side of the pictures on the page, in CSS pixels (the JPEGs are THUMBNAIL_SIZE: sharp on
+#: Side of the pictures on the page, in CSS pixels (the JPEGs are defaults.THUMBNAIL_SIZE: sharp on
 #: high-density screens).
 SHOWN_SIZE = 160
 

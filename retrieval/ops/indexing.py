@@ -307,7 +307,3 @@ def empty_root_notice(root: EmptyRoot) -> str:
         f"no images found in {shown} (skipped {total} file{'s' * (total != 1)}: {listed}); "
         f"indexed extensions: {indexed}"
     )
-
-
-def describe_failure(path: bytes, error: str) -> str:
-    return f"{display(path)}: {error}"

@@ -1,8 +1,8 @@
 """JPEG pictures of indexed images for people: square thumbnails and previews.
 
-Decoded by the indexer's own decoder (`decode.read_file`, `decode.decode_image`,
-`decode.decode_picture`), so the files it refuses (decompression bombs, JPEG scan bombs,
-truncated, non-regular files) are refused here the same way, with the same reasons.
+Decoded by the indexer's own decoder (`decode.decode_image`, `decode.decode_picture`), so
+the files it refuses (decompression bombs, JPEG scan bombs, truncated, non-regular files) are
+refused here the same way, with the same reasons.
 """
 
 from __future__ import annotations
@@ -13,25 +13,11 @@ from PIL import Image
 
 from .. import defaults
 from ..specs import Preprocess
-from .decode import decode_image, decode_picture, read_file
+from .decode import decode_image, decode_picture
 
-#: Side of the square preview in the `dups` HTML page, in pixels.
-THUMBNAIL_SIZE = 128
 #: JPEG quality of thumbnails (small, looked at in a grid) and previews (looked at alone).
 THUMBNAIL_QUALITY = 80
 PREVIEW_QUALITY = 85
-
-
-def thumbnail_jpeg(
-    path: bytes,
-    max_megapixels: float = defaults.MAX_MEGAPIXELS,
-    size: int = THUMBNAIL_SIZE,
-) -> bytes:
-    """JPEG bytes of the centre square of the image at `path`, `size` x `size` pixels.
-
-    Raises BadImage (with the decoder's reason) for a file that cannot be read or decoded."""
-    data, _ = read_file(path)
-    return square_jpeg(data, size, max_megapixels)
 
 
 def square_jpeg(data: bytes, size: int, max_megapixels: float = defaults.MAX_MEGAPIXELS) -> bytes:
