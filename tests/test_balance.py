@@ -1,6 +1,6 @@
 """The CPUs are shared between decode workers and the model from measured stage costs: more
-workers and fewer torch threads when decoding is the costlier stage, the opposite when the
-model is; bounded, with hysteresis, never overriding --workers. The decode pool follows the
+workers when decoding is the costlier stage, fewer when the model is, one spare, torch on
+every core; bounded, with hysteresis, never overriding --workers. The decode pool follows the
 split mid-stream without losing, repeating or reordering a file, crash-redo included."""
 
 from __future__ import annotations
@@ -36,37 +36,40 @@ def costs(decode_ms: float, model_ms: float, images: int = 64) -> Costs:
     return Costs(decode_ms * images / 1000, images, model_ms * images / 1000, images)
 
 
-def test_decode_bound_gets_more_workers_and_fewer_threads() -> None:
-    """Large PNGs (45 core-ms) and a bf16 model (28 core-ms) on 2 cores: 1.23 cores must
-    decode, so 2 workers and 1 thread instead of the planned 1 + 2."""
+def test_decode_bound_gets_more_workers() -> None:
+    """Large PNGs (45 core-ms) and a bf16 model (28 core-ms): 1.23 of 2 cores must decode (2
+    workers, the spare capped by the cores); 9.9 of 16 cores (10 + a spare). Torch keeps
+    every core."""
     assert ideal_decode_cores(2, costs(45, 28)) == pytest.approx(1.233, abs=1e-3)
-    assert next_split(Split(1, 2), 2, costs(45, 28), most_workers=4) == Split(2, 1)
+    assert next_split(Split(1, 2), 2, costs(45, 28), most_workers=4) == Split(2, 2)
+    assert next_split(Split(4, 12), 16, costs(45, 28), most_workers=32) == Split(11, 16)
 
 
-def test_model_bound_gets_fewer_workers_and_more_threads() -> None:
-    """The same PNGs with fp32 on an AVX2 CPU (170 core-ms): 0.42 cores decode."""
-    assert next_split(Split(2, 1), 2, costs(45, 170), most_workers=4) == Split(1, 2)
-    assert next_split(Split(6, 11), 16, costs(45, 170), most_workers=32) == Split(4, 13)
+def test_model_bound_gets_fewer_workers() -> None:
+    """The same PNGs with fp32 on an AVX2 CPU (170 core-ms): 3.4 of 16 cores decode (4 + a
+    spare); on 2 cores 0.42 (1 + a spare: both cores, the decoders sleep when ahead)."""
+    assert next_split(Split(11, 16), 16, costs(45, 170), most_workers=32) == Split(5, 16)
+    assert next_split(Split(2, 2), 2, costs(45, 170), most_workers=4) == Split(2, 2)
 
 
 @pytest.mark.parametrize(
     ("cores", "decode_ms", "model_ms", "most", "expected"),
     [
-        (16, 100, 0.001, 32, Split(16, 1)),  # all decoding: never beyond the cores
-        (16, 100, 0.001, 5, Split(5, 12)),  # nor beyond the most workers allowed
-        (16, 0.0, 100, 32, Split(1, 16)),  # no decoding cost: still one worker
+        (16, 100, 0.001, 32, Split(16, 16)),  # all decoding: never beyond the cores
+        (16, 100, 0.001, 5, Split(5, 16)),  # nor beyond the most workers allowed
+        (16, 0.0, 100, 32, Split(1, 16)),  # no decoding cost: the spare alone
         (1, 100, 1, 2, Split(1, 1)),
     ],
 )
 def test_the_split_stays_within_bounds(
     cores: int, decode_ms: float, model_ms: float, most: int, expected: Split
 ) -> None:
-    assert next_split(Split(2, 2), cores, costs(decode_ms, model_ms), most) == expected
+    assert next_split(Split(3, 2), cores, costs(decode_ms, model_ms), most) == expected
 
 
-def test_threads_are_the_cores_the_workers_leave_plus_a_shared_one() -> None:
-    assert [threads_for(2, w) for w in (1, 2, 3)] == [2, 1, 1]
-    assert [threads_for(16, w) for w in (1, 4, 16)] == [16, 13, 1]
+def test_torch_keeps_every_core() -> None:
+    assert [threads_for(2, w) for w in (1, 2, 3)] == [2, 2, 2]
+    assert [threads_for(16, w) for w in (1, 4, 16)] == [16, 16, 16]
 
 
 def test_nothing_changes_before_both_stages_are_measured() -> None:
@@ -75,17 +78,17 @@ def test_nothing_changes_before_both_stages_are_measured() -> None:
 
 
 def test_near_a_boundary_the_split_holds_either_way() -> None:
-    """Ideal 1.1 cores (within MARGIN of 1): 1 worker stays 1, 2 workers stay 2."""
-    near = costs(55, 45)  # 2 * 55 / 100 = 1.1
-    assert next_split(Split(1, 2), 2, near, 4) == Split(1, 2)
-    assert next_split(Split(2, 1), 2, near, 4) == Split(2, 1)
+    """Ideal 4.1 of 16 cores (within MARGIN of 4): 4 + 1 workers stay 5, 5 + 1 stay 6."""
+    near = costs(41, 119)  # 16 * 41 / 160 = 4.1
+    assert next_split(Split(5, 16), 16, near, 32) == Split(5, 16)
+    assert next_split(Split(6, 16), 16, near, 32) == Split(6, 16)
 
 
 def test_noisy_equal_rates_do_not_oscillate() -> None:
-    """Equal stage costs (ideal 1.0 core on 2) measured with +-20% noise per batch over 200
+    """Equal stage costs (ideal 2.0 cores of 4) measured with +-20% noise per batch over 200
     batches: the split changes at most once, then holds."""
     rng = np.random.default_rng(0)
-    balance = Balance(Split(1, 2), cores=2, most_workers=4)
+    balance = Balance(Split(1, 4), cores=4, most_workers=8)
     seen = [balance.split]
     for _ in range(200):
         for _ in range(4):  # four chunks of 8 per batch of 32
@@ -93,31 +96,32 @@ def test_noisy_equal_rates_do_not_oscillate() -> None:
         seen.append(balance.embedded(32, 32 * 0.050 * rng.uniform(0.8, 1.2)))
     changes = sum(a != b for a, b in zip(seen, seen[1:], strict=False))
     assert changes <= 1, seen
+    assert seen[-1] == Split(3, 4)
 
 
 def test_the_balance_follows_a_change_of_regime() -> None:
-    balance = Balance(Split(1, 2), cores=2, most_workers=4)
+    balance = Balance(Split(4, 12), cores=16, most_workers=32)
     for _ in range(3):
         balance.decoded(32, 32 * 0.045)
         balance.embedded(32, 32 * 0.028)
-    assert balance.split == Split(2, 1)  # decode-bound
+    assert balance.split == Split(11, 16)  # decode-bound
     for _ in range(10):
         balance.decoded(32, 32 * 0.045)
         balance.embedded(32, 32 * 0.170)
-    assert balance.split == Split(1, 2)  # now model-bound: back
+    assert balance.split == Split(5, 16)  # now model-bound: back
 
 
 def test_the_first_batch_only_gives_decoding_more_cores_and_is_not_kept() -> None:
     """The first batch may hold the model's loading (seconds): its cost can only overstate
     the model, so it may grow the workers (here 45 vs 28 core-ms) but never shrink them."""
-    grows = Balance(Split(1, 2), cores=2, most_workers=4)
+    grows = Balance(Split(4, 12), cores=16, most_workers=32)
     grows.decoded(32, 32 * 0.045)
-    assert grows.embedded(32, 32 * 0.028) == Split(2, 1)
-    loading = Balance(Split(2, 1), cores=2, most_workers=4)
+    assert grows.embedded(32, 32 * 0.028) == Split(11, 16)
+    loading = Balance(Split(11, 16), cores=16, most_workers=32)
     loading.decoded(32, 32 * 0.045)
-    assert loading.embedded(32, 100.0) == Split(2, 1)  # would be 1 worker if it counted
+    assert loading.embedded(32, 100.0) == Split(11, 16)  # would be 2 workers if it counted
     loading.decoded(32, 32 * 0.045)
-    assert loading.embedded(32, 32 * 0.028) == Split(2, 1)  # the 100 s is forgotten
+    assert loading.embedded(32, 32 * 0.028) == Split(11, 16)  # the 100 s is forgotten
 
 
 def test_explicit_workers_are_never_rebalanced() -> None:

@@ -12,13 +12,14 @@ CPU time, not wall time: it is not inflated when the two stages take turns on a 
 ratio holds however the split is set now. The sums decay (`DECAY` per batch) so the split
 follows a folder whose images change kind. Decisions are pure functions of these numbers.
 
-Why not simply oversubscribe (as many decoders and torch threads as cores)? Measured on 2
-cores (tests/bench_balance.py, medians of 3): on a loaded machine it lost to this split where
-decoding is the slow stage (PNGs, bf16: 29.1 s against 16.1 s at load 3-5; 85.5 against 67.8
-at load 7-11): with busy decoders beside them, the model's threads wait for each other at
-every layer while one is descheduled. On a quiet machine it won by 10-15% (14.5 against 15.9;
-fp32 16.0 against 18.4). Where the model is the slow stage both tie (JPEGs, fp32: 19.2 against
-19.0): the decoders sleep. This split is the one whose worst case is mild.
+The cores are oversubscribed on purpose: torch keeps a thread on every core, and one decoder
+more than the ideal runs beside them (`SPARE_WORKERS`). With passive OpenMP waiting
+(`retrieval.embedding` sets it) a stage that waits sleeps and the other takes its core, so
+neither stage's rounding leaves a core idle. Measured on 2 cores, `retrieval index` on an idle
+machine (README, Performance): 2 decoders + 2 threads against the proportional split (1 + 2 on
+JPEGs, 2 + 1 on PNGs), interleaved, were 1.11-1.17x faster in every regime tried (JPEGs bf16
+and fp32, PNGs bf16). Before passive waiting the same oversubscription lost on a loaded
+machine (threads spinning at barriers while a decoder held their core).
 """
 
 from __future__ import annotations
@@ -33,6 +34,9 @@ DECAY = 0.8
 #: How far (in cores) the ideal must pass a rounding boundary before the split changes: noise
 #: around a boundary then never flips workers back and forth.
 MARGIN = 0.15
+#: Decoders beyond the ideal number: one, so that rounding and a decoder's stalls (a large
+#: file, disk) never leave the model waiting; the in-flight window bounds what it holds.
+SPARE_WORKERS = 1
 #: Batches that may hold the model's loading and warm-up (see `Balance.embedded`).
 WARMUP_BATCHES = 1
 
@@ -64,23 +68,25 @@ def ideal_decode_cores(cores: int, costs: Costs) -> float | None:
 
 
 def threads_for(cores: int, workers: int) -> int:
-    """Torch threads beside `workers` decoders: the cores they leave, plus the one the last
-    (partly busy) decoder shares. With 1 worker on 2 cores that is 2 threads, the measured best
-    when the model is the slow stage: the worker sleeps while its window is full."""
-    return max(1, min(cores, cores - workers + 1))
+    """Torch threads beside `workers` decoders: every core. Decoders that wait on a full
+    window sleep, and with passive OpenMP waiting so do the model's threads between batches,
+    so the two stages share the cores by what each has to do."""
+    del workers  # every split gives the model every core; kept for the split's signature
+    return max(1, cores)
 
 
 def next_split(current: Split, cores: int, costs: Costs, most_workers: int) -> Split:
-    """The split for the next batches: workers = ceil(ideal decode cores), changed only once
-    the ideal is more than `MARGIN` outside the current value's range (hysteresis); workers
-    stay within 1..min(cores, `most_workers`): beyond the cores decoders only take turns."""
+    """The split for the next batches: workers = ceil(ideal decode cores) + `SPARE_WORKERS`,
+    the ideal's rounding changed only once it is more than `MARGIN` outside the current
+    range (hysteresis); workers stay within 1..min(cores, `most_workers`): beyond the cores
+    decoders only take turns."""
     ideal = ideal_decode_cores(cores, costs)
     if ideal is None:
         return current
-    workers = current.workers
-    if ideal > workers + MARGIN or ideal < workers - 1 - MARGIN:
-        workers = math.ceil(ideal)
-    workers = max(1, min(workers, cores, most_workers))
+    needed = max(0, current.workers - SPARE_WORKERS)
+    if ideal > needed + MARGIN or ideal < needed - 1 - MARGIN:
+        needed = math.ceil(ideal)
+    workers = max(1, min(needed + SPARE_WORKERS, cores, most_workers))
     return Split(workers, threads_for(cores, workers))
 
 
