@@ -95,7 +95,7 @@ class MilvusVectors(VectorCache):
         return dict(self.client.describe_collection(self.name).get("properties") or {})
 
     def row_count(self) -> int:
-        found = self.client.query(self.name, filter="", output_fields=["count(*)"])
+        found = self.client.query(self.name, filter="", output_fields=["count(*)"], **mc.STRONG)
         return int(found[0]["count(*)"])
 
     # -- loading, rebuilding, syncing ---------------------------------------------------------
@@ -155,6 +155,7 @@ class MilvusVectors(VectorCache):
             self._create(manifest, n)
             for ids, xb in self.catalog.iter_vectors(conn, manifest.dim):
                 self._upsert(conn, ids, xb)
+        mc.seal(self.client, self.name)
         self._finish(generation)
         if announce:
             self._owner.notices.append(
@@ -224,7 +225,7 @@ class MilvusVectors(VectorCache):
                 f"Milvus Lite cannot build {manifest.index_type} ({MILVUS_TYPES['ivfpq']}); "
                 f"the collection uses {index_type} instead (a Milvus server builds IVF_PQ)"
             )
-        mc.create(self.client, self.name, manifest.dim, index_type, params)
+        mc.create(self.client, self.name, manifest.dim, index_type, params, self.lite)
 
     @property
     def lite(self) -> bool:
@@ -311,6 +312,7 @@ class MilvusVectors(VectorCache):
         """The collection, its Milvus index type and parameters, for `info`."""
         base = self.base()
         index = self.client.describe_index(self.name, "vector")
+        index = {**index, **(index.get("params") or {})}  # Milvus Lite nests them
         return {
             "type": self.manifest().index_type,
             "backend": "milvus",
@@ -347,7 +349,7 @@ class MilvusVectors(VectorCache):
             return 0
         manifest = self.manifest()
         found, xb = self.catalog.vectors_matrix(conn, ids.tolist(), manifest.dim)
-        rows = self.client.get(self.name, ids=found.tolist(), output_fields=["vector"])
+        rows = self.client.get(self.name, ids=found.tolist(), output_fields=["vector"], **mc.STRONG)
         held = {int(r["id"]): np.asarray(r["vector"], np.float32) for r in rows}
         differ = 0
         for i, vector in zip(found.tolist(), xb, strict=True):
