@@ -190,11 +190,15 @@ def test_an_ann_collection_meets_recall(data, tmp_path: Path, request, backend, 
         index.info()["index_params"]["milvus_index"]
         == {"hnsw": "HNSW", "ivf": "IVF_FLAT", "ivfpq": "IVF_PQ"}[index_type]
     )
+    # as for a FAISS index, `optimize` tunes nprobe / efSearch to recall@10 >= 0.95 (IVF's
+    # default nprobe 16 of 64 lists gave 0.90-0.95 on these vectors, in FAISS too)
+    tuned = index.optimize(index_type=index_type)
+    assert not tuned.rebuilt
     xq = queries(50)
     ids, _ = ids_scores(index, xq, 10)
     want, _ = exact(xb, xq, 10)
     recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids, want.tolist(), strict=True)])
-    assert recall >= 0.95
+    assert recall >= 0.95, tuned
 
 
 def test_ivfpq_falls_back_on_milvus_lite_with_a_notice(data, tmp_path: Path) -> None:

@@ -21,8 +21,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 
 from .. import defaults
-from ..errors import RetrievalError, StorageError
+from ..errors import CopiedIndex, RetrievalError, StorageError
 from . import milvus_collection as mc
+from . import milvus_owner as owner
 from .files import WriterLock
 from .milvus_collection import MAX_TOPK, MILVUS_TYPES, Collection, probe
 from .milvus_spec import MISSING, expression, parse, require, resolve
@@ -65,7 +66,10 @@ class MilvusVectors(VectorCache):
 
     def __init__(self, owner: IndexDir) -> None:
         super().__init__(owner)
-        self.uri = resolve(str(owner.require_manifest().vectors["uri"]), owner.directory)
+        recorded = str(owner.require_manifest().vectors["uri"])
+        self.uri = resolve(recorded, owner.directory)
+        #: Whether copies of the index folder share the collection (not a Lite file inside it).
+        self.shared = self.uri == recorded
         self.name = f"retrieval_{owner.catalog_id or 'index'}"
         self._client: Any = None
         self._state: Collection | None = None
@@ -119,6 +123,7 @@ class MilvusVectors(VectorCache):
         if not self.exists():
             return "missing"
         props = self.properties()
+        self._verify_owner(props)
         if props.get(_CATALOG) != self._owner.catalog_id or _GEN not in props:
             return "it was not built from this catalogue"
         return None
@@ -148,6 +153,7 @@ class MilvusVectors(VectorCache):
         # read before `_finish` records the first write: a new index's first build is no news
         announce = reason != "missing" or bool(self.catalog.get_meta("vectors_written"))
         if self.exists():
+            self._verify_owner(self.properties())
             self.client.drop_collection(self.name)
         with self.catalog.read() as conn:
             generation = self.catalog.generation(conn)
@@ -244,12 +250,35 @@ class MilvusVectors(VectorCache):
         """Write rows `ids` (n,) with vectors `xb` (n, dim) and their catalogue fields."""
         mc.upsert(self.client, self.name, ids, xb, self.catalog.image_rows(conn, ids.tolist()))
 
+    @_reported
+    def verify_owner(self) -> None:
+        if self.shared and self.exists():
+            self._verify_owner(self.properties())
+
+    def _verify_owner(self, props: dict[str, str]) -> None:
+        """Raise CopiedIndex when this index folder is a copy of the one that owns the shared
+        collection (see `milvus_owner`)."""
+        if not self.shared:
+            return
+        here = self._owner.directory
+        mine = owner.tokens(self.catalog)
+        reason = owner.refusal(props, here, self._owner.catalog_id, mine)
+        if reason:
+            raise CopiedIndex(owner.refused(reason, here, self.path))
+
     def _finish(self, generation: int) -> None:
-        """Record the generation the collection now reflects, then make it searchable."""
-        self.client.alter_collection_properties(
-            self.name,
-            properties={_GEN: str(generation), _CATALOG: self._owner.catalog_id},
-        )
+        """Record the generation the collection now reflects (and, when it is shared, this
+        folder as its owner, with a new token when this process writes), then make it
+        searchable."""
+        props = {_GEN: str(generation), _CATALOG: self._owner.catalog_id}
+        if self.shared:
+            props[owner.OWNER] = owner.encode(self._owner.directory)
+            mine = owner.tokens(self.catalog)
+            if self._owner.lock is not None:
+                props[owner.TOKEN] = owner.renewed(self.catalog)
+            elif mine:
+                props[owner.TOKEN] = mine[0]
+        self.client.alter_collection_properties(self.name, properties=props)
         self.client.load_collection(self.name)
         self.catalog_written()
 

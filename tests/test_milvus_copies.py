@@ -1,0 +1,138 @@
+"""A copied index folder whose collection lives outside it (a Milvus server, or a Lite file
+given as its own path) would share its original's collection (same catalogue id, so the same
+collection name, at the same URI). The copy is refused, reading or writing, with one line
+that says what to do; the original keeps working; a moved index, or a copy whose original is
+gone, takes the collection over; of two copies that cannot see each other (another machine),
+the first to write keeps it. Each test runs on a Lite file outside the index and on the
+session's Milvus server (`milvus_server`; skipped without PyPI's `milvus` package).
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import TINY, make_photos, run_cli
+
+pytest.importorskip("pymilvus")
+pytest.importorskip("milvus_lite")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _nothing_left_running():
+    yield
+    from milvus_lite.server_manager import server_manager_instance
+
+    server_manager_instance.release_all()
+
+
+@pytest.fixture(params=["lite-file", "server"])
+def shared(request, tmp_path: Path) -> tuple[Path, list[Path], Path, str]:
+    """(photos, the indexed photos, index dir, --vectors) of an index whose collection is
+    outside its folder."""
+    if request.param == "server":
+        vectors = f"milvus:{request.getfixturevalue('milvus_server')}"
+    else:
+        (tmp_path / "vectors").mkdir()
+        vectors = f"milvus:{tmp_path / 'vectors' / 'v.db'}"
+    photos = tmp_path / "photos"
+    originals = make_photos(photos, range(4))
+    directory = tmp_path / "original"
+    result = run_cli("index", photos, "--index", directory, *TINY, "--vectors", vectors)
+    assert result.exit_code == 0, result.stderr
+    return photos, originals, directory, vectors
+
+
+def search_paths(directory: Path, query: Path) -> list[str]:
+    result = run_cli("search", query, "--index", directory, "--format", "json", "-k", "10")
+    assert result.exit_code == 0, result.stderr
+    return [Path(h["path"]).name for h in result.json()[0]["results"]]
+
+
+def generation(directory: Path) -> int:
+    from retrieval.store.catalog import Catalog
+
+    catalog = Catalog(str(directory / "catalog.sqlite"), writer=False)
+    try:
+        return catalog.generation()
+    finally:
+        catalog.close()
+
+
+def refused(result, copy: Path, reason: str) -> None:
+    assert result.exit_code == 1, (result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert f"the index at {copy} cannot use the Milvus collection" in lines[0]
+    assert reason in lines[0], lines[0]
+    assert f"`retrieval export --index {copy} -o FILE.parquet`" in lines[0]
+    assert "`retrieval import FILE.parquet --index NEW_DIR --vectors milvus:URI`" in lines[0]
+
+
+def test_a_copy_is_refused_and_the_original_keeps_working(shared, tmp_path: Path) -> None:
+    photos, originals, directory, vectors = shared
+    copy = tmp_path / "copy"
+    shutil.copytree(directory, copy)
+    (added,) = make_photos(photos, [9])
+    before = generation(copy)
+    reason = f"it is a copy of the index at {directory}"
+    for command in (("search", originals[0]), ("index", photos, *TINY), ("check",)):
+        refused(run_cli(*command, "--index", copy), copy, reason)
+    assert generation(copy) == before  # refused before embedding anything
+    # the original: the new photo is indexed and found; check passes
+    result = run_cli("index", photos, "--index", directory, *TINY)
+    assert result.exit_code == 0, result.stderr
+    assert search_paths(directory, added)[0] == added.name
+    assert run_cli("check", "--index", directory).exit_code == 0
+    refused(run_cli("search", originals[0], "--index", copy), copy, reason)
+    # what the error says to do works: export the copy, import it as an index of its own
+    out = tmp_path / "copy.parquet"
+    result = run_cli("export", "--index", copy, "-o", out)
+    assert result.exit_code == 0, result.stderr
+    own = tmp_path / "own"
+    result = run_cli("import", out, "--index", own, "--vectors", vectors)
+    assert result.exit_code == 0, result.stderr
+    assert sorted(search_paths(own, originals[1])) == sorted(p.name for p in originals)
+    assert len(search_paths(directory, originals[1])) == 5  # the original is untouched
+
+
+def test_a_moved_index_and_a_copy_whose_original_is_gone_take_the_collection_over(
+    shared, tmp_path: Path
+) -> None:
+    photos, originals, directory, _ = shared
+    moved = tmp_path / "moved"
+    directory.rename(moved)
+    assert search_paths(moved, originals[0])[0] == originals[0].name
+    (added,) = make_photos(photos, [9])
+    assert run_cli("index", photos, "--index", moved, *TINY).exit_code == 0
+    assert search_paths(moved, added)[0] == added.name
+    # a copy, then the original removed: the copy is the index now
+    copy = tmp_path / "copy"
+    shutil.copytree(moved, copy)
+    refused(run_cli("search", added, "--index", copy), copy, "it is a copy of the index at")
+    shutil.rmtree(moved)
+    assert search_paths(copy, added)[0] == added.name
+    assert run_cli("check", "--index", copy).exit_code == 0
+
+
+def test_of_two_copies_that_cannot_see_each_other_the_first_to_write_keeps_it(
+    shared, tmp_path: Path
+) -> None:
+    """A copy, then the original moved: neither finds the other at the recorded path (as
+    with a copy on another machine); the first to write keeps the collection."""
+    photos, originals, directory, _ = shared
+    copy, moved = tmp_path / "copy", tmp_path / "moved"
+    shutil.copytree(directory, copy)
+    directory.rename(moved)
+    (added,) = make_photos(photos, [9])
+    assert run_cli("index", photos, "--index", copy, *TINY).exit_code == 0
+    assert search_paths(copy, added)[0] == added.name
+    # the copy out of sight too (another machine): only the token tells
+    elsewhere = tmp_path / "elsewhere"
+    copy.rename(elsewhere)
+    reason = f"another copy of it ({copy}) has written the collection since"
+    for command in (("search", originals[0]), ("index", photos, *TINY), ("check",)):
+        refused(run_cli(*command, "--index", moved), moved, reason)
+    assert search_paths(elsewhere, added)[0] == added.name
+    assert run_cli("check", "--index", elsewhere).exit_code == 0
