@@ -351,7 +351,8 @@ class MilvusVectors(VectorCache):
             "ntotal": base.count,
             # held by the Milvus server, not this process: the raw vectors and ids (estimate)
             "memory_bytes": base.count * (4 * self.manifest().dim + 8),
-            **{k: v for k, v in index.items() if k in ("nlist", "M", "m", "nbits")},
+            # a server gives them as strings ("64"), Lite as numbers
+            **{k: int(v) for k, v in index.items() if k in ("nlist", "M", "m", "nbits")},
         }
 
     # -- checking -----------------------------------------------------------------------------

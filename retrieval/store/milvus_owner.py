@@ -29,7 +29,6 @@ import os
 import secrets
 
 from .. import defaults
-from ..errors import RetrievalError
 from .catalog import Catalog
 
 #: The collection's properties.
@@ -54,13 +53,14 @@ def holds_catalogue(directory: str, catalog_id: str) -> bool:
     path = os.path.join(directory, defaults.CATALOG_FILE)
     if not catalog_id or not os.path.isfile(path):
         return False
+    # any failure to read it (damaged, locked, unreadable): it cannot be told to be this one
     try:
         catalog = Catalog(path, writer=False)
-    except (RetrievalError, OSError):
+    except Exception:
         return False
     try:
         return catalog.catalog_id() == catalog_id
-    except (RetrievalError, OSError):
+    except Exception:
         return False
     finally:
         catalog.close()
