@@ -60,14 +60,14 @@ def generation(directory: Path) -> int:
         catalog.close()
 
 
-def refused(result, copy: Path, reason: str) -> None:
+def refused(result, copy: Path, reason: str, vectors: str) -> None:
     assert result.exit_code == 1, (result.stdout, result.stderr)
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert f"the index at {copy} cannot use the Milvus collection" in lines[0]
+    assert f"the index at {copy} cannot use the Milvus collection retrieval_" in lines[0]
     assert reason in lines[0], lines[0]
     assert f"`retrieval export --index {copy} -o FILE.parquet`" in lines[0]
-    assert "`retrieval import FILE.parquet --index NEW_DIR --vectors milvus:URI`" in lines[0]
+    assert f"`retrieval import FILE.parquet --index NEW_DIR --vectors {vectors}`" in lines[0]
 
 
 def test_a_copy_is_refused_and_the_original_keeps_working(shared, tmp_path: Path) -> None:
@@ -78,14 +78,19 @@ def test_a_copy_is_refused_and_the_original_keeps_working(shared, tmp_path: Path
     before = generation(copy)
     reason = f"it is a copy of the index at {directory}"
     for command in (("search", originals[0]), ("index", photos, *TINY), ("check",)):
-        refused(run_cli(*command, "--index", copy), copy, reason)
+        refused(run_cli(*command, "--index", copy), copy, reason, vectors)
     assert generation(copy) == before  # refused before embedding anything
     # the original: the new photo is indexed and found; check passes
     result = run_cli("index", photos, "--index", directory, *TINY)
     assert result.exit_code == 0, result.stderr
     assert search_paths(directory, added)[0] == added.name
     assert run_cli("check", "--index", directory).exit_code == 0
-    refused(run_cli("search", originals[0], "--index", copy), copy, reason)
+    # the original through a symlink is the original, not a copy
+    link = tmp_path / "link"
+    link.symlink_to(directory)
+    assert run_cli("index", photos, "--index", link, *TINY).exit_code == 0
+    assert search_paths(directory, added)[0] == added.name
+    refused(run_cli("search", originals[0], "--index", copy), copy, reason, vectors)
     # what the error says to do works: export the copy, import it as an index of its own
     out = tmp_path / "copy.parquet"
     result = run_cli("export", "--index", copy, "-o", out)
@@ -100,7 +105,7 @@ def test_a_copy_is_refused_and_the_original_keeps_working(shared, tmp_path: Path
 def test_a_moved_index_and_a_copy_whose_original_is_gone_take_the_collection_over(
     shared, tmp_path: Path
 ) -> None:
-    photos, originals, directory, _ = shared
+    photos, originals, directory, vectors = shared
     moved = tmp_path / "moved"
     directory.rename(moved)
     assert search_paths(moved, originals[0])[0] == originals[0].name
@@ -110,7 +115,8 @@ def test_a_moved_index_and_a_copy_whose_original_is_gone_take_the_collection_ove
     # a copy, then the original removed: the copy is the index now
     copy = tmp_path / "copy"
     shutil.copytree(moved, copy)
-    refused(run_cli("search", added, "--index", copy), copy, "it is a copy of the index at")
+    reason = "it is a copy of the index at"
+    refused(run_cli("search", added, "--index", copy), copy, reason, vectors)
     shutil.rmtree(moved)
     assert search_paths(copy, added)[0] == added.name
     assert run_cli("check", "--index", copy).exit_code == 0
@@ -121,7 +127,7 @@ def test_of_two_copies_that_cannot_see_each_other_the_first_to_write_keeps_it(
 ) -> None:
     """A copy, then the original moved: neither finds the other at the recorded path (as
     with a copy on another machine); the first to write keeps the collection."""
-    photos, originals, directory, _ = shared
+    photos, originals, directory, vectors = shared
     copy, moved = tmp_path / "copy", tmp_path / "moved"
     shutil.copytree(directory, copy)
     directory.rename(moved)
@@ -133,6 +139,6 @@ def test_of_two_copies_that_cannot_see_each_other_the_first_to_write_keeps_it(
     copy.rename(elsewhere)
     reason = f"another copy of it ({copy}) has written the collection since"
     for command in (("search", originals[0]), ("index", photos, *TINY), ("check",)):
-        refused(run_cli(*command, "--index", moved), moved, reason)
+        refused(run_cli(*command, "--index", moved), moved, reason, vectors)
     assert search_paths(elsewhere, added)[0] == added.name
     assert run_cli("check", "--index", elsewhere).exit_code == 0

@@ -264,7 +264,7 @@ class MilvusVectors(VectorCache):
         mine = owner.tokens(self.catalog)
         reason = owner.refusal(props, here, self._owner.catalog_id, mine)
         if reason:
-            raise CopiedIndex(owner.refused(reason, here, self.path))
+            raise CopiedIndex(owner.refused(reason, here, self.uri, self.name))
 
     def _finish(self, generation: int) -> None:
         """Record the generation the collection now reflects (and, when it is shared, this

@@ -48,6 +48,14 @@ def decode(text: str | None) -> str | None:
         return None
 
 
+def same_folder(first: str, second: str) -> bool:
+    """Whether two paths name one folder (through a symlink, say)."""
+    try:
+        return os.path.samefile(first, second)
+    except OSError:
+        return False
+
+
 def holds_catalogue(directory: str, catalog_id: str) -> bool:
     """Whether `directory` is an index whose catalogue has the id `catalog_id`."""
     path = os.path.join(directory, defaults.CATALOG_FILE)
@@ -83,7 +91,7 @@ def refusal(properties: dict[str, str], here: str, catalog_id: str, mine: list[s
     copy of the folder that owns it), or None. `mine`: the catalogue's tokens, read after the
     properties (a writer records a token in its catalogue first)."""
     owner = decode(properties.get(OWNER))
-    if owner and owner != here and holds_catalogue(owner, catalog_id):
+    if owner and not same_folder(owner, here) and holds_catalogue(owner, catalog_id):
         return f"it is a copy of the index at {owner}"
     token = properties.get(TOKEN)
     if token and token not in mine:
@@ -92,11 +100,11 @@ def refusal(properties: dict[str, str], here: str, catalog_id: str, mine: list[s
     return None
 
 
-def refused(reason: str, here: str, collection: str) -> str:
+def refused(reason: str, here: str, uri: str, name: str) -> str:
     """The one line for a copy: what is wrong and what to do."""
     return (
-        f"the index at {here} cannot use the Milvus collection {collection}: {reason}, and "
-        "copies of an index share its collection; to make this copy an index of its own: "
-        f"`retrieval export --index {here} -o FILE.parquet`, then "
-        "`retrieval import FILE.parquet --index NEW_DIR --vectors milvus:URI`"
+        f"the index at {here} cannot use the Milvus collection {name} at {uri}: {reason}, "
+        "and copies of an index share its collection; to make this copy an index of its "
+        f"own: `retrieval export --index {here} -o FILE.parquet`, then "
+        f"`retrieval import FILE.parquet --index NEW_DIR --vectors milvus:{uri}`"
     )
