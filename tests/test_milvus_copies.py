@@ -142,3 +142,20 @@ def test_of_two_copies_that_cannot_see_each_other_the_first_to_write_keeps_it(
         refused(run_cli(*command, "--index", moved), moved, reason, vectors)
     assert search_paths(elsewhere, added)[0] == added.name
     assert run_cli("check", "--index", elsewhere).exit_code == 0
+
+
+def test_a_folder_behind_its_collection_is_told_so(tmp_path: Path) -> None:
+    """The recorded owner is this folder, but the collection's token is not one its catalogue
+    wrote: the folder was restored from a backup (or copied at the same path elsewhere)."""
+    from retrieval.store import milvus_owner as owner
+
+    here = str(tmp_path)
+    properties = {owner.OWNER: owner.encode(here), owner.TOKEN: "b2"}
+    assert owner.refusal(properties, here, "id", ["b2", "a1"]) is None
+    assert owner.refusal(properties, here, "id", ["a1"]).startswith(
+        "the collection was written after this folder's catalogue (was the folder restored"
+    )
+    # a collection made before owners were recorded: accepted (claimed at its next write)
+    assert owner.refusal({}, here, "id", []) is None
+    gone = str(tmp_path / "gone")
+    assert owner.refusal({owner.OWNER: owner.encode(gone)}, here, "id", []) is None

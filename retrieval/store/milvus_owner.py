@@ -95,6 +95,11 @@ def refusal(properties: dict[str, str], here: str, catalog_id: str, mine: list[s
         return f"it is a copy of the index at {owner}"
     token = properties.get(TOKEN)
     if token and token not in mine:
+        if owner and same_folder(owner, here):
+            return (
+                "the collection was written after this folder's catalogue (was the folder "
+                "restored from a backup, or copied from another machine?)"
+            )
         by = f" ({owner})" if owner else ""
         return f"another copy of it{by} has written the collection since it was copied"
     return None
