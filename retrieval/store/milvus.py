@@ -379,7 +379,9 @@ class MilvusVectors(VectorCache):
             return 0
         manifest = self.manifest()
         found, xb = self.catalog.vectors_matrix(conn, ids.tolist(), manifest.dim)
-        rows = self.client.get(self.name, ids=found.tolist(), output_fields=["vector"], **mc.STRONG)
+        rows = self.client.get(
+            self.name, ids=found.tolist(), output_fields=["vector"], **mc.SESSION
+        )
         held = {int(r["id"]): np.asarray(r["vector"], np.float32) for r in rows}
         differ = 0
         for i, vector in zip(found.tolist(), xb, strict=True):
