@@ -119,6 +119,11 @@ class StorageError(RetrievalError):
     """Writing to disk failed; the previous state of the index is intact."""
 
 
+class CopiedIndex(StorageError):
+    """A copied index folder would share its original's Milvus collection (see
+    store.milvus_owner): refused, reading or writing."""
+
+
 class ReadOnlyIndex(StorageError):
     """The index cannot be changed: its folder is on read-only media or not writable."""
 

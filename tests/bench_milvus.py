@@ -1,17 +1,21 @@
-"""Benchmark (not a unit test): the same synthetic export imported into vectors.faiss and into
-a Milvus Lite collection (`--vectors milvus:`), per index type: import time, recall@10 against
-exact search, the first search (opening the index; for Milvus Lite, starting its in-process
-server on the file) and the median time of one single-vector search and of a 100-query batch,
-each through `Index.search_vectors` (which opens the index per call).
+"""Benchmark (not a unit test): the same synthetic export imported into vectors.faiss, into
+a Milvus Lite collection (`--vectors milvus:`) and, with `--server`, into a Milvus 2.3 server
+started on loopback from PyPI's `milvus` package (tests/_milvus_server.py), per index type:
+import time, recall@10 against exact search at the index's default search parameters, the
+first search (opening the index; for Milvus Lite, starting its in-process server on the file)
+and the median time of one single-vector search and of a 100-query batch, each through
+`Index.search_vectors` (which opens the index per call).
 
-    .venv/bin/python tests/bench_milvus.py --n 20000 --dim 128 --work /tmp/bench-milvus
+    .venv/bin/python tests/bench_milvus.py --n 20000 --dim 128 --work /tmp/bench-milvus --server
 
-Everything runs in this process (Milvus Lite is an in-process server); prints one JSON object.
+Milvus Lite is an in-process server; the Milvus server is a child process, stopped at the end.
+Prints one JSON object.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -32,16 +36,32 @@ def release_lite_servers() -> None:
 
 
 def main() -> None:
-    import pyarrow.parquet as pq
-
-    from retrieval import Index, StorageOptions
-
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=20000)
     ap.add_argument("--dim", type=int, default=128)
     ap.add_argument("--types", default="flat,hnsw,ivf")
     ap.add_argument("--work", default="/tmp/bench-milvus")
+    ap.add_argument("--server", action="store_true", help="also on a local Milvus server")
     args = ap.parse_args()
+    with contextlib.ExitStack() as stack:
+        backends = {"faiss": "faiss", "lite": "milvus:"}
+        if args.server:
+            import milvus
+            from _milvus_server import running_server
+
+            folder = args.work + "-server"
+            shutil.rmtree(folder, ignore_errors=True)
+            uri, _ = stack.enter_context(running_server(milvus, folder))
+            backends["server"] = f"milvus:{uri}"
+        run(args, backends)
+
+
+def run(args: argparse.Namespace, backends: dict[str, str]) -> None:
+    """Import, then search, each index type on each backend (label -> --vectors)."""
+    import pyarrow.parquet as pq
+
+    from retrieval import Index, StorageOptions
+
     shutil.rmtree(args.work, ignore_errors=True)
     os.makedirs(args.work)
     xb = np.concatenate([x for _, x in mixture(args.n, args.dim, seed=1)])
@@ -52,8 +72,8 @@ def main() -> None:
     truth = np.argsort(-(xq @ xb.T), axis=1)[:, :10] + 1
     out: dict = {"n": args.n, "dim": args.dim, "runs": []}
     for kind in args.types.split(","):
-        for backend in ("faiss", "milvus:"):
-            index = Index(os.path.join(args.work, f"{kind}-{backend.rstrip(':')}"))
+        for label, backend in backends.items():
+            index = Index(os.path.join(args.work, f"{kind}-{label}"))
             started = time.perf_counter()
             index.import_files([file], storage=StorageOptions(index_type=kind, vectors=backend))
             imported = time.perf_counter() - started
@@ -75,7 +95,7 @@ def main() -> None:
             out["runs"].append(
                 {
                     "type": kind,
-                    "backend": backend.rstrip(":"),
+                    "backend": label,
                     "import_s": round(imported, 2),
                     "first_search_s": round(first, 2),
                     "recall@10": round(float(recall), 4),

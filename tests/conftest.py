@@ -236,3 +236,9 @@ def exported(tiny_index, tmp_path_factory: pytest.TempPathFactory) -> dict[str, 
         result = run_cli("export", "--index", tiny_index.directory, "--format", fmt, "-o", path)
         assert result.exit_code == 0, result.stderr
     return files
+
+
+# -- a Milvus server ---------------------------------------------------------------------------
+
+# For the tests that ask for it: one per session, stopped at its end (tests/_milvus_server.py).
+from _milvus_server import milvus_server  # noqa: E402, F401

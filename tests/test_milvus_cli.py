@@ -1,17 +1,19 @@
 """`--vectors milvus:...` walked through the CLI as a new user would: what it says on a first
 run, on a URI that cannot work, in `info`, and what its exports carry (Milvus Lite in process,
-files under tmp_path; a closed loopback port stands for an unreachable server)."""
+files under tmp_path; a closed loopback port stands for an unreachable server; one run of
+`python -m retrieval` against a real Milvus server, `milvus_server`)."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
 import pytest
 from _procs import free_port
-from conftest import TINY, make_photos, run_cli
+from conftest import TINY, make_photos, run_cli, run_module
 
 pytest.importorskip("pymilvus")
 pytest.importorskip("milvus_lite")
@@ -221,3 +223,24 @@ def test_a_file_in_place_of_the_lite_database_is_one_line_saying_what_to_do(
     lite.unlink()
     assert run_cli("check", "--repair", "--index", directory).exit_code == 0
     assert run_cli("check", "--index", directory).exit_code == 0
+
+
+def test_index_then_search_on_a_milvus_server_as_a_user_would(milvus_server, tmp_path: Path):
+    photos = tmp_path / "photos"
+    originals = make_photos(photos, range(4))
+    directory = tmp_path / "index"
+    vectors = f"milvus:{milvus_server}"
+    made = run_module("index", photos, "--index", directory, *TINY, "--vectors", vectors)
+    assert made.returncode == 0, made.stderr
+    query = tmp_path / "query.png"
+    shutil.copy(originals[1], query)
+    found = run_module("search", query, "--index", directory, "--format", "json", "-k", "2")
+    assert found.returncode == 0, found.stderr
+    assert found.stderr == ""
+    hits = json.loads(found.stdout)[0]["results"]
+    assert Path(hits[0]["path"]) == originals[1] and hits[0]["score"] == pytest.approx(1, abs=1e-5)
+    assert len(hits) == 2
+    info = json.loads(run_module("info", "--index", directory, "--json").stdout)
+    assert info["index_params"]["uri"] == milvus_server
+    assert info["index_params"]["ntotal"] == 4
+    assert run_module("check", "--index", directory).returncode == 0

@@ -131,6 +131,7 @@ class IndexDir:
             opened.catalog_id = catalog.ensure_catalog_id()
             if opened.manifest is not None:
                 opened.verify_vector_size()
+                opened.cache.verify_owner()  # before any work: a copy sharing a collection
         except BaseException:
             opened.close()
             raise

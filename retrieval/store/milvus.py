@@ -21,8 +21,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 
 from .. import defaults
-from ..errors import RetrievalError, StorageError
+from ..errors import CopiedIndex, RetrievalError, StorageError
 from . import milvus_collection as mc
+from . import milvus_owner as owner
 from .files import WriterLock
 from .milvus_collection import MAX_TOPK, MILVUS_TYPES, Collection, probe
 from .milvus_spec import MISSING, expression, parse, require, resolve
@@ -65,7 +66,10 @@ class MilvusVectors(VectorCache):
 
     def __init__(self, owner: IndexDir) -> None:
         super().__init__(owner)
-        self.uri = resolve(str(owner.require_manifest().vectors["uri"]), owner.directory)
+        recorded = str(owner.require_manifest().vectors["uri"])
+        self.uri = resolve(recorded, owner.directory)
+        #: Whether copies of the index folder share the collection (not a Lite file inside it).
+        self.shared = self.uri == recorded
         self.name = f"retrieval_{owner.catalog_id or 'index'}"
         self._client: Any = None
         self._state: Collection | None = None
@@ -95,7 +99,7 @@ class MilvusVectors(VectorCache):
         return dict(self.client.describe_collection(self.name).get("properties") or {})
 
     def row_count(self) -> int:
-        found = self.client.query(self.name, filter="", output_fields=["count(*)"])
+        found = self.client.query(self.name, filter="", output_fields=["count(*)"], **mc.STRONG)
         return int(found[0]["count(*)"])
 
     # -- loading, rebuilding, syncing ---------------------------------------------------------
@@ -119,6 +123,7 @@ class MilvusVectors(VectorCache):
         if not self.exists():
             return "missing"
         props = self.properties()
+        self._verify_owner(props)
         if props.get(_CATALOG) != self._owner.catalog_id or _GEN not in props:
             return "it was not built from this catalogue"
         return None
@@ -148,6 +153,7 @@ class MilvusVectors(VectorCache):
         # read before `_finish` records the first write: a new index's first build is no news
         announce = reason != "missing" or bool(self.catalog.get_meta("vectors_written"))
         if self.exists():
+            self._verify_owner(self.properties())
             self.client.drop_collection(self.name)
         with self.catalog.read() as conn:
             generation = self.catalog.generation(conn)
@@ -155,6 +161,7 @@ class MilvusVectors(VectorCache):
             self._create(manifest, n)
             for ids, xb in self.catalog.iter_vectors(conn, manifest.dim):
                 self._upsert(conn, ids, xb)
+        mc.seal(self.client, self.name)
         self._finish(generation)
         if announce:
             self._owner.notices.append(
@@ -224,7 +231,7 @@ class MilvusVectors(VectorCache):
                 f"Milvus Lite cannot build {manifest.index_type} ({MILVUS_TYPES['ivfpq']}); "
                 f"the collection uses {index_type} instead (a Milvus server builds IVF_PQ)"
             )
-        mc.create(self.client, self.name, manifest.dim, index_type, params)
+        mc.create(self.client, self.name, manifest.dim, index_type, params, self.lite)
 
     @property
     def lite(self) -> bool:
@@ -243,12 +250,35 @@ class MilvusVectors(VectorCache):
         """Write rows `ids` (n,) with vectors `xb` (n, dim) and their catalogue fields."""
         mc.upsert(self.client, self.name, ids, xb, self.catalog.image_rows(conn, ids.tolist()))
 
+    @_reported
+    def verify_owner(self) -> None:
+        if self.shared and self.exists():
+            self._verify_owner(self.properties())
+
+    def _verify_owner(self, props: dict[str, str]) -> None:
+        """Raise CopiedIndex when this index folder is a copy of the one that owns the shared
+        collection (see `milvus_owner`)."""
+        if not self.shared:
+            return
+        here = self._owner.directory
+        mine = owner.tokens(self.catalog)
+        reason = owner.refusal(props, here, self._owner.catalog_id, mine)
+        if reason:
+            raise CopiedIndex(owner.refused(reason, here, self.uri, self.name))
+
     def _finish(self, generation: int) -> None:
-        """Record the generation the collection now reflects, then make it searchable."""
-        self.client.alter_collection_properties(
-            self.name,
-            properties={_GEN: str(generation), _CATALOG: self._owner.catalog_id},
-        )
+        """Record the generation the collection now reflects (and, when it is shared, this
+        folder as its owner, with a new token when this process writes), then make it
+        searchable."""
+        props = {_GEN: str(generation), _CATALOG: self._owner.catalog_id}
+        if self.shared:
+            props[owner.OWNER] = owner.encode(self._owner.directory)
+            mine = owner.tokens(self.catalog)
+            if self._owner.lock is not None:
+                props[owner.TOKEN] = owner.renewed(self.catalog)
+            elif mine:
+                props[owner.TOKEN] = mine[0]
+        self.client.alter_collection_properties(self.name, properties=props)
         self.client.load_collection(self.name)
         self.catalog_written()
 
@@ -311,6 +341,7 @@ class MilvusVectors(VectorCache):
         """The collection, its Milvus index type and parameters, for `info`."""
         base = self.base()
         index = self.client.describe_index(self.name, "vector")
+        index = {**index, **(index.get("params") or {})}  # Milvus Lite nests them
         return {
             "type": self.manifest().index_type,
             "backend": "milvus",
@@ -320,7 +351,8 @@ class MilvusVectors(VectorCache):
             "ntotal": base.count,
             # held by the Milvus server, not this process: the raw vectors and ids (estimate)
             "memory_bytes": base.count * (4 * self.manifest().dim + 8),
-            **{k: v for k, v in index.items() if k in ("nlist", "M", "m", "nbits")},
+            # a server gives them as strings ("64"), Lite as numbers
+            **{k: int(v) for k, v in index.items() if k in ("nlist", "M", "m", "nbits")},
         }
 
     # -- checking -----------------------------------------------------------------------------
@@ -347,7 +379,9 @@ class MilvusVectors(VectorCache):
             return 0
         manifest = self.manifest()
         found, xb = self.catalog.vectors_matrix(conn, ids.tolist(), manifest.dim)
-        rows = self.client.get(self.name, ids=found.tolist(), output_fields=["vector"])
+        rows = self.client.get(
+            self.name, ids=found.tolist(), output_fields=["vector"], **mc.SESSION
+        )
         held = {int(r["id"]): np.asarray(r["vector"], np.float32) for r in rows}
         differ = 0
         for i, vector in zip(found.tolist(), xb, strict=True):

@@ -35,6 +35,16 @@ MILVUS_TYPES = {"flat": "FLAT", "hnsw": "HNSW", "ivf": "IVF_FLAT", "ivfpq": "IVF
 LITE_FALLBACK = {"IVF_PQ": "IVF_SQ8"}
 #: Rows sent per insert/upsert call.
 BATCH = 2048
+#: Reads and writes: pymilvus creates collections "Bounded" (reads may miss the last seconds
+#: of writes): on a Milvus 2.3 server a count or search right after a sync saw none of its
+#: rows. "Strong" sees every write acknowledged before the read, but waits for the server's
+#: next time tick: 200 ms per call there (3 ms otherwise). So: the collection is made Strong
+#: (for other clients); the count taken when a process opens the collection (and after each
+#: sync) is Strong, which brings the server up to every write made before it, by any process;
+#: the other reads ask for "Session": this process's own writes (pymilvus records each one's
+#: timestamp per collection) and the state that count saw.
+STRONG = {"consistency_level": "Strong"}
+SESSION = {"consistency_level": "Session"}
 
 
 @dataclass(frozen=True)
@@ -98,8 +108,14 @@ def index_params(manifest: Any, n: int) -> tuple[str, dict[str, Any]]:
     return "FLAT", {}
 
 
-def create(client: Any, name: str, dim: int, index_type: str, params: dict[str, Any]) -> None:
-    """Create the collection `name` (the schema above) with a `index_type` index, metric IP."""
+def create(
+    client: Any, name: str, dim: int, index_type: str, params: dict[str, Any], lite: bool
+) -> None:
+    """Create the collection `name` (the schema above) with a `index_type` index, metric IP.
+
+    pymilvus 3 sends the build parameters as separate keys (nlist=64), which a Milvus server
+    reads but Milvus Lite 3.2 ignores: it reads only a JSON `params` key (the older wire
+    form) and built 128 lists whatever nlist said. On Lite they go in that form too."""
     from pymilvus import DataType
 
     schema = client.create_schema(auto_id=False)
@@ -110,8 +126,16 @@ def create(client: Any, name: str, dim: int, index_type: str, params: dict[str, 
     for column in ("size", "width", "height", "mtime_ns"):
         schema.add_field(column, DataType.INT64)
     index = client.prepare_index_params()
+    if lite and params:
+        params = {**params, "params": dict(params)}
     index.add_index("vector", index_type=index_type, metric_type="IP", params=params)
-    client.create_collection(name, schema=schema, index_params=index)
+    client.create_collection(name, schema=schema, index_params=index, **STRONG)
+
+
+def seal(client: Any, name: str) -> None:
+    """Flush the collection after a bulk load: a Milvus server builds the vector index on
+    sealed segments only (growing ones are searched by brute force)."""
+    client.flush(name)
 
 
 def described_type(client: Any, name: str) -> str | None:
@@ -155,7 +179,9 @@ def upsert(
 def held_ids(client: Any, name: str) -> np.ndarray:
     """Every id in the collection (int64, unsorted)."""
     ids: list[int] = []
-    iterator = client.query_iterator(name, batch_size=BATCH * 4, filter="", output_fields=["id"])
+    iterator = client.query_iterator(
+        name, batch_size=BATCH * 4, filter="", output_fields=["id"], **SESSION
+    )
     try:
         while batch := iterator.next():
             ids += [int(row["id"]) for row in batch]
@@ -180,6 +206,7 @@ def search(
             limit=k,
             filter=expr,
             search_params={"metric_type": "IP", "params": params},
+            **SESSION,
         )
         for row, hits in enumerate(found, start):
             for col, hit in enumerate(hits):

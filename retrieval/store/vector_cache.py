@@ -74,6 +74,10 @@ class VectorCache:
     def close(self) -> None:
         """Release what the backend holds open (nothing: a FAISS index is plain memory)."""
 
+    def verify_owner(self) -> None:
+        """Raise CopiedIndex when this index folder may not use its search index (a copy
+        sharing a Milvus collection; vectors.faiss is the folder's own)."""
+
     def manifest(self) -> Manifest:
         return self._owner.require_manifest()
 
