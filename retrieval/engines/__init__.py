@@ -4,7 +4,8 @@ the engine is chosen: `ray_engine` (Ray Data)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 
 from .. import defaults
 from ..errors import UsageError
@@ -38,3 +39,17 @@ def create(
             f"install it: {RAY_INSTALL}"
         ) from None
     return RayEngine(options, device, precision, notify)
+
+
+@contextlib.contextmanager
+def running(engine: Engine | None) -> Iterator[None]:
+    """`engine` started (it gets ready in the background while the run scans and plans)
+    and closed on every path, Ctrl-C included; nothing for the local engine (None)."""
+    if engine is None:
+        yield
+        return
+    engine.start()
+    try:
+        yield
+    finally:
+        engine.close()

@@ -15,6 +15,12 @@ address is given (asked for 127.0.0.1; on Linux Ray itself binds the machine's o
 address unless RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 is set, as the tests do), and always
 shut down (or, joined, disconnected), on errors and Ctrl-C too.
 
+Ray starts in the background (`start`, called when the run begins, before the driver loads
+the model, scans and plans): a thread of its own starts (or joins) it, warms Ray Data up
+(its helper actors, our decoder's imports in the idle workers) and then waits for `close`
+to shut it down. The same thread must stop Ray: Ray's processes die with the thread that
+started them (Linux's parent-death signal is per thread).
+
 Only this module imports ray.
 """
 
@@ -25,8 +31,9 @@ import functools
 import logging
 import pickle
 import sys
+import threading
 from collections.abc import Callable, Generator, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -61,6 +68,18 @@ class RayEngine:
     device: str
     precision: str
     notify: Notify
+    _cluster: _Cluster | None = field(default=None, init=False, repr=False)
+
+    def start(self) -> None:
+        """Begin starting (or joining) Ray in the background; `close` ends it."""
+        if self._cluster is None:
+            self._cluster = _Cluster(self.options.address)
+
+    def close(self) -> None:
+        """Shut Ray down (a joined cluster: disconnect), waiting for it; idempotent."""
+        cluster, self._cluster = self._cluster, None
+        if cluster is not None:
+            cluster.close()
 
     def shard_writer(self, manifest: Manifest, rows: int) -> ShardWriter | None:
         """With `options.shards`: a writer of that (new or empty) folder, for `rows` rows."""
@@ -76,11 +95,13 @@ class RayEngine:
         # Ray's driver prints what the cluster reports (a task retried after a node died:
         # "(raylet) Task ... failed") on sys.stdout, which holds `--json`'s data: to stderr.
         with contextlib.redirect_stdout(sys.stderr):
-            _start(self.options.address)
+            self.start()
             try:
+                assert self._cluster is not None
+                self._cluster.wait()
                 yield from self._batches(manifest, todo, options)
             finally:
-                ray.shutdown()
+                self.close()
 
     def _batches(
         self, manifest: Manifest, todo: list[FileEntry], options: IndexOptions
@@ -119,6 +140,56 @@ class RayEngine:
             f"ray: decoded on {len(nodes['decode'])} node(s), embedded by {actors} "
             f"{device} actor(s) on {len(nodes['embed'])} node(s)"
         )
+
+
+class _Cluster:
+    """Ray, started (or joined) and warmed up by a thread that then waits for `close` and
+    shuts it down (see the module docstring)."""
+
+    def __init__(self, address: str | None) -> None:
+        self._ready = threading.Event()
+        self._stop = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(address,), name="ray")
+        self._thread.start()
+
+    def _run(self, address: str | None) -> None:
+        try:
+            try:
+                _start(address)
+                _warm_up()
+            except BaseException as exc:  # raised again in the caller's thread by `wait`
+                self._error = exc
+            self._ready.set()
+            if self._error is None:
+                self._stop.wait()
+        finally:
+            ray.shutdown()  # started or not, joined (a disconnect) or not
+            self._ready.set()
+
+    def wait(self) -> None:
+        """Until Ray is up; raises what starting it raised."""
+        self._ready.wait()
+        if self._error is not None:
+            raise self._error
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _warm_up() -> None:
+    """A tiny Ray Data job: starts Ray Data's helper actors and imports our decoder in the
+    idle workers (each ~1 s of a cold start), while the driver still scans and plans."""
+    ray.data.range(pipeline.cpu_count(), override_num_blocks=pipeline.cpu_count()).map_batches(
+        _warm, batch_format="numpy"
+    ).materialize()
+
+
+def _warm(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    from ..sources import decode  # noqa: F401  (what `_decode` needs, imported now)
+
+    return batch
 
 
 def _start(address: str | None) -> None:
