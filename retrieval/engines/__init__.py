@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 from .. import defaults
 from ..errors import UsageError
-from ..ops.indexing import Engine
 from ..specs import EngineOptions
+
+if TYPE_CHECKING:  # not imported at run time: a Ray worker loads this package too
+    from ..ops.indexing import Engine
 
 #: How to get Ray, said when `--engine ray` is asked for without it.
 RAY_INSTALL = "pip install 'retrieval[ray]' (or: pip install 'ray[data]>=2.40')"

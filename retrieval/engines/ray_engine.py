@@ -34,20 +34,22 @@ import sys
 import threading
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import ray
 import ray.data
 
 from ..ops import embedders, pipeline
-from ..ops.indexing import IndexOptions
 from ..ops.layout import ShardWriter
 from ..ops.workers import decode_files
 from ..sources.decode import FileResult
 from ..sources.scan import FileEntry
 from ..specs import EngineOptions, Preprocess
 from ..store.manifest import Manifest
+
+if TYPE_CHECKING:  # not at run time: the catalogue and FAISS stay out of Ray's workers
+    from ..ops.indexing import IndexOptions
 
 Notify = Callable[[str], None]
 
@@ -94,14 +96,20 @@ class RayEngine:
         vector ((d,) float32, L2-normalised); a failure has no pixels and its error."""
         # Ray's driver prints what the cluster reports (a task retried after a node died:
         # "(raylet) Task ... failed") on sys.stdout, which holds `--json`'s data: to stderr.
+        started_here = self._cluster is None  # else `start` was called and `close` will be
         with contextlib.redirect_stdout(sys.stderr):
             self.start()
+            cluster = self._cluster
+            assert cluster is not None
             try:
-                assert self._cluster is not None
-                self._cluster.wait()
+                cluster.wait()
                 yield from self._batches(manifest, todo, options)
             finally:
-                self.close()
+                # Ray stops in the background while the run syncs its vectors; `close`
+                # waits for it
+                cluster.stop()
+                if started_here:
+                    self.close()
 
     def _batches(
         self, manifest: Manifest, todo: list[FileEntry], options: IndexOptions
@@ -173,7 +181,12 @@ class _Cluster:
         if self._error is not None:
             raise self._error
 
+    def stop(self) -> None:
+        """Begin shutting Ray down (or disconnecting); returns at once."""
+        self._stop.set()
+
     def close(self) -> None:
+        """Shut Ray down and wait until it is."""
         self._stop.set()
         self._thread.join()
 
