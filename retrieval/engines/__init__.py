@@ -17,6 +17,13 @@ if TYPE_CHECKING:  # not imported at run time: a Ray worker loads this package t
 
 #: How to get Ray, said when `--engine ray` is asked for without it.
 RAY_INSTALL = "pip install 'retrieval[ray]' (or: pip install 'ray[data]>=2.40')"
+#: Why a ray:// address is refused: Ray Data's executor needs a full driver (a core worker),
+#: which a Ray Client does not have (tried with Ray 2.60: AttributeError 'core_worker').
+RAY_CLIENT = (
+    "--ray-address ray://... joins through the Ray Client, which cannot run Ray Data "
+    "(ray-project/ray#42739); run `retrieval index` on a node of the cluster with "
+    "--ray-address auto, or give the cluster's GCS address HOST:PORT (default port 6379)"
+)
 
 
 def create(
@@ -32,6 +39,8 @@ def create(
         )
     if options.actors is not None and options.actors < 1:
         raise UsageError(f"--actors must be at least 1, not {options.actors}")
+    if (options.address or "").startswith("ray://"):
+        raise UsageError(RAY_CLIENT)
     try:
         from .ray_engine import RayEngine
     except ImportError as exc:

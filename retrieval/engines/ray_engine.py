@@ -30,6 +30,7 @@ import contextlib
 import functools
 import logging
 import pickle
+import signal
 import sys
 import threading
 from collections.abc import Callable, Generator, Iterator
@@ -40,6 +41,7 @@ import numpy as np
 import ray
 import ray.data
 
+from ..errors import UsageError
 from ..ops import embedders, pipeline
 from ..ops.layout import ShardWriter
 from ..ops.workers import decode_files
@@ -63,7 +65,7 @@ ACTOR_CPUS = 0.5
 @dataclass
 class RayEngine:
     """`indexing.Engine` on Ray. `options.address`: None starts Ray on this machine, "auto"
-    or "ray://HOST:10001" joins a cluster; `options.actors`: embedding actors [one per GPU
+    or "HOST:PORT" (a GCS address) joins a cluster; `options.actors`: embedding actors [one per GPU
     of the cluster, else 1]. `device` / `precision` are `Index.add`'s."""
 
     options: EngineOptions
@@ -158,6 +160,7 @@ class _Cluster:
         self._ready = threading.Event()
         self._stop = threading.Event()
         self._error: BaseException | None = None
+        self._sigterm = _exit_on_sigterm()
         self._thread = threading.Thread(target=self._run, args=(address,), name="ray")
         self._thread.start()
 
@@ -189,6 +192,22 @@ class _Cluster:
         """Shut Ray down and wait until it is."""
         self._stop.set()
         self._thread.join()
+        if self._sigterm is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._sigterm)
+
+
+def _exit_on_sigterm() -> Any:
+    """What `ray.init` does when called in the main thread (ours calls it in another):
+    SIGTERM exits through SystemExit, so the `finally` blocks commit nothing half-done and
+    shut Ray down. Returns the handler to put back, None outside the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    previous = signal.signal(signal.SIGTERM, _sigterm_exit)
+    return signal.SIG_DFL if previous is None else previous
+
+
+def _sigterm_exit(signum: int, frame: Any) -> None:
+    sys.exit(signum)
 
 
 def _warm_up() -> None:
@@ -221,14 +240,29 @@ def _start(address: str | None) -> None:
         "configure_logging": True,
     }
     if address:
-        ray.init(address=address, **common)
+        _join(address, common)
         return
     ray.init(
+        address="local",  # a new Ray here, whatever RAY_ADDRESS says
         num_cpus=pipeline.cpu_count(),
         include_dashboard=False,
         _node_ip_address="127.0.0.1",
         **common,
     )
+
+
+def _join(address: str, common: dict[str, Any]) -> None:
+    """`ray.init` at a cluster's address; UsageError when that fails, whatever Ray raised
+    (ConnectionError, AuthenticationError, a timeout of the Ray Client, ...)."""
+    try:
+        ray.init(address=address, **common)
+    except Exception as exc:  # noqa: BLE001 - every way of not joining is the same to a user
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise UsageError(
+            f"cannot join the Ray cluster at {address!r} ({reason}); check --ray-address, "
+            "that this machine reaches the cluster, and that the environment has the "
+            "cluster's authentication settings (RAY_AUTH_MODE, its token) if it uses them"
+        ) from None
 
 
 def _decode(
