@@ -165,14 +165,3 @@ def test_a_ray_client_address_is_refused_before_anything_is_written(tmp_path: Pa
         "--ray-address auto, or give the cluster's GCS address HOST:PORT (default port 6379)"
     ]
     assert not index.exists()
-
-
-def test_an_address_with_no_cluster_is_an_error_line_not_a_traceback(
-    photos: Path, tmp_path: Path
-) -> None:
-    address = f"127.0.0.1:{P.free_port()}"  # nothing listens there
-    done = _index(photos, tmp_path / "index", "--engine", "ray", "--ray-address", address)
-    assert done.returncode == 1, done.stderr
-    lines = done.stderr.strip().splitlines()
-    assert lines[-1].startswith(f"error: cannot join the Ray cluster at '{address}' ("), lines
-    assert "Traceback" not in done.stderr

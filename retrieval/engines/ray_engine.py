@@ -161,14 +161,20 @@ class _Cluster:
         self._stop = threading.Event()
         self._error: BaseException | None = None
         self._sigterm = _exit_on_sigterm()
-        self._thread = threading.Thread(target=self._run, args=(address,), name="ray")
+        # Joining starts nothing here, and Ray may retry an unreachable address for minutes:
+        # `close` then leaves that thread behind (a daemon) rather than wait for it
+        self._joining = address is not None
+        self._thread = threading.Thread(
+            target=self._run, args=(address,), name="ray", daemon=self._joining
+        )
         self._thread.start()
 
     def _run(self, address: str | None) -> None:
         try:
             try:
                 _start(address)
-                _warm_up()
+                if not self._stop.is_set():
+                    _warm_up()
             except BaseException as exc:  # raised again in the caller's thread by `wait`
                 self._error = exc
             self._ready.set()
@@ -189,9 +195,10 @@ class _Cluster:
         self._stop.set()
 
     def close(self) -> None:
-        """Shut Ray down and wait until it is."""
+        """Shut Ray down and wait until it is (not for a join still connecting)."""
         self._stop.set()
-        self._thread.join()
+        if not (self._joining and not self._ready.is_set()):
+            self._thread.join()
         if self._sigterm is not None and threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, self._sigterm)
 
