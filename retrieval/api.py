@@ -113,7 +113,7 @@ class Index:
         IndexDir.check_writable(self.directory)
         existing = self._existing_manifest()
         runner = engines.create(engine, device, precision, self._notify)
-        with embedders.kept_torch_threads():
+        with engines.running(runner), embedders.kept_torch_threads():
             embedder = adding.embedder_for(
                 existing,
                 self.directory,

@@ -1,12 +1,14 @@
 """Wall time of `retrieval index --engine ray` against the local engine on one machine.
 
-    python -m retrieval.sources.synthetic /tmp/photos --count 300 --mix photos --from data/photos
-    python tests/bench_ray.py /tmp/photos --model resnet50 --rounds 2
+    python -m retrieval.sources.synthetic /tmp/png500 --count 500 --mix png --from data/photos \
+        --seed 1
+    python tests/bench_ray.py /tmp/png500 --model resnet50 --rounds 3
 
 Each round indexes FOLDER into a fresh index with each engine (alternating, same options:
 --no-pretrained, fp32), as `python -m retrieval` subprocesses, so Ray's start and stop and
 the actors' model load are in the ray figure, as a user sees them. Prints the median wall
-seconds of each engine and their ratio (target: ray <= 1.15 x local).
+seconds of each engine and their ratio (target: ray <= 1.15 x local), and the load average
+(other work on the machine moves both figures; compare the ratio of one run only).
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ def main() -> None:
     images = len(os.listdir(args.folder))
     local, distributed = (statistics.median(times[k]) for k in ("local", "ray"))
     print(f"{images} images, {args.model}, {os.cpu_count()} CPUs, {args.rounds} rounds")
+    print(f"  load average at the end {os.getloadavg()[0]:.1f}")
     for name, runs in times.items():
         print(f"  {name:5s} median {statistics.median(runs):7.1f} s  runs {runs}")
     print(f"  ray / local = {distributed / local:.2f}")

@@ -63,8 +63,8 @@ from .common import (
     "--ray-address",
     metavar="ADDR",
     default=None,
-    help="With --engine ray: join this cluster ('auto', 'ray://HOST:10001') [default: start "
-    "Ray on this machine].",
+    help="With --engine ray: join this cluster ('auto', or its GCS address HOST:6379; not "
+    "ray://, the Ray Client cannot run Ray Data) [default: start Ray on this machine].",
 )
 @click.option(
     "--actors",

@@ -4,15 +4,26 @@ the engine is chosen: `ray_engine` (Ray Data)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 from .. import defaults
 from ..errors import UsageError
-from ..ops.indexing import Engine
 from ..specs import EngineOptions
+
+if TYPE_CHECKING:  # not imported at run time: a Ray worker loads this package too
+    from ..ops.indexing import Engine
 
 #: How to get Ray, said when `--engine ray` is asked for without it.
 RAY_INSTALL = "pip install 'retrieval[ray]' (or: pip install 'ray[data]>=2.40')"
+#: Why a ray:// address is refused: Ray Data's executor needs a full driver (a core worker),
+#: which a Ray Client does not have (tried with Ray 2.60: AttributeError 'core_worker').
+RAY_CLIENT = (
+    "--ray-address ray://... joins through the Ray Client, which cannot run Ray Data "
+    "(ray-project/ray#42739); run `retrieval index` on a node of the cluster with "
+    "--ray-address auto, or give the cluster's GCS address HOST:PORT (default port 6379)"
+)
 
 
 def create(
@@ -28,6 +39,8 @@ def create(
         )
     if options.actors is not None and options.actors < 1:
         raise UsageError(f"--actors must be at least 1, not {options.actors}")
+    if (options.address or "").startswith("ray://"):
+        raise UsageError(RAY_CLIENT)
     try:
         from .ray_engine import RayEngine
     except ImportError as exc:
@@ -38,3 +51,17 @@ def create(
             f"install it: {RAY_INSTALL}"
         ) from None
     return RayEngine(options, device, precision, notify)
+
+
+@contextlib.contextmanager
+def running(engine: Engine | None) -> Iterator[None]:
+    """`engine` started (it gets ready in the background while the run scans and plans)
+    and closed on every path, Ctrl-C included; nothing for the local engine (None)."""
+    if engine is None:
+        yield
+        return
+    engine.start()
+    try:
+        yield
+    finally:
+        engine.close()

@@ -15,6 +15,12 @@ address is given (asked for 127.0.0.1; on Linux Ray itself binds the machine's o
 address unless RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 is set, as the tests do), and always
 shut down (or, joined, disconnected), on errors and Ctrl-C too.
 
+Ray starts in the background (`start`, called when the run begins, before the driver loads
+the model, scans and plans): a thread of its own starts (or joins) it, warms Ray Data up
+(its helper actors, our decoder's imports in the idle workers) and then waits for `close`
+to shut it down. The same thread must stop Ray: Ray's processes die with the thread that
+started them (Linux's parent-death signal is per thread).
+
 Only this module imports ray.
 """
 
@@ -24,23 +30,28 @@ import contextlib
 import functools
 import logging
 import pickle
+import signal
 import sys
+import threading
 from collections.abc import Callable, Generator, Iterator
-from dataclasses import dataclass, replace
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import ray
 import ray.data
 
+from ..errors import UsageError
 from ..ops import embedders, pipeline
-from ..ops.indexing import IndexOptions
 from ..ops.layout import ShardWriter
 from ..ops.workers import decode_files
 from ..sources.decode import FileResult
 from ..sources.scan import FileEntry
 from ..specs import EngineOptions, Preprocess
 from ..store.manifest import Manifest
+
+if TYPE_CHECKING:  # not at run time: the catalogue and FAISS stay out of Ray's workers
+    from ..ops.indexing import IndexOptions
 
 Notify = Callable[[str], None]
 
@@ -54,13 +65,25 @@ ACTOR_CPUS = 0.5
 @dataclass
 class RayEngine:
     """`indexing.Engine` on Ray. `options.address`: None starts Ray on this machine, "auto"
-    or "ray://HOST:10001" joins a cluster; `options.actors`: embedding actors [one per GPU
+    or "HOST:PORT" (a GCS address) joins a cluster; `options.actors`: embedding actors [one per GPU
     of the cluster, else 1]. `device` / `precision` are `Index.add`'s."""
 
     options: EngineOptions
     device: str
     precision: str
     notify: Notify
+    _cluster: _Cluster | None = field(default=None, init=False, repr=False)
+
+    def start(self) -> None:
+        """Begin starting (or joining) Ray in the background; `close` ends it."""
+        if self._cluster is None:
+            self._cluster = _Cluster(self.options.address)
+
+    def close(self) -> None:
+        """Shut Ray down (a joined cluster: disconnect), waiting for it; idempotent."""
+        cluster, self._cluster = self._cluster, None
+        if cluster is not None:
+            cluster.close()
 
     def shard_writer(self, manifest: Manifest, rows: int) -> ShardWriter | None:
         """With `options.shards`: a writer of that (new or empty) folder, for `rows` rows."""
@@ -75,12 +98,20 @@ class RayEngine:
         vector ((d,) float32, L2-normalised); a failure has no pixels and its error."""
         # Ray's driver prints what the cluster reports (a task retried after a node died:
         # "(raylet) Task ... failed") on sys.stdout, which holds `--json`'s data: to stderr.
+        started_here = self._cluster is None  # else `start` was called and `close` will be
         with contextlib.redirect_stdout(sys.stderr):
-            _start(self.options.address)
+            self.start()
+            cluster = self._cluster
+            assert cluster is not None
             try:
+                cluster.wait()
                 yield from self._batches(manifest, todo, options)
             finally:
-                ray.shutdown()
+                # Ray stops in the background while the run syncs its vectors; `close`
+                # waits for it
+                cluster.stop()
+                if started_here:
+                    self.close()
 
     def _batches(
         self, manifest: Manifest, todo: list[FileEntry], options: IndexOptions
@@ -121,6 +152,85 @@ class RayEngine:
         )
 
 
+class _Cluster:
+    """Ray, started (or joined) and warmed up by a thread that then waits for `close` and
+    shuts it down (see the module docstring)."""
+
+    def __init__(self, address: str | None) -> None:
+        self._ready = threading.Event()
+        self._stop = threading.Event()
+        self._error: BaseException | None = None
+        self._sigterm = _exit_on_sigterm()
+        # Joining starts nothing here, and Ray may retry an unreachable address for minutes:
+        # `close` then leaves that thread behind (a daemon) rather than wait for it
+        self._joining = address is not None
+        self._thread = threading.Thread(
+            target=self._run, args=(address,), name="ray", daemon=self._joining
+        )
+        self._thread.start()
+
+    def _run(self, address: str | None) -> None:
+        try:
+            try:
+                _start(address)
+                if not self._stop.is_set():
+                    _warm_up()
+            except BaseException as exc:  # raised again in the caller's thread by `wait`
+                self._error = exc
+            self._ready.set()
+            if self._error is None:
+                self._stop.wait()
+        finally:
+            ray.shutdown()  # started or not, joined (a disconnect) or not
+            self._ready.set()
+
+    def wait(self) -> None:
+        """Until Ray is up; raises what starting it raised."""
+        self._ready.wait()
+        if self._error is not None:
+            raise self._error
+
+    def stop(self) -> None:
+        """Begin shutting Ray down (or disconnecting); returns at once."""
+        self._stop.set()
+
+    def close(self) -> None:
+        """Shut Ray down and wait until it is (not for a join still connecting)."""
+        self._stop.set()
+        if not (self._joining and not self._ready.is_set()):
+            self._thread.join()
+        if self._sigterm is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._sigterm)
+
+
+def _exit_on_sigterm() -> Any:
+    """What `ray.init` does when called in the main thread (ours calls it in another):
+    SIGTERM exits through SystemExit, so the `finally` blocks commit nothing half-done and
+    shut Ray down. Returns the handler to put back, None outside the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    previous = signal.signal(signal.SIGTERM, _sigterm_exit)
+    return signal.SIG_DFL if previous is None else previous
+
+
+def _sigterm_exit(signum: int, frame: Any) -> None:
+    sys.exit(signum)
+
+
+def _warm_up() -> None:
+    """A tiny Ray Data job: starts Ray Data's helper actors and imports our decoder in the
+    idle workers (each ~1 s of a cold start), while the driver still scans and plans."""
+    ray.data.range(pipeline.cpu_count(), override_num_blocks=pipeline.cpu_count()).map_batches(
+        _warm, batch_format="numpy"
+    ).materialize()
+
+
+def _warm(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    from ..sources import decode  # noqa: F401  (what `_decode` needs, imported now)
+
+    return batch
+
+
 def _start(address: str | None) -> None:
     """Join the cluster at `address`, or start Ray on this machine (see the module
     docstring for its address); Ray's own logs stay off stderr (its workers' output is not
@@ -137,14 +247,29 @@ def _start(address: str | None) -> None:
         "configure_logging": True,
     }
     if address:
-        ray.init(address=address, **common)
+        _join(address, common)
         return
     ray.init(
+        address="local",  # a new Ray here, whatever RAY_ADDRESS says
         num_cpus=pipeline.cpu_count(),
         include_dashboard=False,
         _node_ip_address="127.0.0.1",
         **common,
     )
+
+
+def _join(address: str, common: dict[str, Any]) -> None:
+    """`ray.init` at a cluster's address; UsageError when that fails, whatever Ray raised
+    (ConnectionError, AuthenticationError, a timeout of the Ray Client, ...)."""
+    try:
+        ray.init(address=address, **common)
+    except Exception as exc:  # noqa: BLE001 - every way of not joining is the same to a user
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise UsageError(
+            f"cannot join the Ray cluster at {address!r} ({reason}); check --ray-address, "
+            "that this machine reaches the cluster, and that the environment has the "
+            "cluster's authentication settings (RAY_AUTH_MODE, its token) if it uses them"
+        ) from None
 
 
 def _decode(

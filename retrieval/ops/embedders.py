@@ -10,13 +10,15 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..embedding.threads import kept as kept_torch_threads
 from ..errors import IndexIncompatible
 from ..specs import Preprocess, WeightsSpec
 from ..store.manifest import Manifest
-from .indexing import IndexOptions
+
+if TYPE_CHECKING:  # not at run time: Ray's embedding actors import this module
+    from .indexing import IndexOptions
 
 __all__ = [
     "LazyEmbedder",

@@ -73,6 +73,14 @@ class Engine(Protocol):
         """Where the batches go instead of the catalogue (a `layout.ShardWriter`), or None."""
         ...
 
+    def start(self) -> None:
+        """Begin getting ready (in the background) while the run scans and plans."""
+        ...
+
+    def close(self) -> None:
+        """Release what `start` or `embed_files` took; called on every path."""
+        ...
+
 
 @dataclass(frozen=True)
 class IndexOptions:
