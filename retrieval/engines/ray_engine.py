@@ -60,6 +60,11 @@ DECODE_BATCH = 8
 #: CPUs an embedding actor reserves on a CPU-only cluster: a fraction, so the decode tasks
 #: still get CPUs (whole-CPU actors on 2 cores starve them and the job hangs).
 ACTOR_CPUS = 0.5
+#: CPUs a decode task reserves on a CPU-only cluster: with the actor's 0.5, two decode tasks run
+#: beside the actor's torch threads on 2 CPUs, as the local engine's 2 workers do. 500 PNG-mix
+#: files, resnet50 fp32, idle 2-CPU machine (tests/bench_ray.py): 1 CPU 45.3 s, 0.75 42.5-43.9 s,
+#: 0.5 (three tasks) 53.5 s.
+DECODE_CPUS = 0.75
 
 
 @dataclass
@@ -132,6 +137,7 @@ class RayEngine:
             decode,
             batch_size=DECODE_BATCH,
             batch_format="numpy",
+            num_cpus=DECODE_CPUS if device == "cpu" else 1,
         )
         embedded = decoded.map_batches(
             _actor_class(manifest, device, self.precision),
