@@ -101,6 +101,17 @@ def workers_option(func: Callable[..., Any]) -> Callable[..., Any]:
     )(func)
 
 
+def max_megapixels_option(help: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """`--max-megapixels` (> 0, default `defaults.MAX_MEGAPIXELS`), with the command's `help`."""
+    return click.option(
+        "--max-megapixels",
+        type=click.FloatRange(min=0, min_open=True),
+        default=defaults.MAX_MEGAPIXELS,
+        show_default=True,
+        help=help,
+    )
+
+
 def device_option(func: Callable[..., Any]) -> Callable[..., Any]:
     return click.option(
         "--device",

@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from .. import defaults
-from .common import CONTEXT, Progress, index_option, notifier, read_only
+from .common import CONTEXT, Progress, index_option, max_megapixels_option, notifier, read_only
 from .dups_apply import apply_options, check_apply_options, run_apply, run_undo
 
 _RULES = [name for name, _ in defaults.KEEP_RULES]
@@ -66,13 +66,7 @@ def _parse_keep(ctx: click.Context, param: click.Parameter, value: str) -> tuple
     show_default=True,
     help="table for people; json, csv (one row per member) or html (one file with previews).",
 )
-@click.option(
-    "--max-megapixels",
-    type=click.FloatRange(min=0, min_open=True),
-    default=defaults.MAX_MEGAPIXELS,
-    show_default=True,
-    help="html: no preview for images above this size (as `index` refuses them).",
-)
+@max_megapixels_option("html: no preview for images above this size (as `index` refuses them).")
 @click.option("--json", "as_json", is_flag=True, help="Same as --format json.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write here, not stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or notices on stderr.")

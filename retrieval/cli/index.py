@@ -13,6 +13,7 @@ from .common import (
     Progress,
     device_option,
     index_option,
+    max_megapixels_option,
     model_options,
     notifier,
     precision_option,
@@ -34,13 +35,7 @@ from .common import (
     "or with '/' a path under PATH ('raw/2023'; '*/x/*' at any depth). Repeatable.",
 )
 @click.option("--follow-symlinks", is_flag=True, help="Follow symbolic links (loop-safe).")
-@click.option(
-    "--max-megapixels",
-    type=click.FloatRange(min=0, min_open=True),
-    default=defaults.MAX_MEGAPIXELS,
-    show_default=True,
-    help="Refuse larger images.",
-)
+@max_megapixels_option("Refuse larger images.")
 @click.option(
     "--batch-size",
     type=click.IntRange(min=1),

@@ -11,7 +11,15 @@ from typing import Any
 import click
 
 from .. import defaults, printable
-from .common import CONTEXT, device_option, index_option, notifier, read_only, show
+from .common import (
+    CONTEXT,
+    device_option,
+    index_option,
+    max_megapixels_option,
+    notifier,
+    read_only,
+    show,
+)
 
 
 def _filter_options(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -108,13 +116,7 @@ def _cosine(ctx: click.Context, param: click.Parameter, value: float | None) -> 
     help="With paths: end each path with NUL instead of a newline (for xargs -0), an extra "
     "NUL between queries; names are written exactly.",
 )
-@click.option(
-    "--max-megapixels",
-    type=click.FloatRange(min=0, min_open=True),
-    default=defaults.MAX_MEGAPIXELS,
-    show_default=True,
-    help="Refuse larger query images.",
-)
+@max_megapixels_option("Refuse larger query images.")
 @device_option
 @read_only
 def search_command(

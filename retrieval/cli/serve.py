@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import click
 
-from .. import UsageError, defaults
-from .common import CONTEXT, device_option, index_option, parse_memory, read_only
+from .. import UsageError
+from .common import (
+    CONTEXT,
+    device_option,
+    index_option,
+    max_megapixels_option,
+    parse_memory,
+    read_only,
+)
 
 INSTALL = "pip install 'retrieval[web]'"
 
@@ -36,13 +43,7 @@ INSTALL = "pip install 'retrieval[web]'"
     callback=parse_memory,
     help="Largest query image accepted (bytes, or 512K, 50M...).",
 )
-@click.option(
-    "--max-megapixels",
-    type=click.FloatRange(min=0, min_open=True),
-    default=defaults.MAX_MEGAPIXELS,
-    show_default=True,
-    help="Refuse larger query images.",
-)
+@max_megapixels_option("Refuse larger query images.")
 @device_option
 @read_only
 def serve_command(
