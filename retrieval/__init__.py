@@ -32,6 +32,7 @@ from .errors import (  # noqa: E402
     CatalogCorrupt,
     CatalogTampered,
     CopiedIndex,
+    EngineFailed,
     ImportFormatError,
     IndexBusy,
     IndexIncompatible,
@@ -141,6 +142,7 @@ __all__ = [
     "ImportFormatError",
     "Interrupted",
     "WorkersUnavailable",
+    "EngineFailed",
 ]
 
 

@@ -112,8 +112,9 @@ class Index:
         adding.check_workers(options, self._notify)
         IndexDir.check_writable(self.directory)
         existing = self._existing_manifest()
+        wanted = adding.model_request(existing, self.directory, model, weights)
         runner = engines.create(engine, device, precision, self._notify)
-        with engines.running(runner), embedders.kept_torch_threads():
+        with engines.running(runner, wanted), embedders.kept_torch_threads():
             embedder = adding.embedder_for(
                 existing,
                 self.directory,
@@ -123,6 +124,7 @@ class Index:
                 precision=precision,
                 options=options,
                 notify=self._notify,
+                engine=runner,
             )
             # checked before anything is created: a bad option leaves no half-made index
             planned = adding.planned_manifest(existing, embedder, storage, self.directory)

@@ -23,7 +23,11 @@ The CLI prints `error: <message>` and exits 1; nothing else reaches the user.
     +-- QueryImageError          a query image cannot be read or decoded
     +-- ImportFormatError        an embeddings file to import is not in the expected form
     +-- WorkersUnavailable       the decode worker processes cannot be started
+    +-- EngineFailed             the Ray cluster failed mid-run; committed batches were kept
     +-- Interrupted              the user pressed Ctrl-C; finished work was kept
+
+Every error pickles with its message and attributes (a Ray actor's model error reaches the
+driver that way), whatever its constructor takes.
 """
 
 from __future__ import annotations
@@ -33,6 +37,20 @@ import os
 
 class RetrievalError(Exception):
     """Base class: anything the user can fix."""
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # Exception's own pickling calls `cls(*args)`, which fails for the subclasses whose
+        # constructors take other arguments than the message (WeightsUnavailable, ...)
+        return _rebuilt, (type(self), self.args, self.__dict__)
+
+
+def _rebuilt(
+    cls: type[RetrievalError], args: tuple[object, ...], state: dict[str, object]
+) -> RetrievalError:
+    error = cls.__new__(cls)
+    error.args = args
+    error.__dict__.update(state)
+    return error
 
 
 class UsageError(RetrievalError):
@@ -183,6 +201,11 @@ class WorkersUnavailable(RetrievalError):
     def __init__(self, message: str, workers: int) -> None:
         self.workers = workers
         super().__init__(message)
+
+
+class EngineFailed(RetrievalError):
+    """The engine that decodes and embeds beyond this process (a Ray cluster) failed during
+    a run; the batches committed before it are kept."""
 
 
 class Interrupted(RetrievalError):

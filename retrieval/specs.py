@@ -133,8 +133,8 @@ class EngineOptions:
     """
 
     kind: str = "local"
-    #: Ray: None starts Ray on this machine (loopback only); "auto" or "HOST:PORT" (the
-    #: cluster's GCS) joins a running cluster ("ray://" is refused: see engines.RAY_CLIENT).
+    #: Ray: None starts Ray on this machine (loopback only); "auto", "HOST:PORT" (the
+    #: cluster's GCS) or "ray://HOST:PORT" (its Ray Client server) joins a running cluster.
     address: str | None = None
     #: Ray: embedding actors [one per GPU of the cluster, else 1].
     actors: int | None = None

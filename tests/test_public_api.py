@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
 import json
+import pickle
 import subprocess
 import sys
 
@@ -49,6 +51,24 @@ def test_every_error_class_is_public() -> None:
     error_classes = {c.__name__ for c in classes if issubclass(c, errors.RetrievalError)}
     assert error_classes <= set(retrieval.__all__)
     assert retrieval.errors is errors
+
+
+def test_every_error_pickles_with_its_message_and_attributes() -> None:
+    """A Ray actor's model error (WeightsUnavailable, ...) reaches the driver pickled;
+    Exception's own pickling would call the constructor with the message alone."""
+    classes = [v for v in vars(errors).values() if isinstance(v, type)]
+    for cls in (c for c in classes if issubclass(c, errors.RetrievalError)):
+        required = [
+            p
+            for p in inspect.signature(cls.__init__).parameters.values()
+            if p.name != "self" and p.default is inspect.Parameter.empty
+        ]
+        error = cls(*(f"{p.name}-value" for p in required)) if required else cls("why")
+        error.note = 3  # an attribute set after construction survives too
+        copy = pickle.loads(pickle.dumps(error))
+        assert type(copy) is cls
+        assert (str(copy), copy.args) == (str(error), error.args)
+        assert vars(copy) == vars(error)
 
 
 def test_an_unknown_name_is_an_attribute_error() -> None:

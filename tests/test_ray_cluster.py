@@ -28,7 +28,7 @@ from pathlib import Path
 
 import _procs as P
 import pytest
-from test_ray_engine import LOOPBACK, PHOTOS, TIMEOUT, _assert_same_rows, _index, local, photos
+from test_ray_engine import LOOPBACK, TIMEOUT, _assert_same_rows, _index, local, photos
 
 pytestmark = pytest.mark.slow
 __all__ = ["local", "photos"]  # module fixtures shared with test_ray_engine
@@ -40,9 +40,11 @@ CLUSTER_ENV = {**LOOPBACK, "RAY_AUTH_MODE": "disabled"}
 
 @dataclass(frozen=True)
 class Head:
-    """A running `ray start --head`: its GCS address (HOST:PORT)."""
+    """A running `ray start --head`: its GCS address (HOST:PORT) and its Ray Client
+    server's (ray://HOST:PORT)."""
 
     gcs: str
+    client: str
     process: subprocess.Popen[bytes]
     temp_dir: str
 
@@ -92,10 +94,10 @@ def _stop(head: Head) -> None:
 def head() -> Iterator[Head]:
     # Ray's sockets live under the temp dir: a short path (AF_UNIX paths hold 107 bytes)
     temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
-    gcs = P.free_port()
+    gcs, client = P.free_port(), P.free_port()
     log = Path(temp_dir) / "ray-start.out"
     argv = [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block"]
-    argv += ["--node-ip-address=127.0.0.1", f"--port={gcs}"]
+    argv += ["--node-ip-address=127.0.0.1", f"--port={gcs}", f"--ray-client-server-port={client}"]
     argv += ["--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats"]
     argv += [f"--temp-dir={temp_dir}"]
     with open(log, "wb") as out:
@@ -106,7 +108,7 @@ def head() -> Iterator[Head]:
             env={**os.environ, **CLUSTER_ENV, "PYTHONUNBUFFERED": "1"},  # its log, line by line
             start_new_session=True,
         )
-    started = Head(f"127.0.0.1:{gcs}", process, temp_dir)
+    started = Head(f"127.0.0.1:{gcs}", f"ray://127.0.0.1:{client}", process, temp_dir)
     try:
         deadline = time.monotonic() + 120
         while b"Ray runtime started" not in log.read_bytes():
@@ -152,16 +154,13 @@ def test_auto_joins_the_cluster_in_ray_address(
     _answers(head)
 
 
-def test_a_ray_client_address_is_refused_before_anything_is_written(tmp_path: Path) -> None:
-    """Ray Data cannot run through the Ray Client (tried against the head above, Ray 2.60:
-    "AttributeError: 'Worker' object has no attribute 'core_worker'" from Ray Data's
-    executor; ray-project/ray#42739): `ray://` is refused, in one line, with what to do."""
+def test_a_ray_client_address_joins_through_the_ray_client(
+    head: Head, photos: Path, local: Path, tmp_path: Path
+) -> None:
+    """ray://HOST:PORT: the driver runs here and talks to the cluster through the Ray
+    Client server of its head (the engine uses Ray's core API only, which the Ray Client
+    carries; Ray Data's executor could not run through it, ray-project/ray#42739)."""
     index = tmp_path / "index"
-    done = _index(PHOTOS, index, "--engine", "ray", "--ray-address", "ray://127.0.0.1:10001")
-    assert done.returncode == 1, done.stderr
-    assert done.stderr.strip().splitlines() == [
-        "error: --ray-address ray://... joins through the Ray Client, which cannot run Ray "
-        "Data (ray-project/ray#42739); run `retrieval index` on a node of the cluster with "
-        "--ray-address auto, or give the cluster's GCS address HOST:PORT (default port 6379)"
-    ]
-    assert not index.exists()
+    done = _index(photos, index, "--engine", "ray", "--ray-address", head.client, env=CLUSTER_ENV)
+    _check_run(done, index, local)
+    _answers(head)

@@ -19,10 +19,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import _procs as P
+import _weights
 import numpy as np
 import pytest
 
-pytest.importorskip("ray.data")
+pytest.importorskip("ray")
+
+lite0_source_file = _weights.lite0_source_file  # the session fixtures
+lite0_weights = _weights.lite0_weights
 
 ROOT = Path(__file__).resolve().parent.parent
 PHOTOS = ROOT / "data" / "photos"
@@ -163,9 +167,9 @@ def test_without_ray_the_engine_says_how_to_install_it(tmp_path: Path) -> None:
     assert done.returncode == 1
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1, done.stderr
-    assert lines[0].startswith("error: --engine ray needs Ray Data, which cannot be imported")
+    assert lines[0].startswith("error: --engine ray needs Ray, which cannot be imported")
     assert lines[0].endswith(
-        "install it: pip install 'retrieval[ray]' (or: pip install 'ray[data]>=2.40')"
+        "install it: pip install 'retrieval[ray]' (or: pip install 'ray>=2.40')"
     )
     assert not index.exists()  # refused before anything was written
 
@@ -194,6 +198,88 @@ def test_ray_run_equals_a_local_run(photos: Path, local: Path, tmp_path: Path, n
 
 
 @pytest.mark.slow
+def test_a_new_index_records_the_model_the_actor_loaded(
+    lite0_weights: Path, tmp_path: Path, no_ray_left
+) -> None:
+    """The driver never loads the model of a new index: the actor loads it (real ImageNet
+    weights from a file) and describes it; the manifest and the vectors are the local
+    engine's for the same weights."""
+    weights = ["--model", _weights.LITE0, "--weights", str(lite0_weights), "--precision", "fp32"]
+    runs = {}
+    for engine in ("local", "ray"):
+        index = tmp_path / engine
+        argv = [sys.executable, "-m", "retrieval", "index", str(PHOTOS), "--index", str(index)]
+        done = subprocess.run(
+            [*argv, *weights, "--engine", engine, "--workers", "0", "--json"],
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+            env={**os.environ, **LOOPBACK},
+        )
+        assert done.returncode == 0, done.stderr
+        runs[engine] = index
+    assert "embedding with tf_efficientnet_lite0 on ray (1 cpu actor), fp32" in done.stderr
+    manifests = {k: json.loads((v / "manifest.json").read_text()) for k, v in runs.items()}
+    assert manifests["ray"]["model"] == manifests["local"]["model"]  # weights' SHA-256 too
+    assert manifests["ray"]["precision"] == "fp32"
+    _assert_same_rows(runs["ray"], runs["local"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("model", "env", "message"),
+    [
+        (["--model", "not_a_model"], {}, "error: unknown model 'not_a_model'"),
+        (
+            ["--model", "resnet18"],
+            {"HF_HUB_OFFLINE": "1"},
+            "error: pretrained weights for resnet18 are not in the Hugging Face cache",
+        ),
+    ],
+    ids=["unknown-model", "weights-unavailable"],
+)
+def test_a_model_the_actor_cannot_load_is_one_line_and_no_index(
+    model: list[str], env: dict[str, str], message: str, tmp_path: Path, no_ray_left
+) -> None:
+    """The actor's error (pickled, whatever its constructor takes) is the run's one line,
+    raised before the index is created; Ray is shut down."""
+    index = tmp_path / "index"
+    argv = [sys.executable, "-m", "retrieval", "index", str(PHOTOS), "--index", str(index)]
+    done = subprocess.run(
+        [*argv, *model, "--engine", "ray"],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        env={**os.environ, **LOOPBACK, **env},
+    )
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(message), done.stderr
+    assert not index.exists()
+
+
+@pytest.mark.slow
+def test_an_actor_that_keeps_dying_fails_the_run_in_one_line_and_the_rerun_finishes(
+    photos: Path, local: Path, tmp_path: Path, no_ray_left
+) -> None:
+    """Each actor process is SIGKILLed on its first call: Ray restarts it and re-sends the
+    call `ACTOR_RESTARTS` times, then the run ends with one error line (after Ray's own
+    reports of the deaths), nothing on stdout; the same command without the fault finishes."""
+    index = tmp_path / "index"
+    failed = _index(photos, index, "--engine", "ray", env=P.kill_env("actor-embed:1"))
+    assert failed.returncode == 1, failed.stderr
+    assert failed.stdout == ""
+    assert failed.stderr.strip().splitlines()[-1] == (
+        "error: the Ray run failed (The actor died unexpectedly before finishing this task.); "
+        "the batches committed before it are kept: run the same command again to resume"
+    )
+    assert "Task _Embedder.embed failed" in failed.stderr  # Ray re-sent the calls
+    resumed = _index(photos, index, "--engine", "ray")
+    assert resumed.returncode == 0, resumed.stderr
+    _assert_same_rows(index, local)
+
+
+@pytest.mark.slow
 def test_a_killed_driver_keeps_its_batches_and_the_rerun_finishes(
     photos: Path, local: Path, tmp_path: Path, no_ray_left
 ) -> None:
@@ -205,9 +291,12 @@ def test_a_killed_driver_keeps_its_batches_and_the_rerun_finishes(
     kept = _rows(index)
     assert [r[1] for r in kept.values()].count("ok") == 8  # two batches of 4, then killed
     # Ray's agents outlive a SIGKILLed driver by up to ~2 minutes (they exit once they see
-    # raylet gone); raylet and GCS die with it. The agents are excused and ended here.
+    # raylet gone), and so does a worker raylet was starting as it died (~30 s); raylet and
+    # GCS die with it. The killed run's processes are excused and ended here.
+    killed_session = os.path.basename(os.path.realpath("/tmp/ray/session_latest")).encode()
     no_ray_left.update(p for p in _ray_processes() if _is_agent(p))
     resumed = _index(photos, index, "--engine", "ray", "--batch-size", "4")
+    no_ray_left.update(p for p in _ray_processes() if killed_session in _cmdline(p))
     assert resumed.returncode == 0, resumed.stderr
     assert json.loads(resumed.stdout)["added"] == 3  # only the rest: the 8 kept are unchanged
     assert {p: r[:2] for p, r in _rows(index).items() if p in kept} == {
@@ -216,12 +305,16 @@ def test_a_killed_driver_keeps_its_batches_and_the_rerun_finishes(
     _assert_same_rows(index, local)
 
 
-def _is_agent(pid: int) -> bool:
+def _cmdline(pid: int) -> bytes:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return b"Agent" in f.read()
+            return f.read()
     except OSError:
-        return False
+        return b""
+
+
+def _is_agent(pid: int) -> bool:
+    return b"Agent" in _cmdline(pid)
 
 
 @pytest.mark.slow

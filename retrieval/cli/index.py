@@ -58,8 +58,8 @@ from .common import (
     "--ray-address",
     metavar="ADDR",
     default=None,
-    help="With --engine ray: join this cluster ('auto', or its GCS address HOST:6379; not "
-    "ray://, the Ray Client cannot run Ray Data) [default: start Ray on this machine].",
+    help="With --engine ray: join this cluster ('auto', its GCS address HOST:6379, or "
+    "ray://HOST:10001 through the Ray Client) [default: start Ray on this machine].",
 )
 @click.option(
     "--actors",

@@ -1,6 +1,6 @@
 """Engines that decode and embed an indexing run's files beyond this process
 (`ops.indexing.Engine`). Each engine's heavy dependency has one module, imported only when
-the engine is chosen: `ray_engine` (Ray Data)."""
+the engine is chosen: `ray_engine` (Ray's tasks and actors)."""
 
 from __future__ import annotations
 
@@ -13,17 +13,10 @@ from ..errors import UsageError
 from ..specs import EngineOptions
 
 if TYPE_CHECKING:  # not imported at run time: a Ray worker loads this package too
-    from ..ops.indexing import Engine
+    from ..ops.indexing import Engine, ModelRequest
 
 #: How to get Ray, said when `--engine ray` is asked for without it.
-RAY_INSTALL = "pip install 'retrieval[ray]' (or: pip install 'ray[data]>=2.40')"
-#: Why a ray:// address is refused: Ray Data's executor needs a full driver (a core worker),
-#: which a Ray Client does not have (tried with Ray 2.60: AttributeError 'core_worker').
-RAY_CLIENT = (
-    "--ray-address ray://... joins through the Ray Client, which cannot run Ray Data "
-    "(ray-project/ray#42739); run `retrieval index` on a node of the cluster with "
-    "--ray-address auto, or give the cluster's GCS address HOST:PORT (default port 6379)"
-)
+RAY_INSTALL = "pip install 'retrieval[ray]' (or: pip install 'ray>=2.40')"
 
 
 def create(
@@ -39,28 +32,27 @@ def create(
         )
     if options.actors is not None and options.actors < 1:
         raise UsageError(f"--actors must be at least 1, not {options.actors}")
-    if (options.address or "").startswith("ray://"):
-        raise UsageError(RAY_CLIENT)
     try:
         from .ray_engine import RayEngine
     except ImportError as exc:
         if (exc.name or "").startswith("retrieval"):
             raise
         raise UsageError(
-            f"--engine ray needs Ray Data, which cannot be imported here ({exc}); "
+            f"--engine ray needs Ray, which cannot be imported here ({exc}); "
             f"install it: {RAY_INSTALL}"
         ) from None
     return RayEngine(options, device, precision, notify)
 
 
 @contextlib.contextmanager
-def running(engine: Engine | None) -> Iterator[None]:
-    """`engine` started (it gets ready in the background while the run scans and plans)
-    and closed on every path, Ctrl-C included; nothing for the local engine (None)."""
+def running(engine: Engine | None, model: ModelRequest) -> Iterator[None]:
+    """`engine` started, loading `model` on its workers (it gets ready in the background
+    while the run scans and plans), and closed on every path, Ctrl-C included; nothing for
+    the local engine (None)."""
     if engine is None:
         yield
         return
-    engine.start()
+    engine.start(model)
     try:
         yield
     finally:

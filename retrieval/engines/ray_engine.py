@@ -1,35 +1,43 @@
 """The Ray engine: the files an indexing run must embed, decoded and embedded on a Ray cluster.
 
 The driver (`ops.indexing.index_paths`) scans, plans and commits as with the local engine;
-this module only turns the plan's files into embedded batches. With Ray Data:
+this module only turns the plan's files into embedded batches, with Ray's core API:
 
-    from_items(paths + read rules) -> map_batches(decode, CPU tasks)
-        -> map_batches(embed, an actor pool) -> iter_batches on the driver
+    decode tasks (`DECODE_BATCH` files each, spread over the cluster's CPUs)
+        -> an embedding actor's `embed(*decoded)`: one call per batch, to the least busy actor
+        -> `ray.get` on the driver, in submission order
 
-Decoding is our own (`ops.workers.decode_files`, the code the local workers run), so a bad
-file is a failure record in its batch, never a failed job (Ray's `read_images` aborts the
-whole job on one bad file). Each actor loads the index's own model once
-(`ops.embedders.load_for`: the manifest's weights, checked). Order is preserved, so a run
-assigns the same ids as the local engine would. Ray is started on this machine unless an
-address is given (asked for 127.0.0.1; on Linux Ray itself binds the machine's outward
-address unless RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 is set, as the tests do), and always
-shut down (or, joined, disconnected), on errors and Ctrl-C too.
+A bounded window of batches is in flight (enough to keep the cluster's CPUs decoding ahead of
+the actors), so the plan streams through Ray and memory stays flat however many files there
+are. Decoding is our own (`ops.workers.decode_files`, the code the local workers run), so a
+bad file is a failure record in its batch, never a failed job (Ray's `read_images` aborts the
+whole job on one bad file). Results come back in order, so a run assigns the same ids as the
+local engine would. When a node dies, Ray retries its decode tasks (and rebuilds their lost
+outputs), restarts its actors elsewhere and re-sends their calls (`ACTOR_RESTARTS`): the
+driver still commits each file exactly once.
 
-Ray starts in the background (`start`, called when the run begins, before the driver loads
-the model, scans and plans): a thread of its own starts (or joins) it, warms Ray Data up
-(its helper actors, our decoder's imports in the idle workers) and then waits for `close`
-to shut it down. The same thread must stop Ray: Ray's processes die with the thread that
-started them (Linux's parent-death signal is per thread).
+The actors are created as soon as Ray is up, so they load the model while the driver scans
+and plans, and a new index's model is described by them (`RayEngine.model`): the driver never
+loads torch. (Ray Data's `map_batches` with an actor pool did this job first; on one 2-CPU
+machine its three helper actors, its executor and its actors' late start made a run 1.27x
+the local engine's wall time on 500 images, tests/bench_ray.py.)
+
+Ray is started on this machine unless an address is given (asked for 127.0.0.1; on Linux Ray
+itself binds the machine's outward address unless RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 is set,
+as the tests do), and always shut down (or, joined, disconnected), on errors and Ctrl-C too.
+A thread of its own starts (or joins) Ray, creates the actors, warms the decode workers up and
+then waits for `close` to shut Ray down. The same thread must stop Ray: Ray's processes die
+with the thread that started them (Linux's parent-death signal is per thread).
 
 Only this module imports ray.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
-import functools
 import logging
-import pickle
+import math
 import signal
 import sys
 import threading
@@ -39,32 +47,33 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import ray
-import ray.data
 
-from ..errors import UsageError
+from ..errors import EngineFailed, IndexIncompatible, RetrievalError, UsageError
 from ..ops import embedders, pipeline
 from ..ops.layout import ShardWriter
 from ..ops.workers import decode_files
 from ..sources.decode import FileResult
 from ..sources.scan import FileEntry
 from ..specs import EngineOptions, Preprocess
+from ..store.files import fault_point
 from ..store.manifest import Manifest
 
 if TYPE_CHECKING:  # not at run time: the catalogue and FAISS stay out of Ray's workers
-    from ..ops.indexing import IndexOptions
+    from ..ops.indexing import EngineModel, IndexOptions, ModelRequest
 
 Notify = Callable[[str], None]
 
 #: Files per decode task: small, so the tasks spread over the cluster's CPUs.
 DECODE_BATCH = 8
 #: CPUs an embedding actor reserves on a CPU-only cluster: a fraction, so the decode tasks
-#: still get CPUs (whole-CPU actors on 2 cores starve them and the job hangs).
+#: still get CPUs (whole-CPU actors on 2 cores starve them).
 ACTOR_CPUS = 0.5
 #: CPUs a decode task reserves on a CPU-only cluster: with the actor's 0.5, two decode tasks run
-#: beside the actor's torch threads on 2 CPUs, as the local engine's 2 workers do. 500 PNG-mix
-#: files, resnet50 fp32, idle 2-CPU machine (tests/bench_ray.py): 1 CPU 45.3 s, 0.75 42.5-43.9 s,
-#: 0.5 (three tasks) 53.5 s.
+#: beside the actor's torch threads on 2 CPUs, as the local engine's 2 workers do.
 DECODE_CPUS = 0.75
+#: Times an actor is restarted (on another node when its node died) before the run fails;
+#: its pending calls are re-sent each time.
+ACTOR_RESTARTS = 4
 
 
 @dataclass
@@ -78,17 +87,43 @@ class RayEngine:
     precision: str
     notify: Notify
     _cluster: _Cluster | None = field(default=None, init=False, repr=False)
+    _stdout: contextlib.ExitStack = field(default_factory=contextlib.ExitStack, repr=False)
 
-    def start(self) -> None:
-        """Begin starting (or joining) Ray in the background; `close` ends it."""
+    def start(self, model: ModelRequest) -> None:
+        """Begin starting (or joining) Ray and loading `model` on its actors, in the
+        background; `close` ends it."""
         if self._cluster is None:
-            self._cluster = _Cluster(self.options.address)
+            # Ray's driver prints what the cluster reports (a task retried after a node
+            # died: "(raylet) Task ... failed") on sys.stdout, which holds `--json`'s data:
+            # to stderr while Ray runs
+            self._stdout.enter_context(contextlib.redirect_stdout(sys.stderr))
+            launch = _Launch(model, self.device, self.precision, self.options.actors)
+            try:
+                self._cluster = _Cluster(self.options.address, launch)
+            except BaseException:
+                self._stdout.close()
+                raise
+
+    def model(self) -> EngineModel:
+        """The model the actors loaded, as a new index's manifest records it (waits for Ray
+        and for the first actor); raises what loading it raised."""
+        from ..ops.indexing import EngineModel  # the driver's side: the catalogue is loaded
+
+        if self._cluster is None:
+            raise RuntimeError("RayEngine.model() before start()")
+        fleet = self._cluster.fleet()
+        info, precision = fleet.describe(1)[0]
+        where = f"ray ({len(fleet.actors)} {fleet.device} actor{'s' * (len(fleet.actors) > 1)})"
+        return EngineModel(info, precision, where)
 
     def close(self) -> None:
         """Shut Ray down (a joined cluster: disconnect), waiting for it; idempotent."""
         cluster, self._cluster = self._cluster, None
-        if cluster is not None:
-            cluster.close()
+        try:
+            if cluster is not None:
+                cluster.close()
+        finally:
+            self._stdout.close()
 
     def shard_writer(self, manifest: Manifest, rows: int) -> ShardWriter | None:
         """With `options.shards`: a writer of that (new or empty) folder, for `rows` rows."""
@@ -101,87 +136,181 @@ class RayEngine:
     ) -> Generator[list[FileResult], None, None]:
         """Batches of `todo` in order, each file once: a decoded file's `pixels` holds its
         vector ((d,) float32, L2-normalised); a failure has no pixels and its error."""
-        # Ray's driver prints what the cluster reports (a task retried after a node died:
-        # "(raylet) Task ... failed") on sys.stdout, which holds `--json`'s data: to stderr.
-        started_here = self._cluster is None  # else `start` was called and `close` will be
-        with contextlib.redirect_stdout(sys.stderr):
-            self.start()
-            cluster = self._cluster
-            assert cluster is not None
-            try:
-                cluster.wait()
-                yield from self._batches(manifest, todo, options)
-            finally:
-                # Ray stops in the background while the run syncs its vectors; `close`
-                # waits for it
-                cluster.stop()
-                if started_here:
-                    self.close()
+        from ..ops.indexing import ModelRequest
 
-    def _batches(
-        self, manifest: Manifest, todo: list[FileEntry], options: IndexOptions
-    ) -> Iterator[list[FileResult]]:
+        started_here = self._cluster is None  # else `start` was called and `close` will be
+        self.start(ModelRequest(manifest.model.name, manifest.model.weights, manifest))
+        cluster = self._cluster
+        assert cluster is not None
+        try:
+            fleet = cluster.fleet()
+            fleet.check(manifest)
+            yield from _Run(fleet, todo, manifest.model.preprocess, options).batches()
+            self.notify(fleet.summary())
+        finally:
+            # Ray stops in the background while the run syncs its vectors; `close` waits
+            cluster.stop()
+            if started_here:
+                self.close()
+
+
+@dataclass(frozen=True)
+class _Launch:
+    """What the Ray thread creates once Ray is up: `_Fleet.create`'s arguments."""
+
+    model: ModelRequest
+    device: str
+    precision: str
+    actors: int | None
+
+    def __call__(self) -> _Fleet:
+        return _Fleet.create(self)
+
+
+@dataclass
+class _Fleet:
+    """The embedding actors of a run (created as Ray starts) and where they run."""
+
+    actors: list[Any]
+    device: str  # "cuda" (one GPU an actor) or "cpu"
+    decode_cpus: float  # what a decode task reserves
+    #: warm-up tasks in flight (kept so that they run; their results are never read)
+    warming: list[Any] = field(default_factory=list)
+    decode_nodes: set[str] = field(default_factory=set)
+    embed_nodes: set[str] = field(default_factory=set)
+    _described: list[tuple[Any, str]] | None = None
+
+    @classmethod
+    def create(cls, launch: _Launch) -> _Fleet:
+        """Actors for `launch.model`: `launch.actors` of them [one per GPU of the cluster,
+        else 1], each on a GPU when the cluster has them and `launch.device` allows."""
         gpus = int(ray.cluster_resources().get("GPU", 0))
-        device = "cuda" if gpus and self.device in ("auto", "cuda") else "cpu"
-        actors = self.options.actors or max(1, gpus if device == "cuda" else 1)
-        batch_size = options.batch_size or pipeline.default_batch_size(device)
-        preprocess = manifest.model.preprocess
-        items = [
-            {"path": e.path, "follow": e.link, "device": e.device, "inode": e.inode} for e in todo
-        ]
-        blocks = -(-len(items) // DECODE_BATCH)  # a decode task per block: spread, not one
-        decode = functools.partial(
-            _decode, preprocess=preprocess, max_megapixels=options.max_megapixels
-        )
-        decoded = ray.data.from_items(items, override_num_blocks=blocks).map_batches(
-            decode,
-            batch_size=DECODE_BATCH,
-            batch_format="numpy",
-            num_cpus=DECODE_CPUS if device == "cpu" else 1,
-        )
-        embedded = decoded.map_batches(
-            _actor_class(manifest, device, self.precision),
-            batch_size=batch_size,
-            batch_format="numpy",
-            concurrency=actors,
-            num_gpus=1 if device == "cuda" else 0,
+        device = "cuda" if gpus and launch.device in ("auto", "cuda") else "cpu"
+        count = launch.actors or max(1, gpus if device == "cuda" else 1)
+        actor = ray.remote(_Embedder).options(
             num_cpus=1 if device == "cuda" else ACTOR_CPUS,
+            num_gpus=1 if device == "cuda" else 0,
+            max_restarts=ACTOR_RESTARTS,
+            max_task_retries=-1,  # while the actor can restart, its calls are re-sent
         )
-        nodes: dict[str, set[str]] = {"decode": set(), "embed": set()}
-        for batch in embedded.iter_batches(batch_size=batch_size, batch_format="numpy"):
-            nodes["decode"].update(batch["decode_node"].tolist())
-            nodes["embed"].update(batch["embed_node"].tolist())
-            yield _results(batch)
-        self.notify(
-            f"ray: decoded on {len(nodes['decode'])} node(s), embedded by {actors} "
-            f"{device} actor(s) on {len(nodes['embed'])} node(s)"
+        actors = [actor.remote(launch.model, device, launch.precision) for _ in range(count)]
+        return cls(actors, device, DECODE_CPUS if device == "cpu" else 1)
+
+    def warm_up(self) -> None:
+        """Start the decode workers (a worker's first task pays for its process and our
+        decoder's imports, ~1 s) while the actors load the model: not waited for."""
+        task = ray.remote(_warm).options(num_cpus=self.decode_cpus, scheduling_strategy="SPREAD")
+        self.warming = [task.remote() for _ in range(pipeline.cpu_count())]
+
+    def describe(self, count: int | None = None) -> list[tuple[Any, str]]:
+        """(ModelInfo, precision) of the first `count` actors [all] (waits for them to load);
+        raises what loading the model raised (one line), EngineFailed when an actor died."""
+        wanted = self.actors[:count] if count else self.actors
+        if self._described is None or len(self._described) < len(wanted):
+            answers = _get([actor.describe.remote() for actor in wanted])
+            for answer in answers:
+                if isinstance(answer, RetrievalError):
+                    raise answer
+            self._described = answers
+        return self._described[: len(wanted)]
+
+    def check(self, manifest: Manifest) -> None:
+        """Every actor loaded the model `manifest` records (an existing index's actors
+        checked its weights as they loaded it; a new index's all resolved the same ones)."""
+        recorded = manifest.model.weights
+        for info, _ in self.describe():
+            if recorded.source == "pretrained" and info.weights.identity != recorded.identity:
+                raise IndexIncompatible(
+                    f"a Ray actor loaded pretrained weights {info.weights.identity}, but the "
+                    f"index records {manifest.model.weights.identity}; give every node of the "
+                    "cluster the same weights (the same cache), or --weights FILE"
+                )
+
+    def summary(self) -> str:
+        return (
+            f"ray: decoded on {len(self.decode_nodes)} node(s), embedded by "
+            f"{len(self.actors)} {self.device} actor(s) on {len(self.embed_nodes)} node(s)"
         )
+
+
+@dataclass
+class _Run:
+    """One run's batches through the fleet: decode tasks and actor calls, a window of
+    them in flight, results taken in submission order."""
+
+    fleet: _Fleet
+    todo: list[FileEntry]
+    preprocess: Preprocess
+    options: IndexOptions
+
+    def batches(self) -> Iterator[list[FileResult]]:
+        fleet = self.fleet
+        size = self.options.batch_size or pipeline.default_batch_size(fleet.device)
+        decode = ray.remote(_decode).options(
+            num_cpus=fleet.decode_cpus, scheduling_strategy="SPREAD"
+        )
+        busy = [0] * len(fleet.actors)  # calls in flight per actor
+        pending: collections.deque[tuple[int, Any]] = collections.deque()
+        window, megapixels = self.window(size), self.options.max_megapixels
+        for start in range(0, len(self.todo), size):
+            chunk = self.todo[start : start + size]
+            parts = [
+                decode.remote(_items(chunk[i : i + DECODE_BATCH]), self.preprocess, megapixels)
+                for i in range(0, len(chunk), DECODE_BATCH)
+            ]
+            actor = busy.index(min(busy))
+            pending.append((actor, fleet.actors[actor].embed.remote(*parts)))
+            busy[actor] += 1
+            while len(pending) >= window:
+                yield self.take(pending, busy)
+        while pending:
+            yield self.take(pending, busy)
+
+    def window(self, size: int) -> int:
+        """Batches in flight: enough for every CPU of the cluster to have a decode task
+        (with the actors' own), and two per actor."""
+        cpus = float(ray.cluster_resources().get("CPU", 1))
+        decoding = math.ceil(cpus / self.fleet.decode_cpus * DECODE_BATCH / size)
+        return max(2 * len(self.fleet.actors), decoding + len(self.fleet.actors)) + 2
+
+    def take(
+        self, pending: collections.deque[tuple[int, Any]], busy: list[int]
+    ) -> list[FileResult]:
+        """The oldest batch in flight, embedded (waits for it)."""
+        actor, call = pending.popleft()
+        results, decode_nodes, embed_node = _get(call)
+        busy[actor] -= 1
+        self.fleet.decode_nodes.update(decode_nodes)
+        self.fleet.embed_nodes.add(embed_node)
+        return results
 
 
 class _Cluster:
-    """Ray, started (or joined) and warmed up by a thread that then waits for `close` and
-    shuts it down (see the module docstring)."""
+    """Ray, started (or joined), with a run's actors created, by a thread that then waits
+    for `close` and shuts Ray down (see the module docstring)."""
 
-    def __init__(self, address: str | None) -> None:
+    def __init__(self, address: str | None, launch: Callable[[], _Fleet]) -> None:
         self._ready = threading.Event()
         self._stop = threading.Event()
         self._error: BaseException | None = None
+        self._fleet: _Fleet | None = None
         self._sigterm = _exit_on_sigterm()
         # Joining starts nothing here, and Ray may retry an unreachable address for minutes:
         # `close` then leaves that thread behind (a daemon) rather than wait for it
         self._joining = address is not None
         self._thread = threading.Thread(
-            target=self._run, args=(address,), name="ray", daemon=self._joining
+            target=self._run, args=(address, launch), name="ray", daemon=self._joining
         )
         self._thread.start()
 
-    def _run(self, address: str | None) -> None:
+    def _run(self, address: str | None, launch: Callable[[], _Fleet]) -> None:
         try:
             try:
                 _start(address)
                 if not self._stop.is_set():
-                    _warm_up()
-            except BaseException as exc:  # raised again in the caller's thread by `wait`
+                    self._fleet = launch()
+                    self._fleet.warm_up()
+            except BaseException as exc:  # raised again in the caller's thread by `fleet`
                 self._error = exc
             self._ready.set()
             if self._error is None:
@@ -190,11 +319,15 @@ class _Cluster:
             ray.shutdown()  # started or not, joined (a disconnect) or not
             self._ready.set()
 
-    def wait(self) -> None:
-        """Until Ray is up; raises what starting it raised."""
+    def fleet(self) -> _Fleet:
+        """The run's actors once Ray is up (they may still be loading the model); raises
+        what starting Ray raised."""
         self._ready.wait()
         if self._error is not None:
             raise self._error
+        if self._fleet is None:
+            raise EngineFailed("Ray was shut down before the run began")
+        return self._fleet
 
     def stop(self) -> None:
         """Begin shutting Ray down (or disconnecting); returns at once."""
@@ -223,30 +356,11 @@ def _sigterm_exit(signum: int, frame: Any) -> None:
     sys.exit(signum)
 
 
-def _warm_up() -> None:
-    """A tiny Ray Data job: starts Ray Data's helper actors and imports our decoder in the
-    idle workers (each ~1 s of a cold start), while the driver still scans and plans."""
-    ray.data.range(pipeline.cpu_count(), override_num_blocks=pipeline.cpu_count()).map_batches(
-        _warm, batch_format="numpy"
-    ).materialize()
-
-
-def _warm(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    from ..sources import decode  # noqa: F401  (what `_decode` needs, imported now)
-
-    return batch
-
-
 def _start(address: str | None) -> None:
     """Join the cluster at `address`, or start Ray on this machine (see the module
     docstring for its address); Ray's own logs stay off stderr (its workers' output is not
     forwarded, its loggers are set to ERROR)."""
-    ctx = ray.data.DataContext.get_current()
-    ctx.execution_options.preserve_order = True  # the local engine's ids
-    ctx.enable_progress_bars = False
-    ctx.print_on_execution_start = False
     logging.getLogger("ray").setLevel(logging.ERROR)
-    logging.getLogger("ray.data").setLevel(logging.ERROR)
     common: dict[str, Any] = {
         "log_to_driver": False,
         "logging_level": logging.ERROR,
@@ -270,75 +384,86 @@ def _join(address: str, common: dict[str, Any]) -> None:
     try:
         ray.init(address=address, **common)
     except Exception as exc:  # noqa: BLE001 - every way of not joining is the same to a user
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise UsageError(
-            f"cannot join the Ray cluster at {address!r} ({reason}); check --ray-address, "
-            "that this machine reaches the cluster, and that the environment has the "
-            "cluster's authentication settings (RAY_AUTH_MODE, its token) if it uses them"
+            f"cannot join the Ray cluster at {address!r} ({_first_line(exc)}); check "
+            "--ray-address, that this machine reaches the cluster, and that the environment "
+            "has the cluster's authentication settings (RAY_AUTH_MODE, its token) if it uses them"
         ) from None
 
 
+def _get(refs: Any) -> Any:
+    """`ray.get(refs)`; EngineFailed (one line) when a task or an actor failed for good."""
+    try:
+        return ray.get(refs)
+    except ray.exceptions.RayError as exc:
+        raise EngineFailed(
+            f"the Ray run failed ({_first_line(exc)}); the batches committed before it are "
+            "kept: run the same command again to resume"
+        ) from None
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def _items(chunk: list[FileEntry]) -> list[tuple[bytes, bool, int, int]]:
+    """A decode task's files as plain tuples: (path, follow links, st_dev, st_ino)."""
+    return [(e.path, e.link, e.device, e.inode) for e in chunk]
+
+
+def _warm() -> None:
+    from ..sources import decode  # noqa: F401  (what `_decode` needs, imported now)
+
+
 def _decode(
-    batch: dict[str, np.ndarray], preprocess: Preprocess, max_megapixels: float
-) -> dict[str, np.ndarray]:
-    """A decode task: files -> pixels (n, height, width, 3) uint8, zeros for a failure, and
-    each file's `FileResult` without pixels, pickled ("meta")."""
-    paths = [bytes(p) for p in batch["path"]]
-    rules = {
-        path: (bool(follow), (int(dev), int(ino)) if ino else None)
-        for path, follow, dev, ino in zip(
-            paths, batch["follow"], batch["device"], batch["inode"], strict=True
-        )
-    }
-    results = decode_files(paths, preprocess, max_megapixels, rules)
+    items: list[tuple[bytes, bool, int, int]], preprocess: Preprocess, max_megapixels: float
+) -> tuple[list[FileResult], np.ndarray, str]:
+    """A decode task: its files' `FileResult`s without pixels, their pixels (n, height,
+    width, 3) uint8 (zeros for a failure), and this node's id."""
+    rules = {path: (follow, (dev, ino) if ino else None) for path, follow, dev, ino in items}
+    results = decode_files([path for path, *_ in items], preprocess, max_megapixels, rules)
     pixels = np.zeros((len(results), preprocess.height, preprocess.width, 3), np.uint8)
     for i, result in enumerate(results):
         if result.pixels is not None:
             pixels[i] = result.pixels
-    node = ray.get_runtime_context().get_node_id()
-    return {
-        "meta": np.array([pickle.dumps(replace(r, pixels=None)) for r in results], object),
-        "ok": np.array([r.pixels is not None for r in results], bool),
-        "pixels": pixels,
-        "decode_node": np.array([node] * len(results), object),
-    }
-
-
-def _actor_class(manifest: Manifest, device: str, precision: str) -> type:
-    """`_Embedder` for this model: its settings ride in the class (shipped with it), not as
-    constructor arguments in the object store, which Ray warns a restarted actor may lose."""
-    return type("Embedder", (_Embedder,), {"settings": (manifest, device, precision)})
+    bare = [replace(r, pixels=None) if r.pixels is not None else r for r in results]
+    return bare, pixels, ray.get_runtime_context().get_node_id()
 
 
 class _Embedder:
-    """An embedding actor: loads the index's model once, then embeds decoded batches."""
+    """An embedding actor: loads the run's model once, then embeds decoded batches. A model
+    that cannot be loaded (a RetrievalError) is kept as the answer to `describe`."""
 
-    settings: tuple[Manifest, str, str]  # set by `_actor_class`
-
-    def __init__(self) -> None:
-        self.model = embedders.load_for(*self.settings)
-        embedders.configure_threads(self.model.device, None)
+    def __init__(self, model: ModelRequest, device: str, precision: str) -> None:
         self.node = ray.get_runtime_context().get_node_id()
+        self.error: RetrievalError | None = None
+        try:
+            if model.manifest is not None:
+                self.model = embedders.load_for(model.manifest, device, precision)
+            else:
+                self.model = embedders.load(model.name, model.weights, device, precision)
+        except RetrievalError as exc:
+            self.error = exc
+            return
+        embedders.configure_threads(self.model.device, None)
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """(n, h, w, 3) pixels -> (n, d) vectors (zeros where decoding failed)."""
-        ok = batch["ok"]
-        vectors = np.zeros((len(ok), self.model.info.dim), np.float32)
-        if ok.any():
-            vectors[ok] = self.model.embed(batch["pixels"][ok])
-        return {
-            "meta": batch["meta"],
-            "ok": ok,
-            "vector": vectors,
-            "decode_node": batch["decode_node"],
-            "embed_node": np.array([self.node] * len(ok), object),
-        }
+    def describe(self) -> tuple[Any, str] | RetrievalError:
+        """(ModelInfo, precision) of the loaded model, or why it could not be loaded."""
+        return self.error or (self.model.info, self.model.precision)
 
-
-def _results(batch: dict[str, np.ndarray]) -> list[FileResult]:
-    """An embedded batch as `FileResult`s whose `pixels` hold the vectors."""
-    out = []
-    for meta, ok, vector in zip(batch["meta"], batch["ok"], batch["vector"], strict=True):
-        result = pickle.loads(meta)
-        out.append(replace(result, pixels=vector) if ok else result)
-    return out
+    def embed(
+        self, *parts: tuple[list[FileResult], np.ndarray, str]
+    ) -> tuple[list[FileResult], set[str], str]:
+        """Decode tasks' outputs -> their files' `FileResult`s, a decoded one's `pixels`
+        holding its vector ((d,) float32), plus the decode nodes and this node."""
+        fault_point("actor-embed")
+        results = [r for part in parts for r in part[0]]
+        pixels = np.concatenate([part[1] for part in parts])
+        ok = np.array([r.error is None for r in results], bool)
+        vectors = self.model.embed(pixels[ok]) if ok.any() else None
+        rows = iter(vectors if vectors is not None else ())
+        out = [
+            replace(r, pixels=next(rows)) if good else r
+            for r, good in zip(results, ok, strict=True)
+        ]
+        return out, {part[2] for part in parts}, self.node

@@ -21,7 +21,7 @@ from ..specs import StorageOptions, WeightsSpec
 from ..store.index_dir import IndexDir
 from ..store.manifest import Manifest, check_model
 from . import embedders, indexing, storage
-from .indexing import IndexOptions
+from .indexing import Engine, IndexOptions, ModelRequest
 
 Notify = Callable[[str], None]
 
@@ -36,10 +36,13 @@ def embedder_for(
     precision: str,
     options: IndexOptions | None,
     notify: Notify,
+    engine: Engine | None = None,
 ) -> Any:
     """The model to embed with: an existing index's own (checked against `model` and
     `weights`, loaded on the first file that needs embedding: an unchanged tree never pays),
-    else a new one, loaded now, so that a model error leaves no half-made index behind."""
+    else a new one, loaded now, so that a model error leaves no half-made index behind;
+    with an `engine`, a new index's model as the engine's workers loaded it (`EngineModel`:
+    this process never loads it)."""
     if existing is not None:
         check_model(existing, model, weights, directory)
         return embedders.LazyEmbedder(
@@ -47,8 +50,24 @@ def embedder_for(
             lambda: embedders.resolve_device(device),
             lambda: _announced(embedders.load_for(existing, device, precision), options, notify),
         )
+    if engine is not None:
+        loaded = engine.model()
+        notify(f"embedding with {loaded.info.name} on {loaded.where}, {loaded.precision}")
+        return loaded
     name, spec = model or defaults.MODEL, weights or WeightsSpec("pretrained")
     return _announced(embedders.load(name, spec, device, precision), options, notify)
+
+
+def model_request(
+    existing: Manifest | None, directory: str, model: str | None, weights: WeightsSpec | None
+) -> ModelRequest:
+    """What an engine's workers are to load: the existing index's own model (raises
+    IndexIncompatible when `model` or `weights` ask for another one), else `model`
+    [resnet50] with `weights` [pretrained]."""
+    if existing is not None:
+        check_model(existing, model, weights, directory)
+        return ModelRequest(existing.model.name, existing.model.weights, existing)
+    return ModelRequest(model or defaults.MODEL, weights or WeightsSpec("pretrained"))
 
 
 def _announced(embedder: Any, options: IndexOptions | None, notify: Notify) -> Any:

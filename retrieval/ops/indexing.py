@@ -34,7 +34,7 @@ from ..sources.scan import (
     supported_extensions,
     vanished,
 )
-from ..specs import Preprocess
+from ..specs import ModelInfo, Preprocess, WeightsSpec
 from ..store.catalog import Catalog, RowState
 from ..store.files import fault_point
 from ..store.index_dir import IndexDir
@@ -58,6 +58,26 @@ class Embeds(Protocol):
     def embed(self, pixels: np.ndarray) -> np.ndarray: ...
 
 
+@dataclass(frozen=True)
+class ModelRequest:
+    """The model an engine's workers load as the run begins: an existing index's own
+    (`manifest`: its weights are checked against it), or a new index's `name` and `weights`."""
+
+    name: str
+    weights: WeightsSpec
+    manifest: Manifest | None = None
+
+
+@dataclass(frozen=True)
+class EngineModel:
+    """A new index's model as an engine's workers loaded it: what its manifest records
+    (`info`, `precision` as resolved there); `where` says where it runs, for the user."""
+
+    info: ModelInfo
+    precision: str
+    where: str
+
+
 class Engine(Protocol):
     """Decodes and embeds the files a run must embed somewhere else (a Ray cluster); the
     run still commits each batch here, with the local engine's transactions."""
@@ -73,8 +93,13 @@ class Engine(Protocol):
         """Where the batches go instead of the catalogue (a `layout.ShardWriter`), or None."""
         ...
 
-    def start(self) -> None:
-        """Begin getting ready (in the background) while the run scans and plans."""
+    def start(self, model: ModelRequest) -> None:
+        """Begin getting ready, `model` loaded on the workers, in the background while the
+        run scans and plans."""
+        ...
+
+    def model(self) -> EngineModel:
+        """The model the workers loaded (waits for them); raises what loading it raised."""
         ...
 
     def close(self) -> None:

@@ -79,7 +79,8 @@ def fault_point(name: str) -> None:
     each batch's transaction), "txn-open" (inside every catalogue write transaction, before
     COMMIT), and for each atomic write "write-temp/FILE" (temp file written, not synced),
     "write-synced/FILE" (synced, not renamed), "write-renamed/FILE" (renamed, directory not
-    synced), FILE being the destination's name (vectors.faiss, manifest.json).
+    synced), FILE being the destination's name (vectors.faiss, manifest.json), and in a Ray
+    embedding actor "actor-embed" (each call, counted per actor process).
     """
     FAULT_POINTS.reach(name)
 
