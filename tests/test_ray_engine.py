@@ -169,7 +169,7 @@ def test_without_ray_the_engine_says_how_to_install_it(tmp_path: Path) -> None:
     assert len(lines) == 1, done.stderr
     assert lines[0].startswith("error: --engine ray needs Ray, which cannot be imported")
     assert lines[0].endswith(
-        "install it: pip install 'retrieval[ray]' (or: pip install 'ray>=2.40')"
+        "install it: pip install 'retrieval[ray]' (or: pip install 'ray[client]>=2.40')"
     )
     assert not index.exists()  # refused before anything was written
 

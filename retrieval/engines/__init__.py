@@ -16,7 +16,7 @@ if TYPE_CHECKING:  # not imported at run time: a Ray worker loads this package t
     from ..ops.indexing import Engine, ModelRequest
 
 #: How to get Ray, said when `--engine ray` is asked for without it.
-RAY_INSTALL = "pip install 'retrieval[ray]' (or: pip install 'ray>=2.40')"
+RAY_INSTALL = "pip install 'retrieval[ray]' (or: pip install 'ray[client]>=2.40')"
 
 
 def create(
