@@ -182,6 +182,39 @@ def test_ray_options_need_the_ray_engine(tmp_path: Path) -> None:
     assert "--ray-address, --actors and --shards need --engine ray" in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("raised", "reason"),
+    [
+        ("task", "ValueError: bad pixels"),  # a task's own exception, not Ray's wrapper
+        ("actor", "The actor died unexpectedly before finishing this task."),
+    ],
+)
+def test_a_ray_failure_is_one_engine_failed_line(
+    raised: str, reason: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import ray
+
+    from retrieval import EngineFailed
+    from retrieval.engines import ray_engine
+
+    error = (
+        ray.exceptions.RayTaskError("embed", "Traceback ...", ValueError("bad pixels\nat 3"))
+        if raised == "task"
+        else ray.exceptions.ActorDiedError()
+    )
+
+    def failing_get(refs: object) -> object:
+        raise error
+
+    monkeypatch.setattr(ray, "get", failing_get)
+    with pytest.raises(EngineFailed) as failed:
+        ray_engine._get([])
+    assert str(failed.value) == (
+        f"the Ray run failed ({reason}); the batches committed before it are kept: run the "
+        "same command again to resume"
+    )
+
+
 @pytest.mark.slow
 def test_ray_run_equals_a_local_run(photos: Path, local: Path, tmp_path: Path, no_ray_left):
     index = tmp_path / "index"

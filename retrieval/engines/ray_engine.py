@@ -78,9 +78,10 @@ ACTOR_RESTARTS = 4
 
 @dataclass
 class RayEngine:
-    """`indexing.Engine` on Ray. `options.address`: None starts Ray on this machine, "auto"
-    or "HOST:PORT" (a GCS address) joins a cluster; `options.actors`: embedding actors [one per GPU
-    of the cluster, else 1]. `device` / `precision` are `Index.add`'s."""
+    """`indexing.Engine` on Ray. `options.address`: None starts Ray on this machine, "auto",
+    "HOST:PORT" (a GCS address) or "ray://HOST:PORT" (a Ray Client server) joins a cluster;
+    `options.actors`: embedding actors [one per GPU of the cluster, else 1]. `device` /
+    `precision` are `Index.add`'s."""
 
     options: EngineOptions
     device: str
@@ -396,9 +397,14 @@ def _get(refs: Any) -> Any:
     try:
         return ray.get(refs)
     except ray.exceptions.RayError as exc:
+        cause = getattr(exc, "cause", None)  # a task's own exception, under Ray's wrapper
+        if isinstance(exc, ray.exceptions.RayTaskError) and isinstance(cause, BaseException):
+            reason = f"{type(cause).__name__}: {_first_line(cause)}"
+        else:
+            reason = _first_line(exc)
         raise EngineFailed(
-            f"the Ray run failed ({_first_line(exc)}); the batches committed before it are "
-            "kept: run the same command again to resume"
+            f"the Ray run failed ({reason}); the batches committed before it are kept: run "
+            "the same command again to resume"
         ) from None
 
 
