@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -90,8 +91,9 @@ def _stop(head: Head) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
-@pytest.fixture(scope="module")
-def head() -> Iterator[Head]:
+@contextlib.contextmanager
+def _started(env: dict[str, str]) -> Iterator[Head]:
+    """`ray start --head` with `env` (see the module docstring), stopped on the way out."""
     # Ray's sockets live under the temp dir: a short path (AF_UNIX paths hold 107 bytes)
     temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
     gcs, client = P.free_port(), P.free_port()
@@ -105,7 +107,7 @@ def head() -> Iterator[Head]:
             argv,
             stdout=out,
             stderr=subprocess.STDOUT,
-            env={**os.environ, **CLUSTER_ENV, "PYTHONUNBUFFERED": "1"},  # its log, line by line
+            env={**os.environ, **env, "PYTHONUNBUFFERED": "1"},  # its log, line by line
             start_new_session=True,
         )
     started = Head(f"127.0.0.1:{gcs}", f"ray://127.0.0.1:{client}", process, temp_dir)
@@ -119,6 +121,12 @@ def head() -> Iterator[Head]:
         _stop(started)
         shutil.rmtree(temp_dir, ignore_errors=True)
     assert _from_dir(temp_dir) == set()
+
+
+@pytest.fixture(scope="module")
+def head() -> Iterator[Head]:
+    with _started(CLUSTER_ENV) as started:
+        yield started
 
 
 def _answers(head: Head) -> None:
@@ -164,3 +172,34 @@ def test_a_ray_client_address_joins_through_the_ray_client(
     done = _index(photos, index, "--engine", "ray", "--ray-address", head.client, env=CLUSTER_ENV)
     _check_run(done, index, local)
     _answers(head)
+
+
+def test_a_token_cluster_is_joined_with_its_token_and_refused_in_one_line_without(
+    photos: Path, local: Path, tmp_path: Path
+) -> None:
+    """Ray's token authentication (on by default for `ray start` since Ray 2.5x): with the
+    cluster's RAY_AUTH_MODE and RAY_AUTH_TOKEN in its environment the run joins and equals a
+    local run; without them Ray retries for ~20 s (printing its own warnings), then the run
+    ends with one error line that names the auth settings, before any index is created.
+    HOME is a temp dir, so no ~/.ray/auth_token of this machine is read or written."""
+    home = tmp_path / "home"
+    home.mkdir()
+    token = secrets.token_hex(32)
+    auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token, "HOME": str(home)}
+    with _started({**LOOPBACK, **auth}) as token_head:
+        index = tmp_path / "index"
+        done = _index(photos, index, "--engine", "ray", "--ray-address", token_head.gcs, env=auth)
+        _check_run(done, index, local)
+        refused = tmp_path / "refused"
+        without = {"RAY_AUTH_MODE": "disabled", "HOME": str(home)}
+        done = _index(
+            photos, refused, "--engine", "ray", "--ray-address", token_head.gcs, env=without
+        )
+        assert done.returncode == 1, done.stderr
+        assert (
+            done.stderr.strip()
+            .splitlines()[-1]
+            .startswith(f"error: cannot join the Ray cluster at '{token_head.gcs}' (")
+        )
+        assert "authentication settings (RAY_AUTH_MODE, its token)" in done.stderr
+        assert not refused.exists()
