@@ -23,7 +23,8 @@ The CLI prints `error: <message>` and exits 1; nothing else reaches the user.
     +-- QueryImageError          a query image cannot be read or decoded
     +-- ImportFormatError        an embeddings file to import is not in the expected form
     +-- WorkersUnavailable       the decode worker processes cannot be started
-    +-- EngineFailed             the Ray cluster failed mid-run; committed batches were kept
+    +-- EngineFailed             the Ray cluster failed (loading the model, or mid-run: committed
+    |                            batches were kept)
     +-- Interrupted              the user pressed Ctrl-C; finished work was kept
 
 Every error pickles with its message and attributes (a Ray actor's model error reaches the

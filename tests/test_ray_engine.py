@@ -238,10 +238,13 @@ def test_a_new_index_records_the_model_the_actor_loaded(
     weights from a file) and describes it; the manifest and the vectors are the local
     engine's for the same weights."""
     weights = ["--model", _weights.LITE0, "--weights", str(lite0_weights), "--precision", "fp32"]
+    # the ray run's driver cannot import torch (Ray's workers are other processes: they can)
+    no_torch = "import sys; sys.modules['torch'] = None; from retrieval.cli import main; main()"
     runs = {}
     for engine in ("local", "ray"):
         index = tmp_path / engine
-        argv = [sys.executable, "-m", "retrieval", "index", str(PHOTOS), "--index", str(index)]
+        driver = ["-c", no_torch] if engine == "ray" else ["-m", "retrieval"]
+        argv = [sys.executable, *driver, "index", str(PHOTOS), "--index", str(index)]
         done = subprocess.run(
             [*argv, *weights, "--engine", engine, "--workers", "0", "--json"],
             capture_output=True,
@@ -313,6 +316,106 @@ def test_an_actor_that_keeps_dying_fails_the_run_in_one_line_and_the_rerun_finis
 
 
 @pytest.mark.slow
+def test_a_file_that_crashes_the_decoder_is_recorded_and_the_run_goes_on(
+    photos: Path, local: Path, tmp_path: Path, no_ray_left
+) -> None:
+    """A decode task whose worker dies on every try (the test decoder kills its process on
+    coffee.jpg) is redone one file a task: that file is recorded as crashed, as the local
+    engine does, and the rest of its batch is embedded."""
+    index = tmp_path / "index"
+    done = _index(photos, index, "--engine", "ray", env={"RETRIEVAL_TEST_CRASH_ON": "coffee."})
+    assert done.returncode == 0, done.stderr
+    got = json.loads(done.stdout)
+    assert got["added"] == 10
+    crashed = [f for f in got["failed"] if f["path"].endswith("/coffee.jpg")]
+    assert crashed == [
+        {"path": str(photos / "coffee.jpg"), "error": "the image decoder crashed on this file"}
+    ]
+    rows, want = _rows(index), _rows(local)
+    for path, (_, status, vector) in rows.items():
+        if status == "ok":
+            assert float(vector @ want[path][2]) >= 0.9999, path
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (
+            ["--actors", str(2 * (os.cpu_count() or 1))],
+            f"error: --actors {2 * (os.cpu_count() or 1)}: ",
+        ),
+        (
+            ["--device", "cuda"],
+            "error: --device cuda: the Ray cluster has no GPU; use --device auto",
+        ),
+    ],
+    ids=["actors-leave-no-cpu", "cuda-without-gpu"],
+)
+def test_what_the_cluster_cannot_run_is_one_line_and_no_index(
+    extra: list[str], message: str, tmp_path: Path, no_ray_left
+) -> None:
+    """Twice as many half-CPU actors as this machine has CPUs would leave the decode tasks
+    no CPU (Ray would wait for ever); GPU actors on a cluster without GPUs could never start
+    (the tests run where no GPU is lent). Both are refused in one line, before the index is
+    created."""
+    if "cuda" in extra and os.path.exists("/dev/nvidiactl"):
+        pytest.skip("this machine has a GPU: Ray gives its cluster one")
+    index = tmp_path / "index"
+    done = _index(PHOTOS, index, "--engine", "ray", *extra)
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(message), lines
+    assert not index.exists()
+
+
+@pytest.mark.parametrize(
+    ("actors", "device", "gpus", "cpus", "decode"),
+    [
+        (1, "cpu", 0, 2, 0.75),  # two decode tasks beside the actor, as the local engine
+        (1, "cpu", 0, 1, 0.5),  # a 1-CPU machine: the rest of the one CPU
+        (3, "cpu", 0, 2, 0.5),
+        (2, "cuda", 2, 16, 1.0),
+        (4, "cpu", 0, 2, None),  # nothing left to decode
+        (3, "cuda", 2, 16, None),  # more GPU actors than GPUs
+        (2, "cuda", 2, 2, None),  # the GPU actors take every CPU
+    ],
+)
+def test_decode_tasks_get_what_the_actors_leave(
+    actors: int, device: str, gpus: int, cpus: float, decode: float | None
+) -> None:
+    from retrieval import UsageError
+    from retrieval.engines.ray_engine import _decode_cpus
+
+    if decode is None:
+        with pytest.raises(UsageError, match=f"^--actors {actors}: "):
+            _decode_cpus(actors, device, gpus, cpus)
+    else:
+        assert _decode_cpus(actors, device, gpus, cpus) == decode
+
+
+def test_off_the_scanning_machine_a_file_is_checked_by_inode_only(tmp_path: Path) -> None:
+    """A shared filesystem has other device numbers on other machines: there the read
+    rule compares st_ino only, so the scanned file is read and another file is refused."""
+    from retrieval.engines.ray_engine import decode_items
+    from retrieval.specs import Preprocess
+
+    image = P.make_images(tmp_path, 1)[0]
+    st = image.stat()
+    preprocess = Preprocess(32, 32, 36, "bilinear", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    path = os.fsencode(image)
+
+    def errors(device: int, inode: int, here: bool) -> list[str | None]:
+        results, _ = decode_items([(path, False, device, inode)], preprocess, 10.0, here)
+        return [r.error for r in results]
+
+    assert errors(st.st_dev, st.st_ino, here=True) == [None]
+    assert errors(st.st_dev + 1, st.st_ino, here=False) == [None]  # another machine's mount
+    assert errors(st.st_dev + 1, st.st_ino, here=True)[0].startswith("the file changed")
+    assert errors(st.st_dev, st.st_ino + 1, here=False)[0].startswith("the file changed")
+
+
+@pytest.mark.slow
 def test_a_killed_driver_keeps_its_batches_and_the_rerun_finishes(
     photos: Path, local: Path, tmp_path: Path, no_ray_left
 ) -> None:
@@ -332,6 +435,8 @@ def test_a_killed_driver_keeps_its_batches_and_the_rerun_finishes(
     no_ray_left.update(p for p in _ray_processes() if killed_session in _cmdline(p))
     assert resumed.returncode == 0, resumed.stderr
     assert json.loads(resumed.stdout)["added"] == 3  # only the rest: the 8 kept are unchanged
+    # an existing index's model, as its actor loaded it, is announced as a new one's is
+    assert "embedding with test_resnet on ray (1 cpu actor), fp32" in resumed.stderr
     assert {p: r[:2] for p, r in _rows(index).items() if p in kept} == {
         p: r[:2] for p, r in kept.items()
     }
@@ -366,10 +471,10 @@ def test_a_three_node_cluster_spreads_the_work_and_losing_a_node_loses_nothing(
         monkeypatch.setenv(name, value)
     signal.alarm(2 * TIMEOUT)  # the cluster's own start and stop are bounded too
     photos = tmp_path / "photos"
-    P.make_images(photos, 40)
+    P.make_images(photos, 160)  # 40 batches of 4, twice the engine's window on 6 CPUs
     reference = tmp_path / "reference"
     assert _index(photos, reference, "--workers", "0").returncode == 0
-    # 2 CPUs a node: an actor takes 0.5, and a decode task needs a whole one beside it
+    # 2 CPUs a node: an actor takes 0.5, and decode tasks 0.75 each beside it
     node = {"num_cpus": 2, "node_ip_address": "127.0.0.1", "object_store_memory": 80 << 20}
     cluster = Cluster(initialize_head=True, head_node_args={**node, "include_dashboard": False})
     try:
@@ -385,7 +490,7 @@ def test_a_three_node_cluster_spreads_the_work_and_losing_a_node_loses_nothing(
             flag.unlink()
             out, err = run.communicate(timeout=TIMEOUT)
         assert run.returncode == 0, err
-        assert json.loads(out or "{}").get("added") == 40, (out, err)
+        assert json.loads(out or "{}").get("added") == 160, (out, err)
         decoded_on = int(err.split("ray: decoded on ")[1].split(" ")[0])
         assert decoded_on > 1, err
         _assert_same_rows(index, reference)  # exactly once: same ids, no row lost or doubled

@@ -39,6 +39,7 @@ import contextlib
 import logging
 import math
 import signal
+import socket
 import sys
 import threading
 from collections.abc import Callable, Generator, Iterator
@@ -48,7 +49,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import ray
 
-from ..errors import EngineFailed, IndexIncompatible, RetrievalError, UsageError
+from ..errors import EngineFailed, IndexIncompatible, ModelError, RetrievalError, UsageError
 from ..ops import embedders, pipeline
 from ..ops.layout import ShardWriter
 from ..ops.workers import decode_files
@@ -62,6 +63,11 @@ if TYPE_CHECKING:  # not at run time: the catalogue and FAISS stay out of Ray's 
     from ..ops.indexing import EngineModel, IndexOptions, ModelRequest
 
 Notify = Callable[[str], None]
+#: A file as a decode task gets it: (path, follow a link there, the scan's st_dev, st_ino).
+_Item = tuple[bytes, bool, int, int]
+#: A decode task's output: its files' results without pixels, their pixels (n, h, w, 3)
+#: uint8 (zeros for a failure), the id of the node that decoded them.
+_Decoded = tuple[list[FileResult], np.ndarray, str]
 
 #: Files per decode task: small, so the tasks spread over the cluster's CPUs.
 DECODE_BATCH = 8
@@ -74,6 +80,10 @@ DECODE_CPUS = 0.75
 #: Times an actor is restarted (on another node when its node died) before the run fails;
 #: its pending calls are re-sent each time.
 ACTOR_RESTARTS = 4
+#: The fewest CPUs the actors must leave the decode tasks (below it, decoding would crawl).
+MIN_DECODE_CPUS = 0.25
+#: The most decode workers started ahead of the run (each is a process: ~1 s of CPU).
+MAX_WARM = 64
 
 
 @dataclass
@@ -88,7 +98,10 @@ class RayEngine:
     precision: str
     notify: Notify
     _cluster: _Cluster | None = field(default=None, init=False, repr=False)
-    _stdout: contextlib.ExitStack = field(default_factory=contextlib.ExitStack, repr=False)
+    _stdout: contextlib.ExitStack = field(
+        default_factory=contextlib.ExitStack, init=False, repr=False
+    )
+    _announced: bool = field(default=False, init=False, repr=False)  # "embedding with" said
 
     def start(self, model: ModelRequest) -> None:
         """Begin starting (or joining) Ray and loading `model` on its actors, in the
@@ -113,9 +126,9 @@ class RayEngine:
         if self._cluster is None:
             raise RuntimeError("RayEngine.model() before start()")
         fleet = self._cluster.fleet()
-        info, precision = fleet.describe(1)[0]
-        where = f"ray ({len(fleet.actors)} {fleet.device} actor{'s' * (len(fleet.actors) > 1)})"
-        return EngineModel(info, precision, where)
+        info, precision = fleet.describe()[0]  # every actor's, checked alike by `check`
+        self._announced = True
+        return EngineModel(info, precision, fleet.where())
 
     def close(self) -> None:
         """Shut Ray down (a joined cluster: disconnect), waiting for it; idempotent."""
@@ -146,6 +159,9 @@ class RayEngine:
         try:
             fleet = cluster.fleet()
             fleet.check(manifest)
+            if not self._announced:  # an existing index: its model was not described
+                info, precision = fleet.describe()[0]
+                self.notify(f"embedding with {info.name} on {fleet.where()}, {precision}")
             yield from _Run(fleet, todo, manifest.model.preprocess, options).batches()
             self.notify(fleet.summary())
         finally:
@@ -175,6 +191,7 @@ class _Fleet:
     actors: list[Any]
     device: str  # "cuda" (one GPU an actor) or "cpu"
     decode_cpus: float  # what a decode task reserves
+    decoders: int  # decode workers warmed up as the actors load (those that run at once)
     #: warm-up tasks in flight (kept so that they run; their results are never read)
     warming: list[Any] = field(default_factory=list)
     decode_nodes: set[str] = field(default_factory=set)
@@ -185,9 +202,13 @@ class _Fleet:
     def create(cls, launch: _Launch) -> _Fleet:
         """Actors for `launch.model`: `launch.actors` of them [one per GPU of the cluster,
         else 1], each on a GPU when the cluster has them and `launch.device` allows."""
-        gpus = int(ray.cluster_resources().get("GPU", 0))
+        resources = ray.cluster_resources()
+        gpus, cpus = int(resources.get("GPU", 0)), float(resources.get("CPU", 0))
+        if launch.device == "cuda" and not gpus:
+            raise UsageError("--device cuda: the Ray cluster has no GPU; use --device auto or cpu")
         device = "cuda" if gpus and launch.device in ("auto", "cuda") else "cpu"
         count = launch.actors or max(1, gpus if device == "cuda" else 1)
+        decode_cpus = _decode_cpus(count, device, gpus, cpus)
         actor = ray.remote(_Embedder).options(
             num_cpus=1 if device == "cuda" else ACTOR_CPUS,
             num_gpus=1 if device == "cuda" else 0,
@@ -195,20 +216,26 @@ class _Fleet:
             max_task_retries=-1,  # while the actor can restart, its calls are re-sent
         )
         actors = [actor.remote(launch.model, device, launch.precision) for _ in range(count)]
-        return cls(actors, device, DECODE_CPUS if device == "cpu" else 1)
+        per_actor = 1.0 if device == "cuda" else ACTOR_CPUS
+        decoders = min(MAX_WARM, math.floor((cpus - count * per_actor) / decode_cpus))
+        return cls(actors, device, decode_cpus, decoders)
+
+    def where(self) -> str:
+        """Where the model runs, for the user: "ray (2 cuda actors)"."""
+        return f"ray ({len(self.actors)} {self.device} actor{'s' * (len(self.actors) > 1)})"
 
     def warm_up(self) -> None:
         """Start the decode workers (a worker's first task pays for its process and our
         decoder's imports, ~1 s) while the actors load the model: not waited for."""
         task = ray.remote(_warm).options(num_cpus=self.decode_cpus, scheduling_strategy="SPREAD")
-        self.warming = [task.remote() for _ in range(pipeline.cpu_count())]
+        self.warming = [task.remote() for _ in range(max(1, self.decoders))]
 
     def describe(self, count: int | None = None) -> list[tuple[Any, str]]:
         """(ModelInfo, precision) of the first `count` actors [all] (waits for them to load);
         raises what loading the model raised (one line), EngineFailed when an actor died."""
         wanted = self.actors[:count] if count else self.actors
         if self._described is None or len(self._described) < len(wanted):
-            answers = _get([actor.describe.remote() for actor in wanted])
+            answers = _get([actor.describe.remote() for actor in wanted], "loading the model")
             for answer in answers:
                 if isinstance(answer, RetrievalError):
                     raise answer
@@ -216,22 +243,39 @@ class _Fleet:
         return self._described[: len(wanted)]
 
     def check(self, manifest: Manifest) -> None:
-        """Every actor loaded the model `manifest` records (an existing index's actors
-        checked its weights as they loaded it; a new index's all resolved the same ones)."""
+        """Every actor loaded the weights `manifest` records (the same file or cache on
+        every node) and runs at one precision."""
         recorded = manifest.model.weights
-        for info, _ in self.describe():
-            if recorded.source == "pretrained" and info.weights.identity != recorded.identity:
+        described = self.describe()
+        for info, _ in described:
+            if info.weights.identity != recorded.identity:
                 raise IndexIncompatible(
-                    f"a Ray actor loaded pretrained weights {info.weights.identity}, but the "
-                    f"index records {manifest.model.weights.identity}; give every node of the "
-                    "cluster the same weights (the same cache), or --weights FILE"
+                    f"a Ray actor loaded {info.weights.source} weights {info.weights.identity}, "
+                    f"but the index records {recorded.identity}; give every node of the "
+                    "cluster the same weights (the same file, or the same cache)"
                 )
+        precisions = sorted({precision for _, precision in described})
+        if len(precisions) > 1:
+            raise UsageError(
+                f"the Ray actors resolved --precision to {' and '.join(precisions)} on "
+                "different nodes; give --precision (fp32 runs everywhere)"
+            )
 
     def summary(self) -> str:
         return (
             f"ray: decoded on {len(self.decode_nodes)} node(s), embedded by "
             f"{len(self.actors)} {self.device} actor(s) on {len(self.embed_nodes)} node(s)"
         )
+
+
+@dataclass
+class _Batch:
+    """A batch in flight: its decode tasks (with their files) and its actor call."""
+
+    actor: int
+    parts: list[Any]
+    items: list[list[_Item]]
+    call: Any
 
 
 @dataclass
@@ -244,28 +288,33 @@ class _Run:
     preprocess: Preprocess
     options: IndexOptions
 
+    def __post_init__(self) -> None:
+        task = ray.remote(_decode)
+        self.decode = task.options(num_cpus=self.fleet.decode_cpus, scheduling_strategy="SPREAD")
+        # a file of a crashed task, alone: not retried (it would kill a worker each time)
+        self.decode_once = task.options(num_cpus=self.fleet.decode_cpus, max_retries=0)
+        self.busy = [0] * len(self.fleet.actors)  # unfinished calls per actor
+        self.running: dict[Any, int] = {}  # unfinished call -> its actor
+        self.machine = _machine()
+
     def batches(self) -> Iterator[list[FileResult]]:
-        fleet = self.fleet
-        size = self.options.batch_size or pipeline.default_batch_size(fleet.device)
-        decode = ray.remote(_decode).options(
-            num_cpus=fleet.decode_cpus, scheduling_strategy="SPREAD"
-        )
-        busy = [0] * len(fleet.actors)  # calls in flight per actor
-        pending: collections.deque[tuple[int, Any]] = collections.deque()
-        window, megapixels = self.window(size), self.options.max_megapixels
+        size = self.options.batch_size or pipeline.default_batch_size(self.fleet.device)
+        pending: collections.deque[_Batch] = collections.deque()
+        window = self.window(size)
         for start in range(0, len(self.todo), size):
             chunk = self.todo[start : start + size]
-            parts = [
-                decode.remote(_items(chunk[i : i + DECODE_BATCH]), self.preprocess, megapixels)
-                for i in range(0, len(chunk), DECODE_BATCH)
+            items = [
+                _items(chunk[i : i + DECODE_BATCH]) for i in range(0, len(chunk), DECODE_BATCH)
             ]
-            actor = busy.index(min(busy))
-            pending.append((actor, fleet.actors[actor].embed.remote(*parts)))
-            busy[actor] += 1
+            parts = [self.decode.remote(part, *self.decode_args()) for part in items]
+            pending.append(self.embed(parts, items))
             while len(pending) >= window:
-                yield self.take(pending, busy)
+                yield self.take(pending.popleft())
         while pending:
-            yield self.take(pending, busy)
+            yield self.take(pending.popleft())
+
+    def decode_args(self) -> tuple[Preprocess, float, str]:
+        return self.preprocess, self.options.max_megapixels, self.machine
 
     def window(self, size: int) -> int:
         """Batches in flight: enough for every CPU of the cluster to have a decode task
@@ -274,16 +323,68 @@ class _Run:
         decoding = math.ceil(cpus / self.fleet.decode_cpus * DECODE_BATCH / size)
         return max(2 * len(self.fleet.actors), decoding + len(self.fleet.actors)) + 2
 
-    def take(
-        self, pending: collections.deque[tuple[int, Any]], busy: list[int]
-    ) -> list[FileResult]:
-        """The oldest batch in flight, embedded (waits for it)."""
-        actor, call = pending.popleft()
-        results, decode_nodes, embed_node = _get(call)
-        busy[actor] -= 1
+    def embed(self, parts: list[Any], items: list[list[_Item]]) -> _Batch:
+        """Send a batch to the actor with the fewest unfinished calls (finished ones are
+        counted off as they finish, not as they are taken in order)."""
+        if self.running:
+            done, _ = ray.wait(list(self.running), num_returns=len(self.running), timeout=0)
+            for call in done:
+                self.busy[self.running.pop(call)] -= 1
+        actor = self.busy.index(min(self.busy))
+        call = self.fleet.actors[actor].embed.remote(*parts)
+        self.busy[actor] += 1
+        self.running[call] = actor
+        return _Batch(actor, parts, items, call)
+
+    def take(self, batch: _Batch) -> list[FileResult]:
+        """`batch` embedded (waits for it). A decode task that failed for good (its worker
+        killed by a decoder crash on every try) is redone one file a task, and the file
+        whose task still dies is recorded as crashed, as the local engine does."""
+        try:
+            results, decode_nodes, embed_node = _get(batch.call)
+        except EngineFailed:
+            repaired = self.repaired(batch)
+            if repaired is None:
+                raise
+            results, decode_nodes, embed_node = _get(repaired.call)
+            batch = repaired
+        if batch.call in self.running:
+            self.busy[self.running.pop(batch.call)] -= 1
         self.fleet.decode_nodes.update(decode_nodes)
         self.fleet.embed_nodes.add(embed_node)
         return results
+
+    def repaired(self, batch: _Batch) -> _Batch | None:
+        """`batch` sent again with its failed decode tasks redone file by file; None when
+        none of them failed (the actor call itself failed)."""
+        parts, broken = [], False
+        for part, items in zip(batch.parts, batch.items, strict=True):
+            try:
+                ray.get(part)
+                parts.append(part)
+            except ray.exceptions.RayError:
+                broken = True
+                parts.append(ray.put(self.one_by_one(items)))
+        if not broken:
+            return None
+        if batch.call in self.running:
+            self.busy[self.running.pop(batch.call)] -= 1
+        return self.embed(parts, batch.items)
+
+    def one_by_one(self, items: list[_Item]) -> _Decoded:
+        """`items` decoded in a task each, not retried: a file whose task dies is crashed."""
+        results, pixels, nodes = [], [], set()
+        tasks = [self.decode_once.remote([item], *self.decode_args()) for item in items]
+        for item, task in zip(items, tasks, strict=True):
+            try:
+                [result], one, node = ray.get(task)
+                nodes.add(node)
+            except ray.exceptions.RayError:
+                result = pipeline.crashed(item[0])
+                one = np.zeros((1, self.preprocess.height, self.preprocess.width, 3), np.uint8)
+            results.append(result)
+            pixels.append(one)
+        return results, np.concatenate(pixels), next(iter(nodes), "")
 
 
 class _Cluster:
@@ -392,16 +493,42 @@ def _join(address: str, common: dict[str, Any]) -> None:
         ) from None
 
 
-def _get(refs: Any) -> Any:
-    """`ray.get(refs)`; EngineFailed (one line) when a task or an actor failed for good."""
+def _decode_cpus(count: int, device: str, gpus: int, cpus: float) -> float:
+    """CPUs a decode task reserves beside `count` actors on a cluster of `gpus` GPUs and
+    `cpus` CPUs (at most `DECODE_CPUS` on a CPU-only cluster, 1 with GPUs); UsageError when
+    the actors could never all run, or would leave the decode tasks no CPU to run on (Ray
+    would wait for them for ever)."""
+    if device == "cuda" and count > gpus:
+        raise UsageError(
+            f"--actors {count}: the Ray cluster has {gpus} GPU(s), one for each actor; "
+            f"use --actors {gpus} or fewer"
+        )
+    per_actor = 1.0 if device == "cuda" else ACTOR_CPUS
+    spare = cpus - count * per_actor
+    if spare < MIN_DECODE_CPUS:
+        most = max(0, math.floor((cpus - MIN_DECODE_CPUS) / per_actor))
+        advice = f"use --actors {most} or fewer" if most else "give the cluster more CPUs"
+        raise UsageError(
+            f"--actors {count}: {count} actor(s) of {per_actor:g} CPU leave the decode tasks "
+            f"{max(spare, 0):g} of the Ray cluster's {cpus:g} CPUs; {advice}"
+        )
+    return min(DECODE_CPUS if device == "cpu" else 1.0, spare)
+
+
+def _get(refs: Any, doing: str = "") -> Any:
+    """`ray.get(refs)`; EngineFailed (one line) when a task or an actor failed for good
+    (`doing`: what the failure stopped, when not the run's batches) or the connection to
+    the cluster was lost."""
     try:
         return ray.get(refs)
-    except ray.exceptions.RayError as exc:
+    except (ray.exceptions.RayError, ConnectionError) as exc:
         cause = getattr(exc, "cause", None)  # a task's own exception, under Ray's wrapper
         if isinstance(exc, ray.exceptions.RayTaskError) and isinstance(cause, BaseException):
             reason = f"{type(cause).__name__}: {_first_line(cause)}"
         else:
             reason = _first_line(exc)
+        if doing:
+            raise EngineFailed(f"the Ray cluster failed while {doing} ({reason})") from None
         raise EngineFailed(
             f"the Ray run failed ({reason}); the batches committed before it are kept: run "
             "the same command again to resume"
@@ -412,9 +539,19 @@ def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
-def _items(chunk: list[FileEntry]) -> list[tuple[bytes, bool, int, int]]:
-    """A decode task's files as plain tuples: (path, follow links, st_dev, st_ino)."""
+def _items(chunk: list[FileEntry]) -> list[_Item]:
     return [(e.path, e.link, e.device, e.inode) for e in chunk]
+
+
+def _machine() -> str:
+    """This machine, as a decode task tells it apart from others: its host name and the
+    kernel's boot id (the same in every process of one boot of one machine)."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            boot = f.read().strip()
+    except OSError:
+        boot = ""
+    return f"{socket.gethostname()}/{boot}"
 
 
 def _warm() -> None:
@@ -422,23 +559,36 @@ def _warm() -> None:
 
 
 def _decode(
-    items: list[tuple[bytes, bool, int, int]], preprocess: Preprocess, max_megapixels: float
-) -> tuple[list[FileResult], np.ndarray, str]:
-    """A decode task: its files' `FileResult`s without pixels, their pixels (n, height,
-    width, 3) uint8 (zeros for a failure), and this node's id."""
-    rules = {path: (follow, (dev, ino) if ino else None) for path, follow, dev, ino in items}
+    items: list[_Item], preprocess: Preprocess, max_megapixels: float, machine: str
+) -> _Decoded:
+    """A decode task (see `_Decoded`); `machine` is the driver's (`_machine`)."""
+    results, pixels = decode_items(items, preprocess, max_megapixels, machine == _machine())
+    return results, pixels, ray.get_runtime_context().get_node_id()
+
+
+def decode_items(
+    items: list[_Item], preprocess: Preprocess, max_megapixels: float, scanning_machine: bool
+) -> tuple[list[FileResult], np.ndarray]:
+    """Decode `items` with the scan's read rules: on the machine that scanned them each
+    file must be the one scanned (st_dev and st_ino); on another machine only its st_ino is
+    compared, since a shared filesystem has other device numbers there (its inode numbers
+    are the server's: NFS, Lustre, CephFS)."""
+    rules = {
+        path: (follow, ((dev if scanning_machine else None), ino) if ino else None)
+        for path, follow, dev, ino in items
+    }
     results = decode_files([path for path, *_ in items], preprocess, max_megapixels, rules)
     pixels = np.zeros((len(results), preprocess.height, preprocess.width, 3), np.uint8)
     for i, result in enumerate(results):
         if result.pixels is not None:
             pixels[i] = result.pixels
-    bare = [replace(r, pixels=None) if r.pixels is not None else r for r in results]
-    return bare, pixels, ray.get_runtime_context().get_node_id()
+    return [replace(r, pixels=None) for r in results], pixels
 
 
 class _Embedder:
     """An embedding actor: loads the run's model once, then embeds decoded batches. A model
-    that cannot be loaded (a RetrievalError) is kept as the answer to `describe`."""
+    that cannot be loaded is kept as the answer to `describe` (a RetrievalError as raised;
+    anything else, say torch missing on that node, as a ModelError naming it)."""
 
     def __init__(self, model: ModelRequest, device: str, precision: str) -> None:
         self.node = ray.get_runtime_context().get_node_id()
@@ -451,15 +601,19 @@ class _Embedder:
         except RetrievalError as exc:
             self.error = exc
             return
+        except Exception as exc:  # noqa: BLE001 - told to the driver in one line
+            self.error = ModelError(
+                f"a Ray actor on {socket.gethostname()} could not load {model.name} "
+                f"({type(exc).__name__}: {_first_line(exc)}); check that node's installation"
+            )
+            return
         embedders.configure_threads(self.model.device, None)
 
     def describe(self) -> tuple[Any, str] | RetrievalError:
         """(ModelInfo, precision) of the loaded model, or why it could not be loaded."""
         return self.error or (self.model.info, self.model.precision)
 
-    def embed(
-        self, *parts: tuple[list[FileResult], np.ndarray, str]
-    ) -> tuple[list[FileResult], set[str], str]:
+    def embed(self, *parts: _Decoded) -> tuple[list[FileResult], set[str], str]:
         """Decode tasks' outputs -> their files' `FileResult`s, a decoded one's `pixels`
         holding its vector ((d,) float32), plus the decode nodes and this node."""
         fault_point("actor-embed")
@@ -472,4 +626,4 @@ class _Embedder:
             replace(r, pixels=next(rows)) if good else r
             for r, good in zip(results, ok, strict=True)
         ]
-        return out, {part[2] for part in parts}, self.node
+        return out, {part[2] for part in parts if part[2]}, self.node

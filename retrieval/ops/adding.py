@@ -1,6 +1,7 @@
 """Adding images to an index, the use case behind `Index.add`: choose the model (the one
 the index was built with, loaded on first need; or a new one, loaded before anything is
-written), record the manifest and its storage options, then index the paths.
+written, here or, with an engine, by its workers, which describe it), record the manifest and
+its storage options, then index the paths.
 
 `Index.add` holds the writer lock and relays notices; `indexing.index_paths` does the work.
 """

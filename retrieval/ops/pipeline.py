@@ -202,7 +202,7 @@ def _redo(lost: list[Request], done: dict[int, FileResult]) -> list[Request]:
         return []
     suspect, rest = lost[0], lost[1:]
     if len(suspect.paths) == 1:
-        done[suspect.first] = _crashed(suspect.paths[0])
+        done[suspect.first] = crashed(suspect.paths[0])
         return rest
     singles = [
         Request(
@@ -221,5 +221,6 @@ def _rules_for(paths: Sequence[bytes], rules: ReadRules | None) -> ReadRules | N
     return {p: rules[p] for p in paths if p in rules} if rules else None
 
 
-def _crashed(path: bytes) -> FileResult:
+def crashed(path: bytes) -> FileResult:
+    """The failure record of a file whose decoder killed its process."""
     return FileResult(path, 0, 0, None, error="the image decoder crashed on this file")

@@ -55,7 +55,7 @@ START_TIMEOUT = 120.0
 
 #: Per path, what the reader checks (see `load_file`): (follow a symbolic link there, the
 #: scan's (st_dev, st_ino) or None). A path not listed: no link followed, identity unknown.
-ReadRules = Mapping[bytes, tuple[bool, tuple[int, int] | None]]
+ReadRules = Mapping[bytes, tuple[bool, tuple[int | None, int] | None]]
 
 
 @dataclass(frozen=True)

@@ -115,8 +115,12 @@ _NOW_A_LINK = (
 _NOW_ANOTHER = f"{CHANGED_SINCE_SCAN} (another file took its name); it is retried next run"
 
 
+def _is_scanned(st: os.stat_result, device: int | None, inode: int) -> bool:
+    return st.st_ino == inode and (device is None or st.st_dev == device)
+
+
 def read_file(
-    path: bytes, *, follow_symlinks: bool = True, identity: tuple[int, int] | None = None
+    path: bytes, *, follow_symlinks: bool = True, identity: tuple[int | None, int] | None = None
 ) -> tuple[bytes, os.stat_result]:
     """Read a whole regular file; returns its bytes and the fstat of what was read.
 
@@ -125,12 +129,14 @@ def read_file(
     FIFO or /dev/zero swapped in after the scan cannot block or flood the reader). With
     `follow_symlinks` False the file is opened with O_NOFOLLOW, so a symbolic link in its
     place is refused; `identity` is the scan's (st_dev, st_ino), which the opened file must
-    have. (Query images follow links, as `open` does; the indexer passes both.)
+    have (st_dev None: any device, for a reader on another machine than the scan's, where a
+    shared filesystem has other device numbers). (Query images follow links, as `open` does;
+    the indexer passes both.)
     """
     try:
         with open(path, "rb", opener=_opener(follow_symlinks)) as fh:
             before = os.fstat(fh.fileno())
-            if identity is not None and (before.st_dev, before.st_ino) != identity:
+            if identity is not None and not _is_scanned(before, *identity):
                 raise BadImage(_NOW_ANOTHER)
             if not stat.S_ISREG(before.st_mode):
                 raise BadImage("not a regular file (a FIFO, device or socket); skipped")
@@ -178,7 +184,7 @@ def load_file(
     max_megapixels: float,
     *,
     follow_symlinks: bool = False,
-    identity: tuple[int, int] | None = None,
+    identity: tuple[int | None, int] | None = None,
 ) -> FileResult:
     """Read, hash and decode one file. Never raises for bad input: errors go in the result.
 
