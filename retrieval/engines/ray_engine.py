@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import logging
 import math
 import signal
@@ -120,15 +121,22 @@ class RayEngine:
 
     def model(self) -> EngineModel:
         """The model the actors loaded, as a new index's manifest records it (waits for Ray
-        and for the first actor); raises what loading it raised."""
+        and for every actor, and says what runs where); raises what loading it raised."""
         from ..ops.indexing import EngineModel  # the driver's side: the catalogue is loaded
 
         if self._cluster is None:
             raise RuntimeError("RayEngine.model() before start()")
         fleet = self._cluster.fleet()
         info, precision = fleet.describe()[0]  # every actor's, checked alike by `check`
-        self._announced = True
-        return EngineModel(info, precision, fleet.where())
+        self._announce(fleet)
+        return EngineModel(info, precision)
+
+    def _announce(self, fleet: _Fleet) -> None:
+        """Say once which model runs where, as the local engine does when it loads one."""
+        if not self._announced:
+            info, precision = fleet.describe()[0]
+            self.notify(f"embedding with {info.name} on {fleet.where()}, {precision}")
+            self._announced = True
 
     def close(self) -> None:
         """Shut Ray down (a joined cluster: disconnect), waiting for it; idempotent."""
@@ -159,9 +167,7 @@ class RayEngine:
         try:
             fleet = cluster.fleet()
             fleet.check(manifest)
-            if not self._announced:  # an existing index: its model was not described
-                info, precision = fleet.describe()[0]
-                self.notify(f"embedding with {info.name} on {fleet.where()}, {precision}")
+            self._announce(fleet)  # an existing index's model was not described
             yield from _Run(fleet, todo, manifest.model.preprocess, options).batches()
             self.notify(fleet.summary())
         finally:
@@ -190,13 +196,14 @@ class _Fleet:
 
     actors: list[Any]
     device: str  # "cuda" (one GPU an actor) or "cpu"
+    cpus: float  # the cluster's, as the run began
     decode_cpus: float  # what a decode task reserves
     decoders: int  # decode workers warmed up as the actors load (those that run at once)
     #: warm-up tasks in flight (kept so that they run; their results are never read)
     warming: list[Any] = field(default_factory=list)
     decode_nodes: set[str] = field(default_factory=set)
     embed_nodes: set[str] = field(default_factory=set)
-    _described: list[tuple[Any, str]] | None = None
+    _described: list[tuple[Any, str]] | None = None  # `describe`'s answer, once had
 
     @classmethod
     def create(cls, launch: _Launch) -> _Fleet:
@@ -210,15 +217,14 @@ class _Fleet:
         count = launch.actors or max(1, gpus if device == "cuda" else 1)
         decode_cpus = _decode_cpus(count, device, gpus, cpus)
         actor = ray.remote(_Embedder).options(
-            num_cpus=1 if device == "cuda" else ACTOR_CPUS,
+            num_cpus=_actor_cpus(device),
             num_gpus=1 if device == "cuda" else 0,
             max_restarts=ACTOR_RESTARTS,
             max_task_retries=-1,  # while the actor can restart, its calls are re-sent
         )
         actors = [actor.remote(launch.model, device, launch.precision) for _ in range(count)]
-        per_actor = 1.0 if device == "cuda" else ACTOR_CPUS
-        decoders = min(MAX_WARM, math.floor((cpus - count * per_actor) / decode_cpus))
-        return cls(actors, device, decode_cpus, decoders)
+        decoders = min(MAX_WARM, math.floor((cpus - count * _actor_cpus(device)) / decode_cpus))
+        return cls(actors, device, cpus, decode_cpus, decoders)
 
     def where(self) -> str:
         """Where the model runs, for the user: "ray (2 cuda actors)"."""
@@ -230,17 +236,16 @@ class _Fleet:
         task = ray.remote(_warm).options(num_cpus=self.decode_cpus, scheduling_strategy="SPREAD")
         self.warming = [task.remote() for _ in range(max(1, self.decoders))]
 
-    def describe(self, count: int | None = None) -> list[tuple[Any, str]]:
-        """(ModelInfo, precision) of the first `count` actors [all] (waits for them to load);
-        raises what loading the model raised (one line), EngineFailed when an actor died."""
-        wanted = self.actors[:count] if count else self.actors
-        if self._described is None or len(self._described) < len(wanted):
-            answers = _get([actor.describe.remote() for actor in wanted], "loading the model")
+    def describe(self) -> list[tuple[Any, str]]:
+        """(ModelInfo, precision) of each actor (waits for them to load); raises what
+        loading the model raised (one line), EngineFailed when an actor died."""
+        if self._described is None:
+            answers = _get([actor.describe.remote() for actor in self.actors], "loading the model")
             for answer in answers:
                 if isinstance(answer, RetrievalError):
                     raise answer
             self._described = answers
-        return self._described[: len(wanted)]
+        return self._described
 
     def check(self, manifest: Manifest) -> None:
         """Every actor loaded the weights `manifest` records (the same file or cache on
@@ -272,7 +277,6 @@ class _Fleet:
 class _Batch:
     """A batch in flight: its decode tasks (with their files) and its actor call."""
 
-    actor: int
     parts: list[Any]
     items: list[list[_Item]]
     call: Any
@@ -319,8 +323,7 @@ class _Run:
     def window(self, size: int) -> int:
         """Batches in flight: enough for every CPU of the cluster to have a decode task
         (with the actors' own), and two per actor."""
-        cpus = float(ray.cluster_resources().get("CPU", 1))
-        decoding = math.ceil(cpus / self.fleet.decode_cpus * DECODE_BATCH / size)
+        decoding = math.ceil(self.fleet.cpus / self.fleet.decode_cpus * DECODE_BATCH / size)
         return max(2 * len(self.fleet.actors), decoding + len(self.fleet.actors)) + 2
 
     def embed(self, parts: list[Any], items: list[list[_Item]]) -> _Batch:
@@ -329,12 +332,18 @@ class _Run:
         if self.running:
             done, _ = ray.wait(list(self.running), num_returns=len(self.running), timeout=0)
             for call in done:
-                self.busy[self.running.pop(call)] -= 1
+                self.finished(call)
         actor = self.busy.index(min(self.busy))
         call = self.fleet.actors[actor].embed.remote(*parts)
         self.busy[actor] += 1
         self.running[call] = actor
-        return _Batch(actor, parts, items, call)
+        return _Batch(parts, items, call)
+
+    def finished(self, call: Any) -> None:
+        """Count `call` off its actor's unfinished calls (once, however often told)."""
+        actor = self.running.pop(call, None)
+        if actor is not None:
+            self.busy[actor] -= 1
 
     def take(self, batch: _Batch) -> list[FileResult]:
         """`batch` embedded (waits for it). A decode task that failed for good (its worker
@@ -348,8 +357,7 @@ class _Run:
                 raise
             results, decode_nodes, embed_node = _get(repaired.call)
             batch = repaired
-        if batch.call in self.running:
-            self.busy[self.running.pop(batch.call)] -= 1
+        self.finished(batch.call)
         self.fleet.decode_nodes.update(decode_nodes)
         self.fleet.embed_nodes.add(embed_node)
         return results
@@ -367,8 +375,7 @@ class _Run:
                 parts.append(ray.put(self.one_by_one(items)))
         if not broken:
             return None
-        if batch.call in self.running:
-            self.busy[self.running.pop(batch.call)] -= 1
+        self.finished(batch.call)
         return self.embed(parts, batch.items)
 
     def one_by_one(self, items: list[_Item]) -> _Decoded:
@@ -503,7 +510,7 @@ def _decode_cpus(count: int, device: str, gpus: int, cpus: float) -> float:
             f"--actors {count}: the Ray cluster has {gpus} GPU(s), one for each actor; "
             f"use --actors {gpus} or fewer"
         )
-    per_actor = 1.0 if device == "cuda" else ACTOR_CPUS
+    per_actor = _actor_cpus(device)
     spare = cpus - count * per_actor
     if spare < MIN_DECODE_CPUS:
         most = max(0, math.floor((cpus - MIN_DECODE_CPUS) / per_actor))
@@ -513,6 +520,11 @@ def _decode_cpus(count: int, device: str, gpus: int, cpus: float) -> float:
             f"{max(spare, 0):g} of the Ray cluster's {cpus:g} CPUs; {advice}"
         )
     return min(DECODE_CPUS if device == "cpu" else 1.0, spare)
+
+
+def _actor_cpus(device: str) -> float:
+    """CPUs an embedding actor reserves: one beside its GPU, else `ACTOR_CPUS`."""
+    return 1.0 if device == "cuda" else ACTOR_CPUS
 
 
 def _get(refs: Any, doing: str = "") -> Any:
@@ -543,6 +555,7 @@ def _items(chunk: list[FileEntry]) -> list[_Item]:
     return [(e.path, e.link, e.device, e.inode) for e in chunk]
 
 
+@functools.cache
 def _machine() -> str:
     """This machine, as a decode task tells it apart from others: its host name and the
     kernel's boot id (the same in every process of one boot of one machine)."""

@@ -52,9 +52,7 @@ def embedder_for(
             lambda: _announced(embedders.load_for(existing, device, precision), options, notify),
         )
     if engine is not None:
-        loaded = engine.model()
-        notify(f"embedding with {loaded.info.name} on {loaded.where}, {loaded.precision}")
-        return loaded
+        return engine.model()  # the engine says what runs where
     name, spec = model or defaults.MODEL, weights or WeightsSpec("pretrained")
     return _announced(embedders.load(name, spec, device, precision), options, notify)
 

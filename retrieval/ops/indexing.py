@@ -71,11 +71,10 @@ class ModelRequest:
 @dataclass(frozen=True)
 class EngineModel:
     """A new index's model as an engine's workers loaded it: what its manifest records
-    (`info`, `precision` as resolved there); `where` says where it runs, for the user."""
+    (`info`, `precision` as resolved there)."""
 
     info: ModelInfo
     precision: str
-    where: str
 
 
 class Engine(Protocol):
@@ -99,7 +98,8 @@ class Engine(Protocol):
         ...
 
     def model(self) -> EngineModel:
-        """The model the workers loaded (waits for them); raises what loading it raised."""
+        """The model the workers loaded (waits for them, then tells the user what runs
+        where); raises what loading it raised."""
         ...
 
     def close(self) -> None:
